@@ -1,0 +1,62 @@
+//! pg_hnsw: a pgvector-compatible `vector` type and an `hnsw` index access
+//! method for PostgreSQL, written with pgrx.
+//!
+//! Map of the crate:
+//! - [`vector`]: the SQL type (I/O, operators, casts, aggregates).
+//! - [`distance`]: distance kernels, pure Rust.
+//! - [`hnsw`]: the index access method; [`hnsw::graph`] is the algorithm
+//!   (Malkov & Yashunin 2016, arXiv:1603.09320), [`hnsw::page`] the on-disk
+//!   format, and `build`/`insert`/`scan`/`vacuum` the AM callbacks.
+
+use pgrx::prelude::*;
+
+pgrx::pg_module_magic!();
+
+pub mod distance;
+pub mod error;
+pub mod vector;
+
+extension_sql_file!(
+    "../sql/vector.sql",
+    name = "vector_sql",
+    requires = [
+        "vector_type",
+        vector_typmod_cast,
+        array_to_vector_int4,
+        array_to_vector_float4,
+        array_to_vector_float8,
+        array_to_vector_numeric,
+        vector_to_float4,
+        vector_to_float8,
+        l2_distance,
+        vector_negative_inner_product,
+        cosine_distance,
+        l1_distance,
+        vector_add,
+        vector_sub,
+        vector_mul,
+        vector_concat,
+        vector_lt,
+        vector_le,
+        vector_eq,
+        vector_ne,
+        vector_ge,
+        vector_gt,
+        vector_cmp,
+        vector_accum,
+        vector_combine,
+        vector_avg,
+    ]
+);
+
+/// Hooks pgrx's test framework calls before the in-database tests run.
+#[cfg(test)]
+pub mod pg_test {
+    /// Nothing to prepare per test database.
+    pub fn setup(_options: Vec<&str>) {}
+
+    /// Extra `postgresql.conf` lines for the test cluster.
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}
