@@ -14,7 +14,15 @@ pgrx::pg_module_magic!();
 
 pub mod distance;
 pub mod error;
+pub mod hnsw;
 pub mod vector;
+
+/// Runs when the library is loaded into a backend: registers the index
+/// options and the `hnsw.ef_search` GUC.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    hnsw::options::init();
+}
 
 extension_sql_file!(
     "../sql/vector.sql",
@@ -48,6 +56,8 @@ extension_sql_file!(
         vector_avg,
     ]
 );
+
+extension_sql_file!("../sql/hnsw.sql", name = "hnsw_sql", finalize);
 
 /// Hooks pgrx's test framework calls before the in-database tests run.
 #[cfg(test)]

@@ -1,0 +1,303 @@
+//! `ambuild` and `ambuildempty`: `CREATE INDEX ... USING hnsw`.
+//!
+//! The build path:
+//! 1. scan the heap with the table AM's `index_build_range_scan`, inserting
+//!    each vector into a [`MemoryGraph`] (normalised first for cosine; NULLs
+//!    and, for cosine, zero vectors are not indexed);
+//! 2. if the graph outgrows `maintenance_work_mem`, write it out and go on
+//!    with on-disk inserts (slower; a NOTICE says so, as pgvector does);
+//! 3. lay the graph out on pages ([`write_graph`]): element and neighbor items
+//!    packed in insertion order, then the meta page with the entry point;
+//! 4. WAL-log every page once as a full image.
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgMemoryContexts, PgSqlErrorCode};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::graph::{random_level, MemoryGraph, Params};
+use super::page::{
+    self, encode_element, encode_neighbors, item_footprint, ItemPointer, Meta, PageImage, PageKind,
+    EMPTY_PAGE_SPACE,
+};
+use super::storage::{from_pg_tid, IndexRel};
+use super::{index_dims, index_metric, insert, options, PROGRESS_PHASE_LOAD, PROGRESS_PHASE_WRITE};
+use crate::distance::{self, Metric};
+use crate::error::raise;
+use crate::vector::Vector;
+
+/// Everything the heap-scan callback needs.
+struct BuildState {
+    rel: IndexRel,
+    metric: Metric,
+    dims: usize,
+    params: Params,
+    max_level: usize,
+    graph: Option<MemoryGraph>,
+    memory_limit: usize,
+    rng: SmallRng,
+    heap_tuples: f64,
+    index_tuples: f64,
+    tmp: PgMemoryContexts,
+    scratch: Vec<f32>,
+}
+
+fn progress(param: u32, value: i64) {
+    // SAFETY: plain progress-reporting call on the current backend.
+    unsafe { pg_sys::pgstat_progress_update_param(param as i32, value) }
+}
+
+/// The meta page contents of an index over `dims` dimensions.
+fn meta_for(
+    dims: usize,
+    params: Params,
+    metric: Metric,
+    entry: Option<(ItemPointer, u16)>,
+) -> Meta {
+    Meta {
+        dims: dims as u32,
+        m: params.m as u32,
+        ef_construction: params.ef_construction as u32,
+        metric,
+        entry,
+    }
+}
+
+/// `ambuild`: builds the index over every row of `heap`.
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambuild(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    index_info: *mut pg_sys::IndexInfo,
+) -> *mut pg_sys::IndexBuildResult {
+    let rel = IndexRel::new(index);
+    if rel.nblocks() != 0 {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("index \"{}\" already contains data", rel.name()),
+        );
+    }
+    let params = options::params_of(index);
+    let dims = index_dims(index);
+    let metric = index_metric(index);
+    let max_level = page::max_level(params.m);
+    // SAFETY: reading a GUC variable of this backend.
+    let memory_limit = unsafe { pg_sys::maintenance_work_mem } as usize * 1024;
+    let mut state = BuildState {
+        rel,
+        metric,
+        dims,
+        params,
+        max_level,
+        graph: Some(MemoryGraph::new(metric, dims, params, max_level)),
+        memory_limit,
+        rng: SmallRng::from_entropy(),
+        heap_tuples: 0.0,
+        index_tuples: 0.0,
+        tmp: PgMemoryContexts::new("hnsw build tuple"),
+        scratch: Vec::with_capacity(dims),
+    };
+    progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PROGRESS_PHASE_LOAD);
+    // SAFETY: heap and index are open and locked by CREATE INDEX; the
+    // callback receives `state` back as its last argument.
+    unsafe {
+        let am = (*heap).rd_tableam;
+        let scan = (*am)
+            .index_build_range_scan
+            .expect("table AM without index_build_range_scan");
+        scan(
+            heap,
+            index,
+            index_info,
+            true,
+            false,
+            true,
+            0,
+            pg_sys::InvalidBlockNumber,
+            Some(build_callback),
+            &mut state as *mut BuildState as *mut std::ffi::c_void,
+            std::ptr::null_mut(),
+        );
+    }
+    if let Some(graph) = state.graph.take() {
+        progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PROGRESS_PHASE_WRITE);
+        write_graph(&state.rel, &graph, metric);
+    }
+    // SAFETY: palloc0 returns zeroed memory for the result struct.
+    unsafe {
+        let result = pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBuildResult>())
+            as *mut pg_sys::IndexBuildResult;
+        (*result).heap_tuples = state.heap_tuples;
+        (*result).index_tuples = state.index_tuples;
+        result
+    }
+}
+
+/// Called by the table AM for each heap tuple to index.
+#[pg_guard]
+unsafe extern "C-unwind" fn build_callback(
+    _index: pg_sys::Relation,
+    tid: pg_sys::ItemPointer,
+    values: *mut pg_sys::Datum,
+    isnull: *mut bool,
+    _tuple_is_alive: bool,
+    state: *mut std::ffi::c_void,
+) {
+    // SAFETY: `state` is the BuildState passed to index_build_range_scan;
+    // values/isnull have one entry per index column (one column here).
+    let (state, datum, null, tid) = unsafe {
+        (
+            &mut *(state as *mut BuildState),
+            *values,
+            *isnull,
+            from_pg_tid(&*tid),
+        )
+    };
+    state.heap_tuples += 1.0;
+    if null {
+        return;
+    }
+    let scratch = &mut state.scratch;
+    // SAFETY: a non-null datum of the indexed vector column.
+    state.tmp.switch_to(|_| {
+        let v = unsafe { Vector::from_raw_datum(datum) };
+        scratch.clear();
+        scratch.extend_from_slice(v.as_slice());
+    });
+    state.tmp.reset();
+    if state.scratch.len() != state.dims {
+        super::dimension_mismatch(state.dims, state.scratch.len());
+    }
+    if state.metric.normalizes() && !distance::normalize_in_place(&mut state.scratch) {
+        return;
+    }
+    let level = random_level(
+        state.rng.gen::<f64>(),
+        state.params.level_multiplier(),
+        state.max_level,
+    );
+    match state.graph.as_mut() {
+        Some(graph) => {
+            graph.insert(&state.scratch, tid.pack(), level);
+            if graph.memory_bytes() > state.memory_limit {
+                spill_to_disk(state);
+            }
+        }
+        None => insert::insert_prepared(&state.rel, &state.scratch, tid, level),
+    }
+    state.index_tuples += 1.0;
+    if (state.index_tuples as u64) % 1000 == 0 {
+        progress(
+            pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE,
+            state.index_tuples as i64,
+        );
+    }
+}
+
+/// Writes the in-memory graph out and switches the build to on-disk inserts.
+fn spill_to_disk(state: &mut BuildState) {
+    let graph = state.graph.take().expect("graph in memory");
+    pgrx::ereport!(
+        NOTICE,
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        format!("hnsw graph no longer fits into maintenance_work_mem after {} tuples", state.index_tuples as u64),
+        "Building will take significantly more time. Increase maintenance_work_mem to speed up builds."
+    );
+    write_graph(&state.rel, &graph, state.metric);
+}
+
+/// Where each element's two items go: `(element item, neighbor item)`.
+fn place(graph: &MemoryGraph, dims: usize, m: usize) -> Vec<(ItemPointer, ItemPointer)> {
+    let mut block = 1u32;
+    let mut free = EMPTY_PAGE_SPACE;
+    let mut offset = 0u16;
+    let mut put = |size: usize| {
+        if item_footprint(size) > free {
+            block += 1;
+            free = EMPTY_PAGE_SPACE;
+            offset = 0;
+        }
+        free -= item_footprint(size);
+        offset += 1;
+        ItemPointer { block, offset }
+    };
+    (0..graph.len() as u32)
+        .map(|id| {
+            let e = put(page::element_item_size(dims));
+            let n = put(page::neighbor_item_size(m, graph.level(id)));
+            (e, n)
+        })
+        .collect()
+}
+
+/// Lays `graph` out on pages after the meta page and writes them, then
+/// WAL-logs the whole index. The index must be empty.
+pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph, metric: Metric) {
+    let params = graph.params();
+    let dims = index_dims(rel.raw());
+    let placement = place(graph, dims, params.m);
+    let entry = graph
+        .entry()
+        .map(|(id, level)| (placement[id as usize].0, level as u16));
+    let mut meta_page = PageImage::new(PageKind::Meta);
+    meta_for(dims, params, metric, entry).write_page(&mut meta_page.0);
+    let meta_block = rel.append_unlogged_image(&meta_page.0);
+    assert_eq!(meta_block, page::META_BLOCK, "meta page must be block 0");
+
+    let mut image = PageImage::new(PageKind::Graph);
+    let mut current = 1u32;
+    let mut add = |image: &mut Box<PageImage>, at: ItemPointer, item: &[u8]| {
+        if at.block != current {
+            let written = rel.append_unlogged_image(&image.0);
+            assert_eq!(written, current, "pages are written in order");
+            **image = *PageImage::new(PageKind::Graph);
+            current = at.block;
+        }
+        let offset = page::add_item(&mut image.0, item);
+        assert_eq!(offset, Some(at.offset), "placement matches page layout");
+    };
+    for id in 0..graph.len() as u32 {
+        let (etid, ntid) = placement[id as usize];
+        let tids: Vec<ItemPointer> = graph
+            .heap_tids(id)
+            .iter()
+            .map(|&t| ItemPointer::unpack(t))
+            .collect();
+        add(
+            &mut image,
+            etid,
+            &encode_element(graph.level(id), &tids, ntid, graph.vector(id)),
+        );
+        let lists: Vec<Vec<ItemPointer>> = (0..=graph.level(id))
+            .map(|layer| {
+                graph
+                    .neighbor_ids(id, layer)
+                    .iter()
+                    .map(|&n| placement[n as usize].0)
+                    .collect()
+            })
+            .collect();
+        add(
+            &mut image,
+            ntid,
+            &encode_neighbors(params.m, graph.level(id), &lists),
+        );
+    }
+    if !graph.is_empty() {
+        let written = rel.append_unlogged_image(&image.0);
+        assert_eq!(written, current);
+    }
+    rel.log_all_pages();
+}
+
+/// `ambuildempty`: the init fork of an unlogged index (an empty meta page).
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
+    let params = options::params_of(index);
+    let meta = meta_for(index_dims(index), params, index_metric(index), None);
+    let rel = IndexRel::init_fork(index);
+    let mut image = PageImage::new(PageKind::Meta);
+    meta.write_page(&mut image.0);
+    rel.append_unlogged_image(&image.0);
+    rel.log_all_pages();
+}

@@ -1,0 +1,641 @@
+//! The HNSW algorithm, independent of where the graph is stored.
+//!
+//! Malkov & Yashunin, "Efficient and robust approximate nearest neighbor
+//! search using Hierarchical Navigable Small World graphs" (2016,
+//! arXiv:1603.09320):
+//! - [`Searcher::search_layer`] is Algorithm 2 (beam search on one layer);
+//! - [`select_neighbors`] is Algorithm 4 (the neighbor-selection heuristic,
+//!   without extending or keeping pruned candidates, as hnswlib and pgvector);
+//! - [`Searcher::find_insert_neighbors`] is lines 1–13 of Algorithm 1;
+//! - [`random_level`] draws a level with `mL = 1 / ln(M)`.
+//!
+//! Storage is behind [`GraphStore`]: [`MemoryGraph`] (used by the index build
+//! and by the tests) keeps everything in vectors; the index's buffer-page
+//! store lives in `hnsw::storage`.
+
+use rustc_hash::FxHashSet;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::hash::Hash;
+
+use crate::distance::Metric;
+
+/// Graph construction parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// `M`: neighbors per element on layers ≥ 1; layer 0 allows `2·M`.
+    pub m: usize,
+    /// `ef_construction`: beam width while inserting.
+    pub ef_construction: usize,
+}
+
+impl Params {
+    /// Most neighbors an element keeps on `layer` (`M_max0 = 2·M` on layer 0).
+    pub fn max_neighbors(&self, layer: usize) -> usize {
+        if layer == 0 {
+            2 * self.m
+        } else {
+            self.m
+        }
+    }
+
+    /// The level normalisation `mL = 1 / ln(M)`.
+    pub fn level_multiplier(&self) -> f64 {
+        1.0 / (self.m as f64).ln()
+    }
+}
+
+/// Draws an element's top layer, `⌊−ln(u) · mL⌋`, capped at `max_level`.
+///
+/// `u` is uniform in `(0, 1]`.
+pub fn random_level(u: f64, level_multiplier: f64, max_level: usize) -> usize {
+    let u = u.clamp(f64::MIN_POSITIVE, 1.0);
+    let level = (-u.ln() * level_multiplier).floor();
+    (level as usize).min(max_level)
+}
+
+/// Where the graph lives: elements addressed by `Key`, visited as `Node`s.
+///
+/// A `Node` is what a search carries after reading an element (for the page
+/// store: where its neighbor list is, its level, whether it is deleted), so
+/// following its neighbors needs no second lookup.
+pub trait GraphStore {
+    /// What neighbor lists hold (an element id, or a page address).
+    type Key: Copy + Eq + Hash;
+    /// A visited element.
+    type Node: Copy;
+
+    /// The key of a visited node.
+    fn key(&self, node: &Self::Node) -> Self::Key;
+
+    /// Reads element `key` and returns its distance to `query` (the graph's
+    /// internal metric, smaller is nearer); `None` when it cannot be used.
+    fn visit(&mut self, query: &[f32], key: Self::Key) -> Option<(f32, Self::Node)>;
+
+    /// Replaces `out` with the neighbors of `node` on `layer`.
+    fn neighbors(&mut self, node: &Self::Node, layer: usize, out: &mut Vec<Self::Key>);
+
+    /// Distance between two stored elements.
+    fn distance_between(&mut self, a: &Self::Node, b: &Self::Node) -> f32;
+}
+
+/// A visited element with its distance to the query.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate<N> {
+    /// Distance to the query under the graph's metric.
+    pub distance: f32,
+    /// The element.
+    pub node: N,
+}
+
+/// Heap entry ordered so the *nearest* candidate pops first.
+struct Nearest<N>(Candidate<N>);
+/// Heap entry ordered so the *farthest* result pops first.
+struct Farthest<N>(Candidate<N>);
+
+impl<N> PartialEq for Nearest<N> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.distance == other.0.distance
+    }
+}
+impl<N> Eq for Nearest<N> {}
+impl<N> PartialOrd for Nearest<N> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<N> Ord for Nearest<N> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.0.distance.total_cmp(&self.0.distance)
+    }
+}
+impl<N> PartialEq for Farthest<N> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.distance == other.0.distance
+    }
+}
+impl<N> Eq for Farthest<N> {}
+impl<N> PartialOrd for Farthest<N> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<N> Ord for Farthest<N> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.distance.total_cmp(&other.0.distance)
+    }
+}
+
+/// Reusable scratch space for searches (visited set and neighbor buffer), so
+/// repeated searches allocate nothing once warmed up.
+pub struct Searcher<K> {
+    visited: FxHashSet<K>,
+    neighbors: Vec<K>,
+}
+
+impl<K: Copy + Eq + Hash> Default for Searcher<K> {
+    fn default() -> Self {
+        Searcher {
+            visited: FxHashSet::default(),
+            neighbors: Vec::new(),
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash> Searcher<K> {
+    /// Beam search on one layer (Algorithm 2): starting from `entries`,
+    /// returns up to `ef` nearest elements found, nearest first.
+    pub fn search_layer<S>(
+        &mut self,
+        store: &mut S,
+        query: &[f32],
+        entries: &[Candidate<S::Node>],
+        ef: usize,
+        layer: usize,
+    ) -> Vec<Candidate<S::Node>>
+    where
+        S: GraphStore<Key = K>,
+    {
+        let ef = ef.max(1);
+        self.visited.clear();
+        let mut candidates = BinaryHeap::with_capacity(ef * 2);
+        let mut results: BinaryHeap<Farthest<S::Node>> = BinaryHeap::with_capacity(ef + 1);
+        for e in entries {
+            if self.visited.insert(store.key(&e.node)) {
+                candidates.push(Nearest(*e));
+                results.push(Farthest(*e));
+                if results.len() > ef {
+                    results.pop();
+                }
+            }
+        }
+        let mut neighbors = std::mem::take(&mut self.neighbors);
+        while let Some(Nearest(c)) = candidates.pop() {
+            let farthest = results.peek().map_or(f32::INFINITY, |f| f.0.distance);
+            if c.distance > farthest && results.len() >= ef {
+                break;
+            }
+            store.neighbors(&c.node, layer, &mut neighbors);
+            for &key in &neighbors {
+                if !self.visited.insert(key) {
+                    continue;
+                }
+                let Some((distance, node)) = store.visit(query, key) else {
+                    continue;
+                };
+                let farthest = results.peek().map_or(f32::INFINITY, |f| f.0.distance);
+                if results.len() < ef || distance < farthest {
+                    let c = Candidate { distance, node };
+                    candidates.push(Nearest(c));
+                    results.push(Farthest(c));
+                    if results.len() > ef {
+                        results.pop();
+                    }
+                }
+            }
+        }
+        self.neighbors = neighbors;
+        results.into_sorted_vec().into_iter().map(|f| f.0).collect()
+    }
+
+    /// Greedy descent from the entry point through layers `top..=1`, then a
+    /// beam of width `ef` on layer 0: the k-NN search of Algorithm 5.
+    /// Returns up to `ef` elements, nearest first.
+    pub fn search<S>(
+        &mut self,
+        store: &mut S,
+        query: &[f32],
+        entry: K,
+        entry_level: usize,
+        ef: usize,
+    ) -> Vec<Candidate<S::Node>>
+    where
+        S: GraphStore<Key = K>,
+    {
+        let Some((distance, node)) = store.visit(query, entry) else {
+            return Vec::new();
+        };
+        let mut ep = vec![Candidate { distance, node }];
+        for layer in (1..=entry_level).rev() {
+            ep = self.search_layer(store, query, &ep, 1, layer);
+        }
+        self.search_layer(store, query, &ep, ef, 0)
+    }
+
+    /// For a new element at `level`, finds its neighbors on each layer
+    /// `0..=min(level, entry_level)` (Algorithm 1, lines 1–13). Entry `i` of
+    /// the result holds the selected neighbors on layer `i`, nearest first.
+    pub fn find_insert_neighbors<S>(
+        &mut self,
+        store: &mut S,
+        query: &[f32],
+        level: usize,
+        entry: K,
+        entry_level: usize,
+        params: &Params,
+    ) -> Vec<Vec<Candidate<S::Node>>>
+    where
+        S: GraphStore<Key = K>,
+    {
+        let mut lists = vec![Vec::new(); level + 1];
+        let Some((distance, node)) = store.visit(query, entry) else {
+            return lists;
+        };
+        let mut ep = vec![Candidate { distance, node }];
+        for layer in (level + 1..=entry_level).rev() {
+            ep = self.search_layer(store, query, &ep, 1, layer);
+        }
+        for layer in (0..=level.min(entry_level)).rev() {
+            let w = self.search_layer(store, query, &ep, params.ef_construction, layer);
+            lists[layer] = select_neighbors(store, &w, params.max_neighbors(layer));
+            ep = w;
+        }
+        lists
+    }
+}
+
+/// The neighbor-selection heuristic (Algorithm 4): walking `candidates`
+/// nearest first, keeps one only if it is at least as close to the base
+/// element as to every neighbor already kept, up to `max` neighbors. This
+/// keeps links pointing in diverse directions.
+///
+/// `candidates` must be sorted by distance to the base, ascending.
+pub fn select_neighbors<S: GraphStore>(
+    store: &mut S,
+    candidates: &[Candidate<S::Node>],
+    max: usize,
+) -> Vec<Candidate<S::Node>> {
+    let mut selected: Vec<Candidate<S::Node>> = Vec::with_capacity(max);
+    for c in candidates {
+        if selected.len() >= max {
+            break;
+        }
+        let diverse = selected
+            .iter()
+            .all(|r| store.distance_between(&c.node, &r.node) >= c.distance);
+        if diverse {
+            selected.push(*c);
+        }
+    }
+    selected
+}
+
+/// Recomputes the neighbors of `base` on one layer when a new link would
+/// overflow it: `current` plus `added`, pruned by [`select_neighbors`] to
+/// `max`. Returns the keys to keep, nearest first.
+pub fn prune_neighbors<S: GraphStore>(
+    store: &mut S,
+    base: &S::Node,
+    current: &[S::Node],
+    added: S::Node,
+    max: usize,
+) -> Vec<S::Key> {
+    let mut candidates: Vec<Candidate<S::Node>> = current
+        .iter()
+        .chain(std::iter::once(&added))
+        .map(|n| Candidate {
+            distance: store.distance_between(base, n),
+            node: *n,
+        })
+        .collect();
+    candidates.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+    select_neighbors(store, &candidates, max)
+        .iter()
+        .map(|c| store.key(&c.node))
+        .collect()
+}
+
+/// Most heap TIDs one element holds (identical vectors share an element).
+pub const MAX_HEAP_TIDS: usize = 10;
+
+/// An HNSW graph held in memory: the index build's working set, and the
+/// reference implementation the tests check recall against.
+pub struct MemoryGraph {
+    metric: Metric,
+    dim: usize,
+    params: Params,
+    max_level: usize,
+    vectors: Vec<f32>,
+    /// `neighbors[element][layer]`: neighbor ids, nearest first when pruned.
+    neighbors: Vec<Vec<Vec<u32>>>,
+    heap_tids: Vec<Vec<u64>>,
+    entry: Option<(u32, usize)>,
+    searcher: Searcher<u32>,
+    bytes: usize,
+}
+
+/// What [`MemoryGraph::insert`] did with a vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// A new element with this id.
+    Element(u32),
+    /// The vector equals element `id`'s; the heap TID was added to it.
+    Duplicate(u32),
+}
+
+impl MemoryGraph {
+    /// An empty graph of `dim`-dimensional vectors. `max_level` caps the
+    /// levels drawn (the page format limits how many layers fit a page).
+    pub fn new(metric: Metric, dim: usize, params: Params, max_level: usize) -> MemoryGraph {
+        MemoryGraph {
+            metric,
+            dim,
+            params,
+            max_level,
+            vectors: Vec::new(),
+            neighbors: Vec::new(),
+            heap_tids: Vec::new(),
+            entry: None,
+            searcher: Searcher::default(),
+            bytes: 0,
+        }
+    }
+
+    /// Number of elements (distinct vectors).
+    pub fn len(&self) -> usize {
+        self.neighbors.len()
+    }
+
+    /// Whether the graph has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.neighbors.is_empty()
+    }
+
+    /// Approximate bytes held, for the `maintenance_work_mem` check.
+    pub fn memory_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The entry point and its level.
+    pub fn entry(&self) -> Option<(u32, usize)> {
+        self.entry
+    }
+
+    /// The construction parameters.
+    pub fn params(&self) -> Params {
+        self.params
+    }
+
+    /// Top layer of element `id`.
+    pub fn level(&self, id: u32) -> usize {
+        self.neighbors[id as usize].len() - 1
+    }
+
+    /// Vector of element `id`.
+    pub fn vector(&self, id: u32) -> &[f32] {
+        &self.vectors[id as usize * self.dim..(id as usize + 1) * self.dim]
+    }
+
+    /// Neighbor ids of element `id` on `layer`.
+    pub fn neighbor_ids(&self, id: u32, layer: usize) -> &[u32] {
+        &self.neighbors[id as usize][layer]
+    }
+
+    /// Heap TIDs of element `id`.
+    pub fn heap_tids(&self, id: u32) -> &[u64] {
+        &self.heap_tids[id as usize]
+    }
+
+    /// Inserts `vector` for heap row `heap_tid` at `level` (Algorithm 1).
+    /// A vector equal to an existing element with spare TID slots joins it.
+    pub fn insert(&mut self, vector: &[f32], heap_tid: u64, level: usize) -> Inserted {
+        assert_eq!(vector.len(), self.dim, "vector dimension");
+        let level = level.min(self.max_level);
+        let params = self.params;
+        let mut searcher = std::mem::take(&mut self.searcher);
+        let lists = match self.entry {
+            Some((entry, entry_level)) => {
+                searcher.find_insert_neighbors(self, vector, level, entry, entry_level, &params)
+            }
+            None => vec![Vec::new(); level + 1],
+        };
+        self.searcher = searcher;
+        let nearest = lists[0].first().map_or(f32::NAN, |c| c.distance);
+        for c in lists[0].iter().take_while(|c| c.distance == nearest) {
+            let id = c.node;
+            if self.vector(id) == vector && self.heap_tids[id as usize].len() < MAX_HEAP_TIDS {
+                self.heap_tids[id as usize].push(heap_tid);
+                self.bytes += 8;
+                return Inserted::Duplicate(id);
+            }
+        }
+        let id = self.neighbors.len() as u32;
+        self.vectors.extend_from_slice(vector);
+        self.heap_tids.push(vec![heap_tid]);
+        self.neighbors.push(
+            lists
+                .iter()
+                .map(|l| l.iter().map(|c| c.node).collect())
+                .collect(),
+        );
+        self.bytes += 4 * self.dim + 64 + 24 * (level + 1) + 4 * (params.m * (level + 2) + 1);
+        for (layer, list) in lists.iter().enumerate() {
+            for c in list {
+                self.add_link(c.node, id, layer);
+            }
+        }
+        match self.entry {
+            Some((_, entry_level)) if entry_level >= level => {}
+            _ => self.entry = Some((id, level)),
+        }
+        Inserted::Element(id)
+    }
+
+    /// Adds the reverse link `from -> to` on `layer`, pruning `from`'s list
+    /// with the heuristic when it is full.
+    fn add_link(&mut self, from: u32, to: u32, layer: usize) {
+        let max = self.params.max_neighbors(layer);
+        let list = &mut self.neighbors[from as usize][layer];
+        if list.contains(&to) {
+            return;
+        }
+        if list.len() < max {
+            list.push(to);
+            return;
+        }
+        let current = std::mem::take(list);
+        let kept = prune_neighbors(self, &from, &current, to, max);
+        self.neighbors[from as usize][layer] = kept;
+    }
+
+    /// The k-NN search: up to `ef` `(distance, id)` pairs, nearest first.
+    pub fn search(&mut self, query: &[f32], ef: usize) -> Vec<Candidate<u32>> {
+        let Some((entry, entry_level)) = self.entry else {
+            return Vec::new();
+        };
+        let mut searcher = std::mem::take(&mut self.searcher);
+        let found = searcher.search(self, query, entry, entry_level, ef);
+        self.searcher = searcher;
+        found
+    }
+}
+
+impl GraphStore for MemoryGraph {
+    type Key = u32;
+    type Node = u32;
+
+    fn key(&self, node: &u32) -> u32 {
+        *node
+    }
+
+    fn visit(&mut self, query: &[f32], key: u32) -> Option<(f32, u32)> {
+        Some((self.metric.distance(query, self.vector(key)), key))
+    }
+
+    fn neighbors(&mut self, node: &u32, layer: usize, out: &mut Vec<u32>) {
+        out.clear();
+        if let Some(list) = self.neighbors[*node as usize].get(layer) {
+            out.extend_from_slice(list);
+        }
+    }
+
+    fn distance_between(&mut self, a: &u32, b: &u32) -> f32 {
+        self.metric.distance(self.vector(*a), self.vector(*b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Clustered data: `n` points and `nq` queries around the same 20
+    /// random centres in `dim` dims.
+    fn clustered(n: usize, nq: usize, dim: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let centres: Vec<Vec<f32>> = (0..20)
+            .map(|_| (0..dim).map(|_| rng.gen_range(-1.0..1.0)).collect())
+            .collect();
+        let mut point = || {
+            let c = &centres[rng.gen_range(0..centres.len())];
+            c.iter()
+                .map(|x| x + rng.gen_range(-0.3..0.3))
+                .collect::<Vec<f32>>()
+        };
+        let data = (0..n).map(|_| point()).collect();
+        let queries = (0..nq).map(|_| point()).collect();
+        (data, queries)
+    }
+
+    fn build(data: &[Vec<f32>], metric: Metric, params: Params, seed: u64) -> MemoryGraph {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut g = MemoryGraph::new(metric, data[0].len(), params, 16);
+        for (i, v) in data.iter().enumerate() {
+            let level = random_level(rng.gen::<f64>(), params.level_multiplier(), 16);
+            g.insert(v, i as u64, level);
+        }
+        g
+    }
+
+    fn recall_at_10(
+        g: &mut MemoryGraph,
+        data: &[Vec<f32>],
+        queries: &[Vec<f32>],
+        metric: Metric,
+        ef: usize,
+    ) -> f64 {
+        let mut hits = 0;
+        for q in queries {
+            let mut exact: Vec<(f32, usize)> = data
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (metric.distance(q, v), i))
+                .collect();
+            exact.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let truth: Vec<usize> = exact[..10].iter().map(|e| e.1).collect();
+            let found: Vec<usize> = g
+                .search(q, ef)
+                .iter()
+                .take(10)
+                .map(|c| g.heap_tids(c.node)[0] as usize)
+                .collect();
+            hits += found.iter().filter(|f| truth.contains(f)).count();
+        }
+        hits as f64 / (10 * queries.len()) as f64
+    }
+
+    #[test]
+    fn recall_matches_brute_force_for_each_metric() {
+        let (data, queries) = clustered(3000, 50, 24, 1);
+        let params = Params {
+            m: 16,
+            ef_construction: 64,
+        };
+        for metric in [Metric::L2, Metric::InnerProduct, Metric::L1] {
+            let mut g = build(&data, metric, params, 3);
+            let recall = recall_at_10(&mut g, &data, &queries, metric, 64);
+            assert!(recall >= 0.95, "{metric:?}: recall@10 {recall}");
+        }
+    }
+
+    #[test]
+    fn neighbor_lists_respect_bounds_and_never_self_link() {
+        let (data, _) = clustered(1000, 0, 8, 4);
+        let params = Params {
+            m: 4,
+            ef_construction: 16,
+        };
+        let g = build(&data, Metric::L2, params, 5);
+        for id in 0..g.len() as u32 {
+            for layer in 0..=g.level(id) {
+                let list = g.neighbor_ids(id, layer);
+                assert!(list.len() <= params.max_neighbors(layer));
+                assert!(!list.contains(&id));
+                for &n in list {
+                    assert!(
+                        g.level(n) >= layer,
+                        "link to an element absent from the layer"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn duplicates_share_an_element_up_to_the_tid_limit() {
+        let params = Params {
+            m: 4,
+            ef_construction: 16,
+        };
+        let mut g = MemoryGraph::new(Metric::L2, 2, params, 8);
+        for i in 0..25u64 {
+            g.insert(&[1.0, 1.0], i, 0);
+        }
+        assert_eq!(g.len(), 3, "25 copies need 3 elements of 10 TIDs");
+        let found = g.search(&[1.0, 1.0], 10);
+        let tids: usize = found.iter().map(|c| g.heap_tids(c.node).len()).sum();
+        assert_eq!(tids, 25, "every copy is findable");
+    }
+
+    #[test]
+    fn levels_follow_the_geometric_distribution() {
+        let ml = Params {
+            m: 16,
+            ef_construction: 64,
+        }
+        .level_multiplier();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let n = 100_000;
+        let above0 = (0..n)
+            .filter(|_| random_level(rng.gen::<f64>(), ml, 30) > 0)
+            .count();
+        // P(level > 0) = 1/M = 0.0625
+        let p = above0 as f64 / n as f64;
+        assert!((p - 0.0625).abs() < 0.005, "{p}");
+        assert_eq!(random_level(1e-300, ml, 7), 7, "capped");
+    }
+
+    #[test]
+    fn empty_graph_search_returns_nothing() {
+        let mut g = MemoryGraph::new(
+            Metric::L2,
+            3,
+            Params {
+                m: 4,
+                ef_construction: 8,
+            },
+            4,
+        );
+        assert!(g.search(&[0.0, 0.0, 0.0], 10).is_empty());
+    }
+}

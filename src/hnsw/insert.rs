@@ -1,0 +1,286 @@
+//! `aminsert`: adding one row to an existing index (Algorithm 1 on pages).
+//!
+//! The insert path:
+//! 1. take the graph lock in share mode (exclusive if this element becomes
+//!    the new entry point, or the graph is empty) and read the meta page;
+//! 2. find the new element's neighbors on each layer with the same search and
+//!    heuristic as the build ([`Searcher::find_insert_neighbors`]);
+//! 3. an identical vector with a free heap-TID slot takes the TID instead;
+//! 4. otherwise write the neighbor item, then the element item pointing at it
+//!    (on the last page if they fit, else on a new page);
+//! 5. add the reverse links one neighbor at a time, pruning a full list with
+//!    the heuristic, re-checking it under the exclusive buffer lock;
+//! 6. move the entry point if the new element is higher.
+//!
+//! Only one buffer lock is ever held at a time, and every change is a
+//! `GenericXLog` record, so concurrent inserts and scans see consistent pages
+//! and a crash at any step leaves a valid (if less connected) graph.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::graph::{prune_neighbors, random_level, Searcher};
+use super::page::{
+    self, encode_element, encode_neighbors, ElementMut, ItemPointer, NeighborsRef, PageKind,
+    PageRef,
+};
+use super::storage::{from_pg_tid, ElementNode, IndexRel, PageStore, EXCLUSIVE_LOCK, SHARE_LOCK};
+use crate::distance;
+use crate::hnsw::graph::GraphStore;
+use crate::vector::Vector;
+
+/// `aminsert`: indexes one heap row. NULLs and (for cosine) zero vectors
+/// are not indexed. Always returns `false` (no uniqueness checks).
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C-unwind" fn aminsert(
+    index: pg_sys::Relation,
+    values: *mut pg_sys::Datum,
+    isnull: *mut bool,
+    heap_tid: pg_sys::ItemPointer,
+    _heap: pg_sys::Relation,
+    _check_unique: pg_sys::IndexUniqueCheck::Type,
+    _index_unchanged: bool,
+    _index_info: *mut pg_sys::IndexInfo,
+) -> bool {
+    // SAFETY: one index column, so values/isnull have one entry each.
+    let (datum, null, tid) = unsafe { (*values, *isnull, from_pg_tid(&*heap_tid)) };
+    if null {
+        return false;
+    }
+    let rel = IndexRel::new(index);
+    let meta = rel.read_meta();
+    // SAFETY: a non-null datum of the indexed vector column.
+    let v = unsafe { Vector::from_raw_datum(datum) };
+    if v.dim() != meta.dims as usize {
+        super::dimension_mismatch(meta.dims as usize, v.dim());
+    }
+    let mut vector = v.as_slice().to_vec();
+    if meta.metric.normalizes() && !distance::normalize_in_place(&mut vector) {
+        return false;
+    }
+    let m = meta.m as usize;
+    let level = random_level(
+        rand::random::<f64>(),
+        1.0 / (m as f64).ln(),
+        page::max_level(m),
+    );
+    insert_prepared(&rel, &vector, tid, level);
+    false
+}
+
+/// Inserts an already normalised `vector` for heap row `heap_tid` with top
+/// layer `level` into the on-disk graph.
+pub fn insert_prepared(rel: &IndexRel, vector: &[f32], heap_tid: ItemPointer, level: usize) {
+    let mut mode = SHARE_LOCK;
+    rel.lock_graph(mode);
+    let mut meta = rel.read_meta();
+    if meta
+        .entry
+        .is_none_or(|(_, entry_level)| level > entry_level as usize)
+    {
+        rel.unlock_graph(mode);
+        mode = EXCLUSIVE_LOCK;
+        rel.lock_graph(mode);
+        meta = rel.read_meta();
+    }
+    let mut store = PageStore::new(*rel, meta);
+    let Some((entry, entry_level)) = meta.entry else {
+        let (etid, _) = write_element(
+            &store,
+            level,
+            heap_tid,
+            &vec![Vec::new(); level + 1],
+            vector,
+        );
+        rel.set_entry(Some((etid, level as u16)));
+        rel.unlock_graph(mode);
+        return;
+    };
+    let params = store.params();
+    let mut searcher = Searcher::default();
+    let lists = searcher.find_insert_neighbors(
+        &mut store,
+        vector,
+        level,
+        entry,
+        entry_level as usize,
+        &params,
+    );
+    let nearest = lists[0].first().map_or(f32::NAN, |c| c.distance);
+    for c in lists[0].iter().take_while(|c| c.distance == nearest) {
+        if !c.node.deleted && add_duplicate(&mut store, c.node.tid, vector, heap_tid) {
+            rel.unlock_graph(mode);
+            return;
+        }
+    }
+    let tids: Vec<Vec<ItemPointer>> = lists
+        .iter()
+        .map(|l| l.iter().map(|c| c.node.tid).collect())
+        .collect();
+    let (etid, ntid) = write_element(&store, level, heap_tid, &tids, vector);
+    let new = ElementNode {
+        tid: etid,
+        neighbors: ntid,
+        level: level as u8,
+        deleted: false,
+    };
+    for (layer, list) in lists.iter().enumerate() {
+        for c in list {
+            add_reverse_link(&mut store, &c.node, &new, layer);
+        }
+    }
+    if level > entry_level as usize {
+        rel.set_entry(Some((etid, level as u16)));
+    }
+    rel.unlock_graph(mode);
+}
+
+/// Adds `heap_tid` to element `tid` if its vector equals `vector` and it has
+/// a free slot. Returns whether it did.
+fn add_duplicate(
+    store: &mut PageStore,
+    tid: ItemPointer,
+    vector: &[f32],
+    heap_tid: ItemPointer,
+) -> bool {
+    if store.vector(tid) != vector {
+        return false;
+    }
+    let (dims, m) = (store.meta.dims as usize, store.meta.m as usize);
+    let rel = store.rel;
+    rel.modify(tid.block, |p| {
+        let range = PageRef::new(p, PageKind::Graph)
+            .and_then(|r| r.item_range(tid.offset))
+            .unwrap_or_else(|e| rel.corrupt(tid.block, e));
+        let mut e =
+            ElementMut::new(&mut p[range], dims, m).unwrap_or_else(|e| rel.corrupt(tid.block, e));
+        (!e.is_deleted() && e.push_heap_tid(heap_tid)).then_some(())
+    })
+    .is_some()
+}
+
+/// Puts `item` on the last page if it fits, else on a new page.
+fn put_item(rel: &IndexRel, item: &[u8]) -> ItemPointer {
+    let nblocks = rel.nblocks();
+    if nblocks > 1 {
+        let last = nblocks - 1;
+        let offset = rel.modify(last, |p| {
+            if page::page_is_new(p) {
+                page::init_page(p, PageKind::Graph);
+            }
+            PageRef::new(p, PageKind::Graph).unwrap_or_else(|e| rel.corrupt(last, e));
+            page::add_item(p, item)
+        });
+        if let Some(offset) = offset {
+            return ItemPointer {
+                block: last,
+                offset,
+            };
+        }
+    }
+    let mut offset = 0;
+    let block = rel.append(PageKind::Graph, |p| {
+        offset = page::add_item(p, item).expect("an item always fits an empty page")
+    });
+    ItemPointer { block, offset }
+}
+
+/// Writes a new element's neighbor item and then its element item; returns
+/// `(element, neighbors)` addresses.
+fn write_element(
+    store: &PageStore,
+    level: usize,
+    heap_tid: ItemPointer,
+    lists: &[Vec<ItemPointer>],
+    vector: &[f32],
+) -> (ItemPointer, ItemPointer) {
+    let ntid = put_item(
+        &store.rel,
+        &encode_neighbors(store.meta.m as usize, level, lists),
+    );
+    let etid = put_item(
+        &store.rel,
+        &encode_element(level, &[heap_tid], ntid, vector),
+    );
+    (etid, ntid)
+}
+
+/// Reads the list of `node` on `layer` from a locked page image.
+fn list_in(
+    rel: &IndexRel,
+    p: &[u8],
+    node: &ElementNode,
+    layer: usize,
+    m: usize,
+) -> (std::ops::Range<usize>, Vec<ItemPointer>) {
+    let at = node.neighbors;
+    let range = PageRef::new(p, PageKind::Graph)
+        .and_then(|r| r.item_range(at.offset))
+        .unwrap_or_else(|e| rel.corrupt(at.block, e));
+    let n = NeighborsRef::new(&p[range.clone()], m).unwrap_or_else(|e| rel.corrupt(at.block, e));
+    let mut list = Vec::new();
+    n.read_layer(layer, &mut list);
+    (range, list)
+}
+
+/// Links `node -> new` on `layer`: appends when there is room, otherwise
+/// prunes with the heuristic (computed without locks, then written only if
+/// the list did not change meanwhile; retried a few times).
+pub fn add_reverse_link(
+    store: &mut PageStore,
+    node: &ElementNode,
+    new: &ElementNode,
+    layer: usize,
+) {
+    if layer > node.level as usize {
+        return;
+    }
+    let rel = store.rel;
+    let m = store.meta.m as usize;
+    let max = store.params().max_neighbors(layer);
+    let block = node.neighbors.block;
+    for _attempt in 0..3 {
+        let mut full: Option<Vec<ItemPointer>> = None;
+        rel.modify(block, |p| {
+            let (range, mut list) = list_in(&rel, p, node, layer, m);
+            if list.contains(&new.tid) {
+                return None;
+            }
+            if list.len() >= max {
+                full = Some(list);
+                return None;
+            }
+            list.push(new.tid);
+            page::set_layer(&mut p[range], m, layer, &list)
+                .unwrap_or_else(|e| rel.corrupt(block, e));
+            Some(())
+        });
+        let Some(current) = full else {
+            return;
+        };
+        let base = store.vector(node.tid).to_vec();
+        let nodes: Vec<ElementNode> = current
+            .iter()
+            .filter_map(|&k| store.visit(&base, k).map(|(_, n)| n))
+            .collect();
+        let kept = prune_neighbors(store, node, &nodes, *new, max);
+        if !kept.contains(&new.tid) {
+            return;
+        }
+        let mut raced = false;
+        rel.modify(block, |p| {
+            let (range, list) = list_in(&rel, p, node, layer, m);
+            if list != current {
+                raced = true;
+                return None;
+            }
+            page::set_layer(&mut p[range], m, layer, &kept)
+                .unwrap_or_else(|e| rel.corrupt(block, e));
+            Some(())
+        });
+        if !raced {
+            return;
+        }
+    }
+}

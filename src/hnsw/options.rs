@@ -1,0 +1,140 @@
+//! Index options (`WITH (m = 16, ef_construction = 64)`) and the
+//! `hnsw.ef_search` GUC.
+//!
+//! Reloptions are registered in `_PG_init` with `add_reloption_kind`, as
+//! contrib/bloom and pgvector do; PostgreSQL itself then reports a value out
+//! of range with the option's name and bounds.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+use pgrx::PgSqlErrorCode;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::error::raise_detail;
+use crate::hnsw::graph::Params;
+
+/// Default `M`.
+pub const DEFAULT_M: i32 = 16;
+/// Range of `M`.
+pub const M_RANGE: (i32, i32) = (2, 100);
+/// Default `ef_construction`.
+pub const DEFAULT_EF_CONSTRUCTION: i32 = 64;
+/// Range of `ef_construction` (it must also be at least `2·M`).
+pub const EF_CONSTRUCTION_RANGE: (i32, i32) = (4, 1000);
+/// Default `hnsw.ef_search`.
+pub const DEFAULT_EF_SEARCH: i32 = 40;
+
+/// `hnsw.ef_search`: the size of the candidate list during a scan, which is
+/// also the most rows one index scan returns.
+pub static EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_EF_SEARCH);
+
+/// The reloption kind PostgreSQL assigned to `hnsw` in this backend.
+static RELOPT_KIND: AtomicU32 = AtomicU32::new(0);
+
+/// The parsed `WITH (...)` options, laid out as `build_reloptions` fills them.
+#[repr(C)]
+struct HnswOptions {
+    vl_len_: i32,
+    m: i32,
+    ef_construction: i32,
+}
+
+/// Registers the reloptions and the GUC; called once per backend from `_PG_init`.
+pub fn init() {
+    // SAFETY: called from _PG_init in a backend; the strings are static.
+    unsafe {
+        let kind = pg_sys::add_reloption_kind();
+        RELOPT_KIND.store(kind, Ordering::Relaxed);
+        pg_sys::add_int_reloption(
+            kind,
+            c"m".as_ptr(),
+            c"Max number of connections per element (M)".as_ptr(),
+            DEFAULT_M,
+            M_RANGE.0,
+            M_RANGE.1,
+            pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
+        );
+        pg_sys::add_int_reloption(
+            kind,
+            c"ef_construction".as_ptr(),
+            c"Size of the dynamic candidate list for construction".as_ptr(),
+            DEFAULT_EF_CONSTRUCTION,
+            EF_CONSTRUCTION_RANGE.0,
+            EF_CONSTRUCTION_RANGE.1,
+            pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
+        );
+    }
+    GucRegistry::define_int_guc(
+        c"hnsw.ef_search",
+        c"Sets the size of the dynamic candidate list for search",
+        c"Valid range is 1..1000. An index scan returns at most this many rows, so LIMIT above it needs a larger value.",
+        &EF_SEARCH,
+        1,
+        1000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+/// `amoptions`: parses and validates `WITH (...)` (`validate` raises on bad
+/// values).
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn amoptions(
+    reloptions: pg_sys::Datum,
+    validate: bool,
+) -> *mut pg_sys::bytea {
+    let table = [
+        pg_sys::relopt_parse_elt {
+            optname: c"m".as_ptr(),
+            opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
+            offset: std::mem::offset_of!(HnswOptions, m) as i32,
+        },
+        pg_sys::relopt_parse_elt {
+            optname: c"ef_construction".as_ptr(),
+            opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
+            offset: std::mem::offset_of!(HnswOptions, ef_construction) as i32,
+        },
+    ];
+    // SAFETY: the table describes HnswOptions exactly; build_reloptions
+    // pallocs a struct of the given size.
+    unsafe {
+        pg_sys::build_reloptions(
+            reloptions,
+            validate,
+            RELOPT_KIND.load(Ordering::Relaxed),
+            std::mem::size_of::<HnswOptions>(),
+            table.as_ptr(),
+            table.len() as i32,
+        ) as *mut pg_sys::bytea
+    }
+}
+
+/// The construction parameters of an index (defaults when none were given),
+/// checking that `ef_construction >= 2·M`.
+pub fn params_of(index: pg_sys::Relation) -> Params {
+    // SAFETY: rd_options is null or the struct amoptions built.
+    let (m, ef) = unsafe {
+        let opts = (*index).rd_options as *const HnswOptions;
+        if opts.is_null() {
+            (DEFAULT_M, DEFAULT_EF_CONSTRUCTION)
+        } else {
+            ((*opts).m, (*opts).ef_construction)
+        }
+    };
+    if ef < 2 * m {
+        raise_detail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "ef_construction must be greater than or equal to 2 * m",
+            format!("m = {m}, ef_construction = {ef}"),
+        );
+    }
+    Params {
+        m: m as usize,
+        ef_construction: ef as usize,
+    }
+}
+
+/// The current `hnsw.ef_search`.
+pub fn ef_search() -> usize {
+    EF_SEARCH.get().max(1) as usize
+}

@@ -1,0 +1,191 @@
+//! `ambeginscan` / `amrescan` / `amgettuple` / `amendscan`: ordered scans
+//! for `ORDER BY embedding <op> $1 LIMIT k`.
+//!
+//! The scan path: on the first `amgettuple`, read the query from the ORDER BY
+//! key, normalise it for cosine, then run the k-NN search (greedy descent
+//! from the entry point, beam of `hnsw.ef_search` on layer 0) over the
+//! buffer pages. Results are returned nearest first; each element's heap TIDs
+//! are read only when it is reached, so `LIMIT 10` touches ten elements more.
+//! A scan returns at most `hnsw.ef_search` elements: raise it for larger
+//! LIMITs. A NULL query, or a zero query under cosine, returns no rows.
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgMemoryContexts};
+
+use super::graph::{Candidate, Searcher};
+use super::options;
+use super::page::{ItemPointer, Meta};
+use super::storage::{to_pg_tid, ElementNode, IndexRel, PageStore};
+use crate::distance;
+use crate::vector::Vector;
+
+/// Per-scan state, allocated in the scan's memory context.
+#[derive(Default)]
+struct ScanState {
+    started: bool,
+    results: Vec<Candidate<ElementNode>>,
+    next_result: usize,
+    heap_tids: Vec<ItemPointer>,
+    next_tid: usize,
+    searcher: Searcher<ItemPointer>,
+    meta: Option<Meta>,
+}
+
+impl ScanState {
+    fn reset(&mut self) {
+        self.started = false;
+        self.results.clear();
+        self.next_result = 0;
+        self.heap_tids.clear();
+        self.next_tid = 0;
+    }
+}
+
+/// `ambeginscan`.
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambeginscan(
+    index: pg_sys::Relation,
+    nkeys: i32,
+    norderbys: i32,
+) -> pg_sys::IndexScanDesc {
+    // SAFETY: RelationGetIndexScan allocates the descriptor in the current
+    // memory context; our state lives there too and is dropped with it.
+    unsafe {
+        let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
+        let state =
+            PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(ScanState::default());
+        (*scan).opaque = state as *mut std::ffi::c_void;
+        scan
+    }
+}
+
+/// `amrescan`: takes the (new) ORDER BY value; the search runs lazily.
+#[pg_guard]
+pub unsafe extern "C-unwind" fn amrescan(
+    scan: pg_sys::IndexScanDesc,
+    keys: pg_sys::ScanKey,
+    nkeys: i32,
+    orderbys: pg_sys::ScanKey,
+    norderbys: i32,
+) {
+    // SAFETY: the executor passes arrays of nkeys/norderbys scan keys, and
+    // the descriptor has room for as many as ambeginscan was told.
+    unsafe {
+        if !keys.is_null() && nkeys > 0 && (*scan).numberOfKeys > 0 {
+            std::ptr::copy(
+                keys,
+                (*scan).keyData,
+                nkeys.min((*scan).numberOfKeys) as usize,
+            );
+        }
+        if !orderbys.is_null() && norderbys > 0 && (*scan).numberOfOrderBys > 0 {
+            std::ptr::copy(
+                orderbys,
+                (*scan).orderByData,
+                norderbys.min((*scan).numberOfOrderBys) as usize,
+            );
+        }
+        (*((*scan).opaque as *mut ScanState)).reset();
+    }
+}
+
+/// The query vector of the scan, prepared for the graph's metric, or `None`
+/// when the scan returns no rows (NULL query, zero vector under cosine).
+unsafe fn query_vector(scan: pg_sys::IndexScanDesc, store: &PageStore) -> Option<Vec<f32>> {
+    // SAFETY: the executor provides one ORDER BY key for our operators.
+    let key = unsafe {
+        if (*scan).numberOfOrderBys < 1 {
+            return None;
+        }
+        &*(*scan).orderByData
+    };
+    if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
+        return None;
+    }
+    // SAFETY: a non-null vector datum (the operator's right-hand type).
+    let v = unsafe { Vector::from_raw_datum(key.sk_argument) };
+    if v.dim() != store.meta.dims as usize {
+        super::dimension_mismatch(store.meta.dims as usize, v.dim());
+    }
+    let mut q = v.as_slice().to_vec();
+    if store.metric().normalizes() && !distance::normalize_in_place(&mut q) {
+        return None;
+    }
+    Some(q)
+}
+
+/// Runs the k-NN search for the scan's query.
+unsafe fn search(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
+    // SAFETY: indexRelation of an active scan is open.
+    let rel = IndexRel::new(unsafe { (*scan).indexRelation });
+    let meta = rel.read_meta();
+    state.meta = Some(meta);
+    let mut store = PageStore::new(rel, meta);
+    // SAFETY: as above.
+    let Some(query) = (unsafe { query_vector(scan, &store) }) else {
+        return;
+    };
+    let Some((entry, entry_level)) = meta.entry else {
+        return;
+    };
+    state.results = state.searcher.search(
+        &mut store,
+        &query,
+        entry,
+        entry_level as usize,
+        options::ef_search(),
+    );
+}
+
+/// `amgettuple`: the next heap TID, nearest first.
+#[pg_guard]
+pub unsafe extern "C-unwind" fn amgettuple(
+    scan: pg_sys::IndexScanDesc,
+    _direction: pg_sys::ScanDirection::Type,
+) -> bool {
+    // SAFETY: opaque was set by ambeginscan to our ScanState.
+    let state = unsafe { &mut *((*scan).opaque as *mut ScanState) };
+    if !state.started {
+        state.started = true;
+        // SAFETY: scan is the active descriptor.
+        unsafe { search(scan, state) };
+    }
+    while state.next_tid >= state.heap_tids.len() {
+        let Some(next) = state.results.get(state.next_result) else {
+            return false;
+        };
+        state.next_result += 1;
+        state.heap_tids.clear();
+        state.next_tid = 0;
+        let (true, Some(meta)) = (!next.node.deleted, state.meta) else {
+            continue;
+        };
+        // SAFETY: as above.
+        let store = PageStore::new(IndexRel::new(unsafe { (*scan).indexRelation }), meta);
+        let tids = &mut state.heap_tids;
+        store.with_element(next.node.tid, |e| {
+            if !e.is_deleted() {
+                tids.extend((0..e.heap_tid_count()).map(|i| e.heap_tid(i)));
+            }
+        });
+    }
+    let tid = state.heap_tids[state.next_tid];
+    state.next_tid += 1;
+    // SAFETY: setting the output fields of the active descriptor.
+    unsafe {
+        (*scan).xs_heaptid = to_pg_tid(tid);
+        (*scan).xs_recheck = false;
+        (*scan).xs_recheckorderby = false;
+    }
+    true
+}
+
+/// `amendscan`: frees the results early (the state itself goes with the
+/// scan's memory context).
+#[pg_guard]
+pub unsafe extern "C-unwind" fn amendscan(scan: pg_sys::IndexScanDesc) {
+    // SAFETY: opaque was set by ambeginscan.
+    let state = unsafe { &mut *((*scan).opaque as *mut ScanState) };
+    state.reset();
+    state.results = Vec::new();
+}

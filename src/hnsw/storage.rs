@@ -1,0 +1,412 @@
+//! Buffer access for the index: the thin layer where page bytes meet the
+//! buffer manager, and the [`GraphStore`] over buffer pages used by scans and
+//! inserts.
+//!
+//! Rules every function here follows:
+//! - at most one buffer content lock is held at a time, so two backends can
+//!   never deadlock on buffer locks;
+//! - every read is under a share lock, every write under an exclusive lock
+//!   and through `GenericXLog` (so it is WAL-logged for logged relations and
+//!   replayed on crash recovery and on replicas);
+//! - page bytes are validated by [`super::page`] before use; a bad page is an
+//!   `ERROR` naming the index, with a hint to `REINDEX`.
+//!
+//! If an `ERROR` is raised while a buffer is pinned or locked, transaction
+//! abort releases it, as for C index AMs.
+
+use pgrx::pg_sys;
+use pgrx::PgSqlErrorCode;
+use rustc_hash::FxHashMap;
+
+use super::graph::{GraphStore, Params};
+use super::page::{
+    self, ElementRef, ItemPointer, Meta, NeighborsRef, PageError, PageKind, PageRef, BLCKSZ,
+    META_BLOCK,
+};
+use crate::distance::Metric;
+use crate::error::raise_hint;
+
+/// An open index relation (borrowed from the caller; never closed here).
+#[derive(Clone, Copy)]
+pub struct IndexRel {
+    rel: pg_sys::Relation,
+    fork: pg_sys::ForkNumber::Type,
+}
+
+/// `ExclusiveLock` (lmgr lock mode 7).
+pub const EXCLUSIVE_LOCK: pg_sys::LOCKMODE = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+/// `ShareLock` (lmgr lock mode 5).
+pub const SHARE_LOCK: pg_sys::LOCKMODE = pg_sys::ShareLock as pg_sys::LOCKMODE;
+
+impl IndexRel {
+    /// Wraps the main fork of an open index relation.
+    pub fn new(rel: pg_sys::Relation) -> IndexRel {
+        IndexRel {
+            rel,
+            fork: pg_sys::ForkNumber::MAIN_FORKNUM,
+        }
+    }
+
+    /// Wraps the init fork (for `ambuildempty` of unlogged indexes).
+    pub fn init_fork(rel: pg_sys::Relation) -> IndexRel {
+        IndexRel {
+            rel,
+            fork: pg_sys::ForkNumber::INIT_FORKNUM,
+        }
+    }
+
+    /// The raw relation pointer.
+    pub fn raw(&self) -> pg_sys::Relation {
+        self.rel
+    }
+
+    /// The index's name, for messages.
+    pub fn name(&self) -> String {
+        // SAFETY: rd_rel of an open relation is valid; relname is a NameData.
+        unsafe {
+            let name = &(*(*self.rel).rd_rel).relname;
+            std::ffi::CStr::from_ptr(name.data.as_ptr())
+                .to_string_lossy()
+                .into_owned()
+        }
+    }
+
+    /// Number of blocks in the fork.
+    pub fn nblocks(&self) -> u32 {
+        // SAFETY: the relation is open.
+        unsafe { pg_sys::RelationGetNumberOfBlocksInFork(self.rel, self.fork) }
+    }
+
+    /// Raises the corruption `ERROR` for `block`.
+    pub fn corrupt(&self, block: u32, e: PageError) -> ! {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
+            format!(
+                "index \"{}\" contains a corrupted page at block {block}",
+                self.name()
+            ),
+            e.0,
+            "Please REINDEX it.",
+        )
+    }
+
+    /// Pins `block`. A block past the end of the relation (a corrupt link)
+    /// makes the buffer manager raise an `ERROR`, not a crash; we do not check
+    /// the size first because that costs a system call per read.
+    fn read_buffer(&self, block: u32) -> pg_sys::Buffer {
+        // SAFETY: ReadBufferExtended pins an existing block or raises an ERROR.
+        unsafe {
+            pg_sys::ReadBufferExtended(
+                self.rel,
+                self.fork,
+                block,
+                pg_sys::ReadBufferMode::RBM_NORMAL,
+                std::ptr::null_mut(),
+            )
+        }
+    }
+
+    /// Calls `f` with the bytes of `block` under a share lock.
+    pub fn read<R>(&self, block: u32, f: impl FnOnce(&[u8]) -> R) -> R {
+        let buf = self.read_buffer(block);
+        // SAFETY: `buf` is pinned; a share lock makes its page stable, and
+        // BufferGetPage points at BLCKSZ bytes of shared memory that stay
+        // valid until the pin is released below.
+        unsafe {
+            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as i32);
+            let bytes = std::slice::from_raw_parts(pg_sys::BufferGetPage(buf) as *const u8, BLCKSZ);
+            let r = f(bytes);
+            pg_sys::UnlockReleaseBuffer(buf);
+            r
+        }
+    }
+
+    /// Calls `f` with a modifiable image of `block` under an exclusive lock;
+    /// if `f` returns `Some`, the change is applied and WAL-logged with
+    /// `GenericXLog`, otherwise it is discarded.
+    pub fn modify<R>(&self, block: u32, f: impl FnOnce(&mut [u8]) -> Option<R>) -> Option<R> {
+        let buf = self.read_buffer(block);
+        // SAFETY: exclusive lock on a pinned buffer; GenericXLogRegisterBuffer
+        // returns a private BLCKSZ copy that we may write freely, which
+        // GenericXLogFinish copies back and logs.
+        unsafe {
+            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
+            let state = pg_sys::GenericXLogStart(self.rel);
+            let image = pg_sys::GenericXLogRegisterBuffer(state, buf, 0) as *mut u8;
+            let r = f(std::slice::from_raw_parts_mut(image, BLCKSZ));
+            if r.is_some() {
+                pg_sys::GenericXLogFinish(state);
+            } else {
+                pg_sys::GenericXLogAbort(state);
+            }
+            pg_sys::UnlockReleaseBuffer(buf);
+            r
+        }
+    }
+
+    /// Extends the fork by one page, formats it as `kind`, lets `f` fill it,
+    /// and WAL-logs it as a full image. Returns the new block number.
+    pub fn append(&self, kind: PageKind, f: impl FnOnce(&mut [u8])) -> u32 {
+        // SAFETY: the relation extension lock serialises extension; the new
+        // buffer is pinned and exclusively locked before anyone can see it;
+        // the GenericXLog image is BLCKSZ bytes as above.
+        unsafe {
+            pg_sys::LockRelationForExtension(self.rel, EXCLUSIVE_LOCK);
+            let buf = pg_sys::ReadBufferExtended(
+                self.rel,
+                self.fork,
+                u32::MAX,
+                pg_sys::ReadBufferMode::RBM_NORMAL,
+                std::ptr::null_mut(),
+            );
+            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
+            pg_sys::UnlockRelationForExtension(self.rel, EXCLUSIVE_LOCK);
+            let block = pg_sys::BufferGetBlockNumber(buf);
+            let state = pg_sys::GenericXLogStart(self.rel);
+            let image = pg_sys::GenericXLogRegisterBuffer(
+                state,
+                buf,
+                pg_sys::GENERIC_XLOG_FULL_IMAGE as i32,
+            ) as *mut u8;
+            let bytes = std::slice::from_raw_parts_mut(image, BLCKSZ);
+            page::init_page(bytes, kind);
+            f(bytes);
+            pg_sys::GenericXLogFinish(state);
+            pg_sys::UnlockReleaseBuffer(buf);
+            block
+        }
+    }
+
+    /// Appends a page image built in memory, without WAL: for `ambuild`,
+    /// which logs the whole relation with [`IndexRel::log_all_pages`] after.
+    pub fn append_unlogged_image(&self, image: &[u8]) -> u32 {
+        assert_eq!(image.len(), BLCKSZ);
+        // SAFETY: as in `append`; we copy exactly BLCKSZ bytes into the page.
+        unsafe {
+            let buf = pg_sys::ReadBufferExtended(
+                self.rel,
+                self.fork,
+                u32::MAX,
+                pg_sys::ReadBufferMode::RBM_NORMAL,
+                std::ptr::null_mut(),
+            );
+            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
+            let block = pg_sys::BufferGetBlockNumber(buf);
+            std::ptr::copy_nonoverlapping(
+                image.as_ptr(),
+                pg_sys::BufferGetPage(buf) as *mut u8,
+                BLCKSZ,
+            );
+            pg_sys::MarkBufferDirty(buf);
+            pg_sys::UnlockReleaseBuffer(buf);
+            block
+        }
+    }
+
+    /// WAL-logs every page of the fork as a full image, if the relation is
+    /// WAL-logged or this is the init fork of an unlogged one (the build
+    /// writes pages without WAL first).
+    pub fn log_all_pages(&self) {
+        // SAFETY: rd_rel is valid for an open relation; log_newpage_range
+        // reads each block through the buffer manager.
+        unsafe {
+            let permanent =
+                (*(*self.rel).rd_rel).relpersistence as u8 == pg_sys::RELPERSISTENCE_PERMANENT;
+            if permanent || self.fork == pg_sys::ForkNumber::INIT_FORKNUM {
+                let n = self.nblocks();
+                if n > 0 {
+                    pg_sys::log_newpage_range(self.rel, self.fork, 0, n, true);
+                }
+            }
+        }
+    }
+
+    /// Reads and validates the meta page.
+    pub fn read_meta(&self) -> Meta {
+        if self.nblocks() == 0 {
+            raise_hint(
+                PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
+                format!("index \"{}\" has no meta page", self.name()),
+                "the index relation is empty",
+                "Please REINDEX it.",
+            );
+        }
+        self.read(META_BLOCK, |p| Meta::read_page(p))
+            .unwrap_or_else(|e| self.corrupt(META_BLOCK, e))
+    }
+
+    /// Rewrites the meta page's entry point.
+    pub fn set_entry(&self, entry: Option<(ItemPointer, u16)>) {
+        self.modify(META_BLOCK, |p| {
+            let mut meta = Meta::read_page(p).unwrap_or_else(|e| self.corrupt(META_BLOCK, e));
+            meta.entry = entry;
+            meta.write_page(p);
+            Some(())
+        });
+    }
+
+    /// Takes the index-wide lock that orders inserts against entry-point
+    /// changes and VACUUM (a heavyweight page lock on the meta block, so
+    /// deadlocks are detected): `SHARE_LOCK` for ordinary inserts,
+    /// `EXCLUSIVE_LOCK` to change the entry point.
+    pub fn lock_graph(&self, mode: pg_sys::LOCKMODE) {
+        // SAFETY: the relation is open; the lock is released by
+        // `unlock_graph` or at transaction end.
+        unsafe { pg_sys::LockPage(self.rel, META_BLOCK, mode) }
+    }
+
+    /// Releases [`IndexRel::lock_graph`].
+    pub fn unlock_graph(&self, mode: pg_sys::LOCKMODE) {
+        // SAFETY: as above; we hold the lock in `mode`.
+        unsafe { pg_sys::UnlockPage(self.rel, META_BLOCK, mode) }
+    }
+}
+
+/// A visited element of the on-disk graph.
+#[derive(Clone, Copy, Debug)]
+pub struct ElementNode {
+    /// Where the element item is.
+    pub tid: ItemPointer,
+    /// Where its neighbor item is.
+    pub neighbors: ItemPointer,
+    /// Its top layer.
+    pub level: u8,
+    /// Whether VACUUM deleted it (still traversed, never returned).
+    pub deleted: bool,
+}
+
+/// The graph in buffer pages, as a [`GraphStore`].
+pub struct PageStore {
+    /// The index.
+    pub rel: IndexRel,
+    /// The meta page read when the operation began.
+    pub meta: Meta,
+    /// Vectors read for [`GraphStore::distance_between`] (inserts only).
+    vectors: FxHashMap<ItemPointer, Vec<f32>>,
+}
+
+impl PageStore {
+    /// A store over `rel` described by `meta`.
+    pub fn new(rel: IndexRel, meta: Meta) -> PageStore {
+        PageStore {
+            rel,
+            meta,
+            vectors: FxHashMap::default(),
+        }
+    }
+
+    /// Construction parameters from the meta page.
+    pub fn params(&self) -> Params {
+        Params {
+            m: self.meta.m as usize,
+            ef_construction: self.meta.ef_construction as usize,
+        }
+    }
+
+    /// The metric from the meta page.
+    pub fn metric(&self) -> Metric {
+        self.meta.metric
+    }
+
+    fn dims(&self) -> usize {
+        self.meta.dims as usize
+    }
+
+    /// Reads element `tid` and calls `f` with it (share-locked, in place).
+    pub fn with_element<R>(&self, tid: ItemPointer, f: impl FnOnce(ElementRef<'_>) -> R) -> R {
+        let (dims, m) = (self.dims(), self.meta.m as usize);
+        self.rel.read(tid.block, |bytes| {
+            let element = PageRef::new(bytes, PageKind::Graph)
+                .and_then(|p| p.item(tid.offset))
+                .and_then(|item| ElementRef::new(item, dims, m));
+            match element {
+                Ok(e) => f(e),
+                Err(e) => self.rel.corrupt(tid.block, e),
+            }
+        })
+    }
+
+    /// Makes sure element `tid`'s vector is in the cache.
+    fn cache_vector(&mut self, tid: ItemPointer) {
+        if !self.vectors.contains_key(&tid) {
+            let v = self.with_element(tid, |e| e.vector().to_vec());
+            self.vectors.insert(tid, v);
+        }
+    }
+
+    /// A copy of element `tid`'s vector (cached).
+    pub fn vector(&mut self, tid: ItemPointer) -> &[f32] {
+        self.cache_vector(tid);
+        &self.vectors[&tid]
+    }
+
+    /// Reads the current list of `node` on `layer`.
+    pub fn read_neighbors(&self, node: &ElementNode, layer: usize, out: &mut Vec<ItemPointer>) {
+        out.clear();
+        let at = node.neighbors;
+        let m = self.meta.m as usize;
+        self.rel.read(at.block, |bytes| {
+            let n = PageRef::new(bytes, PageKind::Graph)
+                .and_then(|p| p.item(at.offset))
+                .and_then(|item| NeighborsRef::new(item, m));
+            match n {
+                Ok(n) => n.read_layer(layer, out),
+                Err(e) => self.rel.corrupt(at.block, e),
+            }
+        })
+    }
+}
+
+impl GraphStore for PageStore {
+    type Key = ItemPointer;
+    type Node = ElementNode;
+
+    fn key(&self, node: &ElementNode) -> ItemPointer {
+        node.tid
+    }
+
+    fn visit(&mut self, query: &[f32], key: ItemPointer) -> Option<(f32, ElementNode)> {
+        let metric = self.meta.metric;
+        Some(self.with_element(key, |e| {
+            let node = ElementNode {
+                tid: key,
+                neighbors: e.neighbors(),
+                level: e.level() as u8,
+                deleted: e.is_deleted(),
+            };
+            (metric.distance(query, e.vector()), node)
+        }))
+    }
+
+    fn neighbors(&mut self, node: &ElementNode, layer: usize, out: &mut Vec<ItemPointer>) {
+        self.read_neighbors(node, layer, out)
+    }
+
+    fn distance_between(&mut self, a: &ElementNode, b: &ElementNode) -> f32 {
+        self.cache_vector(a.tid);
+        self.cache_vector(b.tid);
+        self.meta
+            .metric
+            .distance(&self.vectors[&a.tid], &self.vectors[&b.tid])
+    }
+}
+
+/// Converts a Postgres heap TID to an [`ItemPointer`].
+pub fn from_pg_tid(tid: &pg_sys::ItemPointerData) -> ItemPointer {
+    let block = ((tid.ip_blkid.bi_hi as u32) << 16) | tid.ip_blkid.bi_lo as u32;
+    ItemPointer {
+        block,
+        offset: tid.ip_posid,
+    }
+}
+
+/// Converts an [`ItemPointer`] back to a Postgres heap TID.
+pub fn to_pg_tid(t: ItemPointer) -> pg_sys::ItemPointerData {
+    pg_sys::ItemPointerData {
+        ip_blkid: pg_sys::BlockIdData {
+            bi_hi: (t.block >> 16) as u16,
+            bi_lo: (t.block & 0xFFFF) as u16,
+        },
+        ip_posid: t.offset,
+    }
+}
