@@ -59,6 +59,9 @@ extension_sql_file!(
 
 extension_sql_file!("../sql/hnsw.sql", name = "hnsw_sql", finalize);
 
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
 /// Hooks pgrx's test framework calls before the in-database tests run.
 #[cfg(test)]
 pub mod pg_test {
