@@ -194,18 +194,9 @@ mod tests {
         for n in [1usize, 2, 3, 7, 15, 16, 17, 31, 64, 100, 384, 1000] {
             let a: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect();
             let b: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect();
-            assert!(close(
-                l2_squared_distance(&a, &b) as f64,
-                naive(&a, &b, |x, y| (x - y) * (x - y))
-            ));
-            assert!(close(
-                inner_product(&a, &b) as f64,
-                naive(&a, &b, |x, y| x * y)
-            ));
-            assert!(close(
-                l1_distance(&a, &b) as f64,
-                naive(&a, &b, |x, y| (x - y).abs())
-            ));
+            assert!(close(l2_squared_distance(&a, &b) as f64, naive(&a, &b, |x, y| (x - y) * (x - y))));
+            assert!(close(inner_product(&a, &b) as f64, naive(&a, &b, |x, y| x * y)));
+            assert!(close(l1_distance(&a, &b) as f64, naive(&a, &b, |x, y| (x - y).abs())));
             let cos = 1.0
                 - naive(&a, &b, |x, y| x * y)
                     / (naive(&a, &a, |x, y| x * y).sqrt() * naive(&b, &b, |x, y| x * y).sqrt());

@@ -13,14 +13,8 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>) -> ! {
 }
 
 /// Raises `ERROR` with a `DETAIL` line.
-pub fn raise_detail(
-    code: PgSqlErrorCode,
-    message: impl Into<String>,
-    detail: impl Into<String>,
-) -> ! {
-    ErrorReport::new(code, message.into(), "pg_hnsw")
-        .set_detail(detail.into())
-        .report(PgLogLevel::ERROR);
+pub fn raise_detail(code: PgSqlErrorCode, message: impl Into<String>, detail: impl Into<String>) -> ! {
+    ErrorReport::new(code, message.into(), "pg_hnsw").set_detail(detail.into()).report(PgLogLevel::ERROR);
     unreachable!("ERROR returned")
 }
 

@@ -28,12 +28,7 @@ mod tests {
         )
         .unwrap();
         let ids = |sql: &str| -> Vec<i32> {
-            Spi::connect(|c| {
-                c.select(sql, None, &[])
-                    .unwrap()
-                    .map(|r| r.get::<i32>(1).unwrap().unwrap())
-                    .collect()
-            })
+            Spi::connect(|c| c.select(sql, None, &[]).unwrap().map(|r| r.get::<i32>(1).unwrap().unwrap()).collect())
         };
         let q = "ORDER BY embedding <-> '[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]' LIMIT 10";
         Spi::run("SET enable_seqscan = off").unwrap();

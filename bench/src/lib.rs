@@ -11,20 +11,13 @@ use std::time::{Duration, Instant};
 
 /// Reads `base_labels.tsv`: `(package, short description)` per base row.
 pub fn read_labels(path: &Path) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
-        fail(
-            &format!("cannot read {}: {e}", path.display()),
-            "check the dataset folder",
-        )
-    });
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display()), "check the dataset folder"));
     text.lines()
         .map(|l| {
             let mut f = l.splitn(3, '\t');
             let _row = f.next();
-            (
-                f.next().unwrap_or("").to_string(),
-                f.next().unwrap_or("").to_string(),
-            )
+            (f.next().unwrap_or("").to_string(), f.next().unwrap_or("").to_string())
         })
         .collect()
 }
@@ -49,11 +42,7 @@ fn bar(len: u64, msg: &str) -> ProgressBar {
 /// Creates `packages (id, name, description, embedding vector(384))` and
 /// loads every row with COPY (text form), showing a progress bar. Returns
 /// the load time.
-pub fn load_packages(
-    client: &mut Client,
-    base: &[Vec<f32>],
-    labels: &[(String, String)],
-) -> Duration {
+pub fn load_packages(client: &mut Client, base: &[Vec<f32>], labels: &[(String, String)]) -> Duration {
     client
         .batch_execute(
             "DROP TABLE IF EXISTS packages;
@@ -62,24 +51,11 @@ pub fn load_packages(
         .unwrap();
     let pb = bar(base.len() as u64, "loading rows");
     let start = Instant::now();
-    let mut w = client
-        .copy_in("COPY packages (id, name, description, embedding) FROM STDIN")
-        .unwrap();
+    let mut w = client.copy_in("COPY packages (id, name, description, embedding) FROM STDIN").unwrap();
     for (i, v) in base.iter().enumerate() {
         let (name, desc) = labels.get(i).cloned().unwrap_or_default();
-        let esc = |s: &str| {
-            s.replace('\\', "\\\\")
-                .replace('\t', " ")
-                .replace('\n', " ")
-        };
-        writeln!(
-            w,
-            "{i}\t{}\t{}\t{}",
-            esc(&name),
-            esc(&desc),
-            vector_literal(v)
-        )
-        .unwrap();
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('\t', " ").replace('\n', " ");
+        writeln!(w, "{i}\t{}\t{}\t{}", esc(&name), esc(&desc), vector_literal(v)).unwrap();
         if i % 1000 == 0 {
             pb.set_position(i as u64);
         }
@@ -93,16 +69,8 @@ pub fn load_packages(
 /// Runs `create_sql` on `client` while a second connection polls
 /// `pg_stat_progress_create_index` to drive a progress bar. Returns the
 /// build time.
-pub fn build_index_with_progress(
-    client: &mut Client,
-    conn_string: &str,
-    create_sql: &str,
-    rows: u64,
-) -> Duration {
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
+pub fn build_index_with_progress(client: &mut Client, conn_string: &str, create_sql: &str, rows: u64) -> Duration {
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let conn = conn_string.to_string();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done2 = done.clone();
@@ -110,10 +78,9 @@ pub fn build_index_with_progress(
         let mut monitor = pg_hnsw_cluster_tests::Client::connect(&conn, NoTls).unwrap();
         let pb = bar(rows, "building index");
         while !done2.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok(Some(r)) = monitor.query_opt(
-                "SELECT phase, tuples_done FROM pg_stat_progress_create_index WHERE pid = $1",
-                &[&pid],
-            ) {
+            if let Ok(Some(r)) = monitor
+                .query_opt("SELECT phase, tuples_done FROM pg_stat_progress_create_index WHERE pid = $1", &[&pid])
+            {
                 let phase: String = r.get(0);
                 let tuples: i64 = r.get(1);
                 pb.set_position(tuples as u64);
@@ -159,14 +126,8 @@ pub fn query_run(
     ground_truth: &[Vec<u32>],
     ef_search: i32,
 ) -> QueryRun {
-    client
-        .batch_execute(&format!("SET hnsw.ef_search = {ef_search}"))
-        .unwrap();
-    let stmt = client
-        .prepare(&format!(
-            "SELECT id FROM {table} ORDER BY embedding {op} $1 LIMIT 10"
-        ))
-        .unwrap();
+    client.batch_execute(&format!("SET hnsw.ef_search = {ef_search}")).unwrap();
+    let stmt = client.prepare(&format!("SELECT id FROM {table} ORDER BY embedding {op} $1 LIMIT 10")).unwrap();
     let params: Vec<Vector> = queries.iter().map(|q| Vector::from(q.clone())).collect();
     for p in params.iter().take(20) {
         client.query(&stmt, &[p]).unwrap();
@@ -179,10 +140,7 @@ pub fn query_run(
         let rows = client.query(&stmt, &[p]).unwrap();
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
         let truth: Vec<i32> = truth.iter().take(10).map(|&x| x as i32).collect();
-        hits += rows
-            .iter()
-            .filter(|r| truth.contains(&r.get::<_, i32>(0)))
-            .count();
+        hits += rows.iter().filter(|r| truth.contains(&r.get::<_, i32>(0))).count();
     }
     let total = start.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
@@ -198,8 +156,5 @@ pub fn query_run(
 
 /// `pg_relation_size` of a relation, in bytes.
 pub fn relation_size(client: &mut Client, name: &str) -> i64 {
-    client
-        .query_one("SELECT pg_relation_size($1::text::regclass)", &[&name])
-        .unwrap()
-        .get(0)
+    client.query_one("SELECT pg_relation_size($1::text::regclass)", &[&name]).unwrap().get(0)
 }

@@ -12,22 +12,14 @@ pub use postgres::{Client, NoTls};
 
 /// Directory of PostgreSQL's server binaries (`pg_config --bindir`).
 pub fn pg_bindir() -> PathBuf {
-    let pg_config = std::env::var("PG_CONFIG")
-        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
-    let out = Command::new(&pg_config)
-        .arg("--bindir")
-        .output()
-        .expect("run pg_config");
+    let pg_config = std::env::var("PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
+    let out = Command::new(&pg_config).arg("--bindir").output().expect("run pg_config");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 fn is_root() -> bool {
     // SAFETY-free check: `id -u` keeps this crate free of libc.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
 }
 
 /// Runs a PostgreSQL binary as the `postgres` user when we are root.
@@ -43,10 +35,7 @@ pub fn pg_command(binary: &str) -> Command {
 }
 
 fn run(mut c: Command, what: &str) {
-    let out = c
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let out = c.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),
         "{what} failed: {}{}",
@@ -57,11 +46,7 @@ fn run(mut c: Command, what: &str) {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A running throwaway cluster.
@@ -107,9 +92,7 @@ impl Cluster {
         let base = base.to_path_buf();
         if base.join("data/postmaster.pid").exists() {
             let mut c = pg_command("pg_ctl");
-            c.args(["-w", "-m", "fast", "-D"])
-                .arg(base.join("data"))
-                .arg("stop");
+            c.args(["-w", "-m", "fast", "-D"]).arg(base.join("data")).arg("stop");
             let _ = c.stdin(Stdio::null()).output();
         }
         let _ = std::fs::remove_dir_all(&base);
@@ -121,9 +104,7 @@ impl Cluster {
         let socket_dir = base.join("sock");
         make_postgres_owned_dir(&socket_dir);
         let mut initdb = pg_command("initdb");
-        initdb
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&data);
+        initdb.args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"]).arg(&data);
         run(initdb, "initdb");
         let mut lines = vec![
             format!("port = {port}"),
@@ -141,12 +122,7 @@ impl Cluster {
         text.push_str(&lines.join("\n"));
         text.push('\n');
         std::fs::write(&conf_path, text).unwrap();
-        let mut c = Cluster {
-            data,
-            socket_dir,
-            port,
-            stopped: true,
-        };
+        let mut c = Cluster { data, socket_dir, port, stopped: true };
         c.pg_ctl_start();
         c.stopped = false;
         c
@@ -155,12 +131,7 @@ impl Cluster {
     /// Wraps an existing data directory (e.g. a replica from
     /// `pg_basebackup`) on `port` and starts it.
     pub fn start_existing(data: PathBuf, socket_dir: PathBuf, port: u16) -> Cluster {
-        let mut c = Cluster {
-            data,
-            socket_dir,
-            port,
-            stopped: true,
-        };
+        let mut c = Cluster { data, socket_dir, port, stopped: true };
         c.pg_ctl_start();
         c.stopped = false;
         c
@@ -168,25 +139,14 @@ impl Cluster {
 
     fn pg_ctl_start(&self) {
         let mut c = pg_command("pg_ctl");
-        c.args(["-w", "-t", "120", "-D"])
-            .arg(&self.data)
-            .arg("-l")
-            .arg(self.data.join("../server.log"));
-        c.args([
-            "-o",
-            &format!("-p {} -k {}", self.port, self.socket_dir.display()),
-        ])
-        .arg("start");
+        c.args(["-w", "-t", "120", "-D"]).arg(&self.data).arg("-l").arg(self.data.join("../server.log"));
+        c.args(["-o", &format!("-p {} -k {}", self.port, self.socket_dir.display())]).arg("start");
         run(c, "pg_ctl start");
     }
 
     /// Connection string for the `postgres` database.
     pub fn conn_string(&self) -> String {
-        format!(
-            "host={} port={} user=postgres dbname=postgres",
-            self.socket_dir.display(),
-            self.port
-        )
+        format!("host={} port={} user=postgres dbname=postgres", self.socket_dir.display(), self.port)
     }
 
     /// A new client connection.
@@ -197,8 +157,7 @@ impl Cluster {
     /// A new connection with `CREATE EXTENSION pg_hnsw` done.
     pub fn connect_with_extension(&self) -> Client {
         let mut c = self.connect();
-        c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_hnsw")
-            .expect("CREATE EXTENSION pg_hnsw (is it installed?)");
+        c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_hnsw").expect("CREATE EXTENSION pg_hnsw (is it installed?)");
         c
     }
 
@@ -216,8 +175,7 @@ impl Cluster {
     /// Kills the postmaster with SIGKILL (a crash: no shutdown checkpoint),
     /// then waits for every backend to exit.
     pub fn kill_postmaster(&mut self) {
-        let pid_text =
-            std::fs::read_to_string(self.data.join("postmaster.pid")).expect("postmaster.pid");
+        let pid_text = std::fs::read_to_string(self.data.join("postmaster.pid")).expect("postmaster.pid");
         let pid = pid_text.lines().next().unwrap().trim().to_string();
         run(
             {
@@ -229,9 +187,7 @@ impl Cluster {
         );
         // Backends notice the dead postmaster and exit; wait for them.
         for _ in 0..200 {
-            let out = Command::new("pgrep")
-                .args(["-f", &format!("postgres: .*{}", self.port)])
-                .output();
+            let out = Command::new("pgrep").args(["-f", &format!("postgres: .*{}", self.port)]).output();
             let busy = out.map(|o| !o.stdout.is_empty()).unwrap_or(false);
             let alive = Path::new(&format!("/proc/{pid}")).exists();
             if !busy && !alive {
@@ -276,9 +232,7 @@ pub struct Dataset {
 pub fn dataset_dir() -> PathBuf {
     match std::env::var("PG_HNSW_DATASET") {
         Ok(d) => PathBuf::from(d),
-        Err(_) => {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/debian-minilm-384")
-        }
+        Err(_) => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/debian-minilm-384"),
     }
 }
 
@@ -291,10 +245,7 @@ pub fn read_fvecs(path: &Path, limit: usize) -> Vec<Vec<f32>> {
     while at + 4 <= bytes.len() && out.len() < limit {
         let d = i32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         at += 4;
-        let v = bytes[at..at + 4 * d]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let v = bytes[at..at + 4 * d].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         at += 4 * d;
         out.push(v);
     }
@@ -303,10 +254,7 @@ pub fn read_fvecs(path: &Path, limit: usize) -> Vec<Vec<f32>> {
 
 /// Reads a TEXMEX `.ivecs` file, at most `limit` records.
 pub fn read_ivecs(path: &Path, limit: usize) -> Vec<Vec<u32>> {
-    read_fvecs(path, limit)
-        .into_iter()
-        .map(|r| r.into_iter().map(f32::to_bits).collect())
-        .collect()
+    read_fvecs(path, limit).into_iter().map(|r| r.into_iter().map(f32::to_bits).collect()).collect()
 }
 
 impl Dataset {
@@ -331,9 +279,7 @@ pub fn vector_literal(v: &[f32]) -> String {
 /// with COPY in text form; ids start at `first_id`.
 pub fn copy_vectors(client: &mut Client, table: &str, first_id: i64, vectors: &[Vec<f32>]) {
     use std::io::Write;
-    let mut w = client
-        .copy_in(&format!("COPY {table} (id, embedding) FROM STDIN"))
-        .unwrap();
+    let mut w = client.copy_in(&format!("COPY {table} (id, embedding) FROM STDIN")).unwrap();
     for (i, v) in vectors.iter().enumerate() {
         writeln!(w, "{}\t{}", first_id + i as i64, vector_literal(v)).unwrap();
     }
@@ -341,17 +287,8 @@ pub fn copy_vectors(client: &mut Client, table: &str, first_id: i64, vectors: &[
 }
 
 /// Exact k nearest ids of `query` among `base` for `distance` (brute force).
-pub fn exact_knn(
-    base: &[Vec<f32>],
-    query: &[f32],
-    k: usize,
-    distance: impl Fn(&[f32], &[f32]) -> f32,
-) -> Vec<usize> {
-    let mut d: Vec<(f32, usize)> = base
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (distance(query, b), i))
-        .collect();
+pub fn exact_knn(base: &[Vec<f32>], query: &[f32], k: usize, distance: impl Fn(&[f32], &[f32]) -> f32) -> Vec<usize> {
+    let mut d: Vec<(f32, usize)> = base.iter().enumerate().map(|(i, b)| (distance(query, b), i)).collect();
     d.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     d.into_iter().take(k).map(|x| x.1).collect()
 }

@@ -1,9 +1,7 @@
 //! The `hnsw` index on a real cluster: recall on the real dataset, planner
 //! use, options and GUC errors, and edge cases.
 
-use pg_hnsw_cluster_tests::{
-    copy_vectors, cosine, exact_knn, l2, neg_ip, recall_at, Client, Cluster, Dataset,
-};
+use pg_hnsw_cluster_tests::{copy_vectors, cosine, exact_knn, l2, neg_ip, recall_at, Client, Cluster, Dataset};
 use pgvector::Vector;
 
 fn sqlstate(client: &mut Client, sql: &str) -> String {
@@ -27,26 +25,11 @@ fn explain(c: &mut Client, sql: &str) -> String {
 
 /// Mean recall@10 of `ORDER BY embedding <op> q LIMIT 10` over the queries,
 /// against brute force over the same rows.
-fn recall(
-    c: &mut Client,
-    table: &str,
-    op: &str,
-    data: &Dataset,
-    distance: fn(&[f32], &[f32]) -> f32,
-) -> f64 {
-    let stmt = c
-        .prepare(&format!(
-            "SELECT id FROM {table} ORDER BY embedding {op} $1 LIMIT 10"
-        ))
-        .unwrap();
+fn recall(c: &mut Client, table: &str, op: &str, data: &Dataset, distance: fn(&[f32], &[f32]) -> f32) -> f64 {
+    let stmt = c.prepare(&format!("SELECT id FROM {table} ORDER BY embedding {op} $1 LIMIT 10")).unwrap();
     let mut total = 0.0;
     for q in &data.queries {
-        let found: Vec<i64> = c
-            .query(&stmt, &[&Vector::from(q.clone())])
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let found: Vec<i64> = c.query(&stmt, &[&Vector::from(q.clone())]).unwrap().iter().map(|r| r.get(0)).collect();
         total += recall_at(10, &found, &exact_knn(&data.base, q, 10, distance));
     }
     total / data.queries.len() as f64
@@ -57,14 +40,10 @@ fn recall_on_real_data_after_build_and_after_inserts() {
     let cluster = Cluster::start("hnsw_recall", &[]);
     let mut c = cluster.connect_with_extension();
     let data = Dataset::load(10_000, 100);
-    c.batch_execute("CREATE TABLE staging (id bigint, embedding vector(384))")
-        .unwrap();
+    c.batch_execute("CREATE TABLE staging (id bigint, embedding vector(384))").unwrap();
     copy_vectors(&mut c, "staging", 0, &data.base);
-    let cases: [(&str, &str, fn(&[f32], &[f32]) -> f32); 3] = [
-        ("vector_cosine_ops", "<=>", cosine),
-        ("vector_l2_ops", "<->", l2),
-        ("vector_ip_ops", "<#>", neg_ip),
-    ];
+    let cases: [(&str, &str, fn(&[f32], &[f32]) -> f32); 3] =
+        [("vector_cosine_ops", "<=>", cosine), ("vector_l2_ops", "<->", l2), ("vector_ip_ops", "<#>", neg_ip)];
     for (opclass, op, distance) in cases {
         // Built by CREATE INDEX over existing rows.
         c.batch_execute(&format!(
@@ -74,15 +53,9 @@ fn recall_on_real_data_after_build_and_after_inserts() {
         .unwrap();
         let plan = explain(
             &mut c,
-            &format!(
-                "SELECT id FROM built ORDER BY embedding {op} '[{}]' LIMIT 10",
-                vec!["0.1"; 384].join(",")
-            ),
+            &format!("SELECT id FROM built ORDER BY embedding {op} '[{}]' LIMIT 10", vec!["0.1"; 384].join(",")),
         );
-        assert!(
-            plan.contains("Index Scan using built_idx"),
-            "{opclass}: planner does not use the index:\n{plan}"
-        );
+        assert!(plan.contains("Index Scan using built_idx"), "{opclass}: planner does not use the index:\n{plan}");
         let r = recall(&mut c, "built", op, &data, distance);
         eprintln!("{opclass}: recall@10 after CREATE INDEX = {r:.4}");
         assert!(r >= 0.95, "{opclass}: recall@10 {r} after CREATE INDEX");
@@ -101,12 +74,7 @@ fn recall_on_real_data_after_build_and_after_inserts() {
 
     // Results come back sorted by distance.
     let q = Vector::from(data.queries[0].clone());
-    let rows = c
-        .query(
-            "SELECT embedding <=> $1 FROM grown ORDER BY embedding <=> $1 LIMIT 40",
-            &[&q],
-        )
-        .unwrap();
+    let rows = c.query("SELECT embedding <=> $1 FROM grown ORDER BY embedding <=> $1 LIMIT 40", &[&q]).unwrap();
     let d: Vec<f64> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(d.len(), 40, "ef_search = 40 rows");
     assert!(d.windows(2).all(|w| w[0] <= w[1] + 1e-6), "sorted: {d:?}");
@@ -126,39 +94,21 @@ fn options_guc_and_edge_cases() {
     for (with, expected) in [
         ("m = 1", "22023 value 1 out of bounds for option \"m\""),
         ("m = 101", "22023 value 101 out of bounds for option \"m\""),
-        (
-            "ef_construction = 3",
-            "22023 value 3 out of bounds for option \"ef_construction\"",
-        ),
-        (
-            "ef_construction = 1001",
-            "22023 value 1001 out of bounds for option \"ef_construction\"",
-        ),
-        (
-            "m = 16, ef_construction = 20",
-            "22023 ef_construction must be greater than or equal to 2 * m",
-        ),
+        ("ef_construction = 3", "22023 value 3 out of bounds for option \"ef_construction\""),
+        ("ef_construction = 1001", "22023 value 1001 out of bounds for option \"ef_construction\""),
+        ("m = 16, ef_construction = 20", "22023 ef_construction must be greater than or equal to 2 * m"),
         ("nonsense = 3", "22023 unrecognized parameter \"nonsense\""),
     ] {
         assert_eq!(
-            sqlstate(
-                &mut c,
-                &format!("CREATE INDEX ON t USING hnsw (embedding vector_l2_ops) WITH ({with})")
-            ),
+            sqlstate(&mut c, &format!("CREATE INDEX ON t USING hnsw (embedding vector_l2_ops) WITH ({with})")),
             expected
         );
     }
-    let detail = c
-        .batch_execute("CREATE INDEX ON t USING hnsw (embedding vector_l2_ops) WITH (m = 1)")
-        .unwrap_err();
-    assert_eq!(
-        detail.as_db_error().unwrap().detail(),
-        Some("Valid values are between \"2\" and \"100\".")
-    );
+    let detail = c.batch_execute("CREATE INDEX ON t USING hnsw (embedding vector_l2_ops) WITH (m = 1)").unwrap_err();
+    assert_eq!(detail.as_db_error().unwrap().detail(), Some("Valid values are between \"2\" and \"100\"."));
 
     // Columns the index cannot serve.
-    c.batch_execute("CREATE TABLE nodim (v vector); CREATE TABLE huge (v vector(2001))")
-        .unwrap();
+    c.batch_execute("CREATE TABLE nodim (v vector); CREATE TABLE huge (v vector(2001))").unwrap();
     assert_eq!(
         sqlstate(&mut c, "CREATE INDEX ON nodim USING hnsw (v vector_l2_ops)"),
         "22023 column does not have dimensions"
@@ -174,11 +124,7 @@ fn options_guc_and_edge_cases() {
     c.batch_execute("CREATE INDEX t_idx ON t USING hnsw (embedding vector_l2_ops) WITH (m = 8, ef_construction = 32); SET enable_seqscan = off").unwrap();
     let count = |c: &mut Client, sql: &str| c.query(sql, &[]).unwrap().len();
     let q = "SELECT id FROM t ORDER BY embedding <-> '[3,3,3]' LIMIT 100";
-    assert_eq!(
-        count(&mut c, q),
-        40,
-        "default ef_search 40 caps the rows (distinct vectors)"
-    );
+    assert_eq!(count(&mut c, q), 40, "default ef_search 40 caps the rows (distinct vectors)");
     let mut tx = c.transaction().unwrap();
     tx.batch_execute("SET LOCAL hnsw.ef_search = 100").unwrap();
     assert_eq!(tx.query(q, &[]).unwrap().len(), 100);
@@ -186,34 +132,18 @@ fn options_guc_and_edge_cases() {
     assert_eq!(count(&mut c, q), 40, "SET LOCAL ended with the transaction");
 
     // The index is chosen for each operator; not for plain filters.
-    for (opclass, op) in [
-        ("vector_ip_ops", "<#>"),
-        ("vector_cosine_ops", "<=>"),
-        ("vector_l1_ops", "<+>"),
-    ] {
-        c.batch_execute(&format!(
-            "CREATE INDEX ON t USING hnsw (embedding {opclass})"
-        ))
-        .unwrap();
-        let plan = explain(
-            &mut c,
-            &format!("SELECT id FROM t ORDER BY embedding {op} '[1,2,3]' LIMIT 5"),
-        );
+    for (opclass, op) in [("vector_ip_ops", "<#>"), ("vector_cosine_ops", "<=>"), ("vector_l1_ops", "<+>")] {
+        c.batch_execute(&format!("CREATE INDEX ON t USING hnsw (embedding {opclass})")).unwrap();
+        let plan = explain(&mut c, &format!("SELECT id FROM t ORDER BY embedding {op} '[1,2,3]' LIMIT 5"));
         assert!(plan.contains("Index Scan using"), "{op}:\n{plan}");
     }
     c.batch_execute("SET enable_seqscan = on").unwrap();
     let plan = explain(&mut c, "SELECT id FROM t WHERE embedding <-> '[1,2,3]' < 1");
-    assert!(
-        !plan.contains("hnsw") && !plan.contains("Index Scan using t_idx"),
-        "{plan}"
-    );
+    assert!(!plan.contains("hnsw") && !plan.contains("Index Scan using t_idx"), "{plan}");
 
     // Query of the wrong dimension: an error; NULL query: no rows.
     assert_eq!(
-        sqlstate(
-            &mut c,
-            "SELECT id FROM t ORDER BY embedding <-> '[1,2]' LIMIT 5"
-        ),
+        sqlstate(&mut c, "SELECT id FROM t ORDER BY embedding <-> '[1,2]' LIMIT 5"),
         "22000 different vector dimensions 3 and 2"
     );
     c.batch_execute("SET enable_seqscan = off").unwrap();
@@ -228,20 +158,10 @@ fn options_guc_and_edge_cases() {
         "CREATE TABLE e (id int, embedding vector(2)); CREATE INDEX e_idx ON e USING hnsw (embedding vector_l2_ops);",
     )
     .unwrap();
-    assert_eq!(
-        count(
-            &mut c,
-            "SELECT id FROM e ORDER BY embedding <-> '[1,1]' LIMIT 5"
-        ),
-        0
-    );
-    c.batch_execute("INSERT INTO e VALUES (1, '[1,1]'), (2, NULL), (3, '[2,2]'), (4, NULL)")
-        .unwrap();
+    assert_eq!(count(&mut c, "SELECT id FROM e ORDER BY embedding <-> '[1,1]' LIMIT 5"), 0);
+    c.batch_execute("INSERT INTO e VALUES (1, '[1,1]'), (2, NULL), (3, '[2,2]'), (4, NULL)").unwrap();
     let ids: Vec<i32> = c
-        .query(
-            "SELECT id FROM e ORDER BY embedding <-> '[1,1]' LIMIT 5",
-            &[],
-        )
+        .query("SELECT id FROM e ORDER BY embedding <-> '[1,1]' LIMIT 5", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -258,29 +178,26 @@ fn options_guc_and_edge_cases() {
          SET hnsw.ef_search = 300;",
     )
     .unwrap();
-    let n = c.query_one("SELECT count(*) FROM (SELECT id FROM dup ORDER BY embedding <-> '[5,5]' LIMIT 200) s WHERE id < 1000", &[]).unwrap().get::<_, i64>(0);
+    let n = c
+        .query_one(
+            "SELECT count(*) FROM (SELECT id FROM dup ORDER BY embedding <-> '[5,5]' LIMIT 200) s WHERE id < 1000",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0);
     assert_eq!(n, 200, "every duplicate is returned");
     c.batch_execute("RESET hnsw.ef_search").unwrap();
 
     // Zero vectors are skipped under cosine, and a zero query returns nothing.
     c.batch_execute("CREATE TABLE z (id int, embedding vector(2)); INSERT INTO z VALUES (1, '[0,0]'), (2, '[1,0]'); CREATE INDEX ON z USING hnsw (embedding vector_cosine_ops); INSERT INTO z VALUES (3, '[0,0]'), (4, '[0,1]')").unwrap();
     let ids: Vec<i32> = c
-        .query(
-            "SELECT id FROM z ORDER BY embedding <=> '[1,0.1]' LIMIT 5",
-            &[],
-        )
+        .query("SELECT id FROM z ORDER BY embedding <=> '[1,0.1]' LIMIT 5", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
     assert_eq!(ids, vec![2, 4]);
-    assert_eq!(
-        count(
-            &mut c,
-            "SELECT id FROM z ORDER BY embedding <=> '[0,0]' LIMIT 5"
-        ),
-        0
-    );
+    assert_eq!(count(&mut c, "SELECT id FROM z ORDER BY embedding <=> '[0,0]' LIMIT 5"), 0);
 
     // Unlogged table, REINDEX, DROP, and more rows than fit one page.
     c.batch_execute(
@@ -290,58 +207,32 @@ fn options_guc_and_edge_cases() {
          INSERT INTO u VALUES (1000, '[0,0,0]');",
     )
     .unwrap();
-    let first: i32 = c
-        .query_one(
-            "SELECT id FROM u ORDER BY embedding <-> '[0,0,0]' LIMIT 1",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let first: i32 = c.query_one("SELECT id FROM u ORDER BY embedding <-> '[0,0,0]' LIMIT 1", &[]).unwrap().get(0);
     assert_eq!(first, 1000);
-    let pages: i32 = c
-        .query_one("SELECT relpages FROM pg_class WHERE relname = 't_idx'", &[])
-        .unwrap()
-        .get(0);
+    let pages: i32 = c.query_one("SELECT relpages FROM pg_class WHERE relname = 't_idx'", &[]).unwrap().get(0);
     assert!(pages > 2, "index spans many pages ({pages})");
-    c.batch_execute("REINDEX INDEX t_idx; REINDEX INDEX u_idx")
-        .unwrap();
+    c.batch_execute("REINDEX INDEX t_idx; REINDEX INDEX u_idx").unwrap();
     let near: Vec<i32> = c
-        .query(
-            "SELECT id FROM t ORDER BY embedding <-> '[0,0,0]' LIMIT 3",
-            &[],
-        )
+        .query("SELECT id FROM t ORDER BY embedding <-> '[0,0,0]' LIMIT 3", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
     let exact: Vec<i32> = {
-        c.batch_execute("SET enable_indexscan = off; SET enable_seqscan = on")
-            .unwrap();
+        c.batch_execute("SET enable_indexscan = off; SET enable_seqscan = on").unwrap();
         let r = c
-            .query(
-                "SELECT id FROM t ORDER BY embedding <-> '[0,0,0]', id LIMIT 3",
-                &[],
-            )
+            .query("SELECT id FROM t ORDER BY embedding <-> '[0,0,0]', id LIMIT 3", &[])
             .unwrap()
             .iter()
             .map(|r| r.get(0))
             .collect();
-        c.batch_execute("RESET enable_indexscan; SET enable_seqscan = off")
-            .unwrap();
+        c.batch_execute("RESET enable_indexscan; SET enable_seqscan = off").unwrap();
         r
     };
     assert_eq!(near.len(), 3);
-    assert!(
-        near.iter().filter(|id| exact.contains(id)).count() >= 2,
-        "{near:?} vs {exact:?}"
-    );
+    assert!(near.iter().filter(|id| exact.contains(id)).count() >= 2, "{near:?} vs {exact:?}");
     c.batch_execute("DROP INDEX t_idx; DROP TABLE u").unwrap();
-    let left: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_class WHERE relname IN ('t_idx', 'u_idx')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let left: i64 =
+        c.query_one("SELECT count(*) FROM pg_class WHERE relname IN ('t_idx', 'u_idx')", &[]).unwrap().get(0);
     assert_eq!(left, 0);
 }

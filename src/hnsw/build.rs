@@ -17,14 +17,17 @@ use rand::{Rng, SeedableRng};
 
 use super::graph::{random_level, MemoryGraph, Params};
 use super::page::{
-    self, encode_element, encode_neighbors, item_footprint, ItemPointer, Meta, PageImage, PageKind,
-    EMPTY_PAGE_SPACE,
+    self, encode_element, encode_neighbors, item_footprint, ItemPointer, Meta, PageImage, PageKind, EMPTY_PAGE_SPACE,
 };
 use super::storage::{from_pg_tid, IndexRel};
 use super::{index_dims, index_metric, insert, options, PROGRESS_PHASE_LOAD, PROGRESS_PHASE_WRITE};
 use crate::distance::{self, Metric};
 use crate::error::raise;
 use crate::vector::Vector;
+
+/// Seed of the level draws during a build, so the same rows in the same
+/// order give the same graph (inserts after the build draw from entropy).
+const BUILD_SEED: u64 = 0x5eed_0f_4e5f;
 
 /// Everything the heap-scan callback needs.
 struct BuildState {
@@ -48,18 +51,14 @@ fn progress(param: u32, value: i64) {
 }
 
 /// The meta page contents of an index over `dims` dimensions.
-fn meta_for(
-    dims: usize,
-    params: Params,
-    metric: Metric,
-    entry: Option<(ItemPointer, u16)>,
-) -> Meta {
+fn meta_for(dims: usize, params: Params, metric: Metric, entry: Option<(ItemPointer, u16)>) -> Meta {
     Meta {
         dims: dims as u32,
         m: params.m as u32,
         ef_construction: params.ef_construction as u32,
         metric,
         entry,
+        free_hint: None,
     }
 }
 
@@ -72,10 +71,7 @@ pub unsafe extern "C-unwind" fn ambuild(
 ) -> *mut pg_sys::IndexBuildResult {
     let rel = IndexRel::new(index);
     if rel.nblocks() != 0 {
-        raise(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("index \"{}\" already contains data", rel.name()),
-        );
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("index \"{}\" already contains data", rel.name()));
     }
     let params = options::params_of(index);
     let dims = index_dims(index);
@@ -91,7 +87,7 @@ pub unsafe extern "C-unwind" fn ambuild(
         max_level,
         graph: Some(MemoryGraph::new(metric, dims, params, max_level)),
         memory_limit,
-        rng: SmallRng::from_entropy(),
+        rng: SmallRng::seed_from_u64(BUILD_SEED),
         heap_tuples: 0.0,
         index_tuples: 0.0,
         tmp: PgMemoryContexts::new("hnsw build tuple"),
@@ -102,9 +98,7 @@ pub unsafe extern "C-unwind" fn ambuild(
     // callback receives `state` back as its last argument.
     unsafe {
         let am = (*heap).rd_tableam;
-        let scan = (*am)
-            .index_build_range_scan
-            .expect("table AM without index_build_range_scan");
+        let scan = (*am).index_build_range_scan.expect("table AM without index_build_range_scan");
         scan(
             heap,
             index,
@@ -125,8 +119,7 @@ pub unsafe extern "C-unwind" fn ambuild(
     }
     // SAFETY: palloc0 returns zeroed memory for the result struct.
     unsafe {
-        let result = pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBuildResult>())
-            as *mut pg_sys::IndexBuildResult;
+        let result = pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBuildResult>()) as *mut pg_sys::IndexBuildResult;
         (*result).heap_tuples = state.heap_tuples;
         (*result).index_tuples = state.index_tuples;
         result
@@ -145,14 +138,7 @@ unsafe extern "C-unwind" fn build_callback(
 ) {
     // SAFETY: `state` is the BuildState passed to index_build_range_scan;
     // values/isnull have one entry per index column (one column here).
-    let (state, datum, null, tid) = unsafe {
-        (
-            &mut *(state as *mut BuildState),
-            *values,
-            *isnull,
-            from_pg_tid(&*tid),
-        )
-    };
+    let (state, datum, null, tid) = unsafe { (&mut *(state as *mut BuildState), *values, *isnull, from_pg_tid(&*tid)) };
     state.heap_tuples += 1.0;
     if null {
         return;
@@ -171,11 +157,7 @@ unsafe extern "C-unwind" fn build_callback(
     if state.metric.normalizes() && !distance::normalize_in_place(&mut state.scratch) {
         return;
     }
-    let level = random_level(
-        state.rng.gen::<f64>(),
-        state.params.level_multiplier(),
-        state.max_level,
-    );
+    let level = random_level(state.rng.gen::<f64>(), state.params.level_multiplier(), state.max_level);
     match state.graph.as_mut() {
         Some(graph) => {
             graph.insert(&state.scratch, tid.pack(), level);
@@ -187,10 +169,7 @@ unsafe extern "C-unwind" fn build_callback(
     }
     state.index_tuples += 1.0;
     if (state.index_tuples as u64) % 1000 == 0 {
-        progress(
-            pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE,
-            state.index_tuples as i64,
-        );
+        progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, state.index_tuples as i64);
     }
 }
 
@@ -207,24 +186,43 @@ fn spill_to_disk(state: &mut BuildState) {
 }
 
 /// Where each element's two items go: `(element item, neighbor item)`.
+///
+/// Element items fill pages in insertion order; each neighbor item goes to
+/// the first earlier page with room (else the current one), so the space an
+/// element item cannot use at the end of a page is filled with neighbor
+/// items instead of being wasted.
 fn place(graph: &MemoryGraph, dims: usize, m: usize) -> Vec<(ItemPointer, ItemPointer)> {
-    let mut block = 1u32;
-    let mut free = EMPTY_PAGE_SPACE;
-    let mut offset = 0u16;
-    let mut put = |size: usize| {
-        if item_footprint(size) > free {
-            block += 1;
-            free = EMPTY_PAGE_SPACE;
-            offset = 0;
-        }
-        free -= item_footprint(size);
-        offset += 1;
-        ItemPointer { block, offset }
+    struct Page {
+        free: usize,
+        items: u16,
+    }
+    let mut pages: Vec<Page> = vec![Page { free: EMPTY_PAGE_SPACE, items: 0 }];
+    let mut first_with_room = 0usize;
+    let put = |pages: &mut Vec<Page>, index: usize, size: usize| {
+        let p = &mut pages[index];
+        p.free -= item_footprint(size);
+        p.items += 1;
+        ItemPointer { block: index as u32 + 1, offset: p.items }
     };
+    let element_size = page::element_item_size(dims);
     (0..graph.len() as u32)
         .map(|id| {
-            let e = put(page::element_item_size(dims));
-            let n = put(page::neighbor_item_size(m, graph.level(id)));
+            if item_footprint(element_size) > pages.last().unwrap().free {
+                pages.push(Page { free: EMPTY_PAGE_SPACE, items: 0 });
+            }
+            let last = pages.len() - 1;
+            let e = put(&mut pages, last, element_size);
+            let size = page::neighbor_item_size(m, graph.level(id));
+            while first_with_room < last && pages[first_with_room].free < item_footprint(page::neighbor_item_size(m, 0))
+            {
+                first_with_room += 1;
+            }
+            let target =
+                (first_with_room..=last).find(|&i| pages[i].free >= item_footprint(size)).unwrap_or_else(|| {
+                    pages.push(Page { free: EMPTY_PAGE_SPACE, items: 0 });
+                    pages.len() - 1
+                });
+            let n = put(&mut pages, target, size);
             (e, n)
         })
         .collect()
@@ -236,56 +234,30 @@ pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph, metric: Metric) {
     let params = graph.params();
     let dims = index_dims(rel.raw());
     let placement = place(graph, dims, params.m);
-    let entry = graph
-        .entry()
-        .map(|(id, level)| (placement[id as usize].0, level as u16));
+    let entry = graph.entry().map(|(id, level)| (placement[id as usize].0, level as u16));
     let mut meta_page = PageImage::new(PageKind::Meta);
     meta_for(dims, params, metric, entry).write_page(&mut meta_page.0);
     let meta_block = rel.append_unlogged_image(&meta_page.0);
     assert_eq!(meta_block, page::META_BLOCK, "meta page must be block 0");
 
-    let mut image = PageImage::new(PageKind::Graph);
-    let mut current = 1u32;
-    let mut add = |image: &mut Box<PageImage>, at: ItemPointer, item: &[u8]| {
-        if at.block != current {
-            let written = rel.append_unlogged_image(&image.0);
-            assert_eq!(written, current, "pages are written in order");
-            **image = *PageImage::new(PageKind::Graph);
-            current = at.block;
-        }
-        let offset = page::add_item(&mut image.0, item);
+    let npages = placement.iter().map(|(e, n)| e.block.max(n.block)).max().unwrap_or(0) as usize;
+    let mut images: Vec<Box<PageImage>> = (0..npages).map(|_| PageImage::new(PageKind::Graph)).collect();
+    let mut add = |at: ItemPointer, item: &[u8]| {
+        let offset = page::add_item(&mut images[at.block as usize - 1].0, item);
         assert_eq!(offset, Some(at.offset), "placement matches page layout");
     };
     for id in 0..graph.len() as u32 {
         let (etid, ntid) = placement[id as usize];
-        let tids: Vec<ItemPointer> = graph
-            .heap_tids(id)
-            .iter()
-            .map(|&t| ItemPointer::unpack(t))
-            .collect();
-        add(
-            &mut image,
-            etid,
-            &encode_element(graph.level(id), &tids, ntid, graph.vector(id)),
-        );
+        let tids: Vec<ItemPointer> = graph.heap_tids(id).iter().map(|&t| ItemPointer::unpack(t)).collect();
+        add(etid, &encode_element(graph.level(id), &tids, ntid, graph.vector(id)));
         let lists: Vec<Vec<ItemPointer>> = (0..=graph.level(id))
-            .map(|layer| {
-                graph
-                    .neighbor_ids(id, layer)
-                    .iter()
-                    .map(|&n| placement[n as usize].0)
-                    .collect()
-            })
+            .map(|layer| graph.neighbor_ids(id, layer).iter().map(|&n| placement[n as usize].0).collect())
             .collect();
-        add(
-            &mut image,
-            ntid,
-            &encode_neighbors(params.m, graph.level(id), &lists),
-        );
+        add(ntid, &encode_neighbors(params.m, graph.level(id), &lists));
     }
-    if !graph.is_empty() {
+    for (i, image) in images.iter().enumerate() {
         let written = rel.append_unlogged_image(&image.0);
-        assert_eq!(written, current);
+        assert_eq!(written as usize, i + 1, "pages are written in order");
     }
     rel.log_all_pages();
 }

@@ -54,6 +54,60 @@ pub fn random_level(u: f64, level_multiplier: f64, max_level: usize) -> usize {
     (level as usize).min(max_level)
 }
 
+/// The set of elements a search has already seen.
+pub trait VisitedSet<K>: Default {
+    /// Forgets everything (a new search begins).
+    fn clear(&mut self);
+    /// Adds `k`; returns whether it was new.
+    fn insert(&mut self, k: K) -> bool;
+}
+
+impl<K: Copy + Eq + Hash> VisitedSet<K> for FxHashSet<K> {
+    fn clear(&mut self) {
+        FxHashSet::clear(self)
+    }
+    fn insert(&mut self, k: K) -> bool {
+        FxHashSet::insert(self, k)
+    }
+}
+
+/// A visited set for dense `u32` ids: one stamp per id, so clearing is a
+/// counter increment and a lookup is an array access.
+#[derive(Default)]
+pub struct DenseVisited {
+    stamps: Vec<u32>,
+    epoch: u32,
+}
+
+impl VisitedSet<u32> for DenseVisited {
+    fn clear(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.stamps.fill(0);
+            self.epoch = 1;
+        }
+    }
+    fn insert(&mut self, k: u32) -> bool {
+        let i = k as usize;
+        if i >= self.stamps.len() {
+            self.stamps.resize((i + 1).next_power_of_two(), 0);
+        }
+        let new = self.stamps[i] != self.epoch;
+        self.stamps[i] = self.epoch;
+        new
+    }
+}
+
+/// A key of graph elements, with the visited-set type suited to it.
+pub trait GraphKey: Copy + Eq + Hash {
+    /// The visited set searches over such keys use.
+    type Visited: VisitedSet<Self>;
+}
+
+impl GraphKey for u32 {
+    type Visited = DenseVisited;
+}
+
 /// Where the graph lives: elements addressed by `Key`, visited as `Node`s.
 ///
 /// A `Node` is what a search carries after reading an element (for the page
@@ -61,7 +115,7 @@ pub fn random_level(u: f64, level_multiplier: f64, max_level: usize) -> usize {
 /// following its neighbors needs no second lookup.
 pub trait GraphStore {
     /// What neighbor lists hold (an element id, or a page address).
-    type Key: Copy + Eq + Hash;
+    type Key: GraphKey;
     /// A visited element.
     type Node: Copy;
 
@@ -72,11 +126,27 @@ pub trait GraphStore {
     /// internal metric, smaller is nearer); `None` when it cannot be used.
     fn visit(&mut self, query: &[f32], key: Self::Key) -> Option<(f32, Self::Node)>;
 
+    /// Visits several elements at once, in order, appending one result per
+    /// key to `out`. Stores override this to overlap the memory accesses of
+    /// independent elements (the page store prefetches them).
+    fn visit_many(&mut self, query: &[f32], keys: &[Self::Key], out: &mut Vec<Option<(f32, Self::Node)>>) {
+        out.clear();
+        for &k in keys {
+            out.push(self.visit(query, k));
+        }
+    }
+
     /// Replaces `out` with the neighbors of `node` on `layer`.
     fn neighbors(&mut self, node: &Self::Node, layer: usize, out: &mut Vec<Self::Key>);
 
     /// Distance between two stored elements.
     fn distance_between(&mut self, a: &Self::Node, b: &Self::Node) -> f32;
+
+    /// Whether a visited element was deleted by VACUUM: it is still walked
+    /// through, but never chosen as a neighbor or returned.
+    fn is_deleted(&self, _node: &Self::Node) -> bool {
+        false
+    }
 }
 
 /// A visited element with its distance to the query.
@@ -128,21 +198,20 @@ impl<N> Ord for Farthest<N> {
 
 /// Reusable scratch space for searches (visited set and neighbor buffer), so
 /// repeated searches allocate nothing once warmed up.
-pub struct Searcher<K> {
-    visited: FxHashSet<K>,
+pub struct Searcher<K: GraphKey, N = ()> {
+    visited: K::Visited,
     neighbors: Vec<K>,
+    unvisited: Vec<K>,
+    visits: Vec<Option<(f32, N)>>,
 }
 
-impl<K: Copy + Eq + Hash> Default for Searcher<K> {
+impl<K: GraphKey, N> Default for Searcher<K, N> {
     fn default() -> Self {
-        Searcher {
-            visited: FxHashSet::default(),
-            neighbors: Vec::new(),
-        }
+        Searcher { visited: K::Visited::default(), neighbors: Vec::new(), unvisited: Vec::new(), visits: Vec::new() }
     }
 }
 
-impl<K: Copy + Eq + Hash> Searcher<K> {
+impl<K: GraphKey, N: Copy> Searcher<K, N> {
     /// Beam search on one layer (Algorithm 2): starting from `entries`,
     /// returns up to `ef` nearest elements found, nearest first.
     pub fn search_layer<S>(
@@ -154,7 +223,7 @@ impl<K: Copy + Eq + Hash> Searcher<K> {
         layer: usize,
     ) -> Vec<Candidate<S::Node>>
     where
-        S: GraphStore<Key = K>,
+        S: GraphStore<Key = K, Node = N>,
     {
         let ef = ef.max(1);
         self.visited.clear();
@@ -170,19 +239,18 @@ impl<K: Copy + Eq + Hash> Searcher<K> {
             }
         }
         let mut neighbors = std::mem::take(&mut self.neighbors);
+        let mut unvisited = std::mem::take(&mut self.unvisited);
+        let mut visits = std::mem::take(&mut self.visits);
         while let Some(Nearest(c)) = candidates.pop() {
             let farthest = results.peek().map_or(f32::INFINITY, |f| f.0.distance);
             if c.distance > farthest && results.len() >= ef {
                 break;
             }
             store.neighbors(&c.node, layer, &mut neighbors);
-            for &key in &neighbors {
-                if !self.visited.insert(key) {
-                    continue;
-                }
-                let Some((distance, node)) = store.visit(query, key) else {
-                    continue;
-                };
+            unvisited.clear();
+            unvisited.extend(neighbors.iter().copied().filter(|&k| self.visited.insert(k)));
+            store.visit_many(query, &unvisited, &mut visits);
+            for &(distance, node) in visits.iter().flatten() {
                 let farthest = results.peek().map_or(f32::INFINITY, |f| f.0.distance);
                 if results.len() < ef || distance < farthest {
                     let c = Candidate { distance, node };
@@ -195,6 +263,8 @@ impl<K: Copy + Eq + Hash> Searcher<K> {
             }
         }
         self.neighbors = neighbors;
+        self.unvisited = unvisited;
+        self.visits = visits;
         results.into_sorted_vec().into_iter().map(|f| f.0).collect()
     }
 
@@ -210,7 +280,7 @@ impl<K: Copy + Eq + Hash> Searcher<K> {
         ef: usize,
     ) -> Vec<Candidate<S::Node>>
     where
-        S: GraphStore<Key = K>,
+        S: GraphStore<Key = K, Node = N>,
     {
         let Some((distance, node)) = store.visit(query, entry) else {
             return Vec::new();
@@ -235,7 +305,7 @@ impl<K: Copy + Eq + Hash> Searcher<K> {
         params: &Params,
     ) -> Vec<Vec<Candidate<S::Node>>>
     where
-        S: GraphStore<Key = K>,
+        S: GraphStore<Key = K, Node = N>,
     {
         let mut lists = vec![Vec::new(); level + 1];
         let Some((distance, node)) = store.visit(query, entry) else {
@@ -247,7 +317,8 @@ impl<K: Copy + Eq + Hash> Searcher<K> {
         }
         for layer in (0..=level.min(entry_level)).rev() {
             let w = self.search_layer(store, query, &ep, params.ef_construction, layer);
-            lists[layer] = select_neighbors(store, &w, params.max_neighbors(layer));
+            let live: Vec<Candidate<S::Node>> = w.iter().filter(|c| !store.is_deleted(&c.node)).copied().collect();
+            lists[layer] = select_neighbors(store, &live, params.max_neighbors(layer), false);
             ep = w;
         }
         lists
@@ -257,32 +328,48 @@ impl<K: Copy + Eq + Hash> Searcher<K> {
 /// The neighbor-selection heuristic (Algorithm 4): walking `candidates`
 /// nearest first, keeps one only if it is at least as close to the base
 /// element as to every neighbor already kept, up to `max` neighbors. This
-/// keeps links pointing in diverse directions.
+/// keeps links pointing in diverse directions. With `keep_pruned` the
+/// remaining slots are filled with the nearest discarded candidates
+/// (Malkov's keepPrunedConnections).
 ///
 /// `candidates` must be sorted by distance to the base, ascending.
 pub fn select_neighbors<S: GraphStore>(
     store: &mut S,
     candidates: &[Candidate<S::Node>],
     max: usize,
+    keep_pruned: bool,
 ) -> Vec<Candidate<S::Node>> {
     let mut selected: Vec<Candidate<S::Node>> = Vec::with_capacity(max);
+    let mut pruned: Vec<Candidate<S::Node>> = Vec::new();
     for c in candidates {
         if selected.len() >= max {
             break;
         }
-        let diverse = selected
-            .iter()
-            .all(|r| store.distance_between(&c.node, &r.node) >= c.distance);
+        let diverse = selected.iter().all(|r| store.distance_between(&c.node, &r.node) >= c.distance);
         if diverse {
             selected.push(*c);
+        } else {
+            pruned.push(*c);
         }
+    }
+    // keepPrunedConnections: fill the remaining slots with the nearest
+    // discarded candidates (used when pruning a full list, so exactly one
+    // element leaves it).
+    if keep_pruned {
+        let room = max.saturating_sub(selected.len());
+        selected.extend(pruned.into_iter().take(room));
     }
     selected
 }
 
 /// Recomputes the neighbors of `base` on one layer when a new link would
-/// overflow it: `current` plus `added`, pruned by [`select_neighbors`] to
-/// `max`. Returns the keys to keep, nearest first.
+/// overflow it: `current` plus `added`, pruned by [`select_neighbors`] with
+/// keepPrunedConnections to `max`, so at most one element leaves the list.
+/// Returns the keys to keep.
+///
+/// Callers relink the element that left from `added` (see
+/// [`MemoryGraph::insert`]), which keeps every element reachable: it stays
+/// reachable through `added`, which `base` now links to.
 pub fn prune_neighbors<S: GraphStore>(
     store: &mut S,
     base: &S::Node,
@@ -290,19 +377,12 @@ pub fn prune_neighbors<S: GraphStore>(
     added: S::Node,
     max: usize,
 ) -> Vec<S::Key> {
-    let mut candidates: Vec<Candidate<S::Node>> = current
-        .iter()
-        .chain(std::iter::once(&added))
-        .map(|n| Candidate {
-            distance: store.distance_between(base, n),
-            node: *n,
-        })
-        .collect();
+    let live: Vec<S::Node> =
+        current.iter().chain(std::iter::once(&added)).filter(|n| !store.is_deleted(n)).copied().collect();
+    let mut candidates: Vec<Candidate<S::Node>> =
+        live.iter().map(|n| Candidate { distance: store.distance_between(base, n), node: *n }).collect();
     candidates.sort_by(|a, b| a.distance.total_cmp(&b.distance));
-    select_neighbors(store, &candidates, max)
-        .iter()
-        .map(|c| store.key(&c.node))
-        .collect()
+    select_neighbors(store, &candidates, max, true).iter().map(|c| store.key(&c.node)).collect()
 }
 
 /// Most heap TIDs one element holds (identical vectors share an element).
@@ -320,7 +400,7 @@ pub struct MemoryGraph {
     neighbors: Vec<Vec<Vec<u32>>>,
     heap_tids: Vec<Vec<u64>>,
     entry: Option<(u32, usize)>,
-    searcher: Searcher<u32>,
+    searcher: Searcher<u32, u32>,
     bytes: usize,
 }
 
@@ -422,16 +502,17 @@ impl MemoryGraph {
         let id = self.neighbors.len() as u32;
         self.vectors.extend_from_slice(vector);
         self.heap_tids.push(vec![heap_tid]);
-        self.neighbors.push(
-            lists
-                .iter()
-                .map(|l| l.iter().map(|c| c.node).collect())
-                .collect(),
-        );
+        self.neighbors.push(lists.iter().map(|l| l.iter().map(|c| c.node).collect()).collect());
         self.bytes += 4 * self.dim + 64 + 24 * (level + 1) + 4 * (params.m * (level + 2) + 1);
+        let mut linked = false;
         for (layer, list) in lists.iter().enumerate() {
             for c in list {
-                self.add_link(c.node, id, layer);
+                linked |= self.add_link(c.node, id, layer);
+            }
+        }
+        if !linked {
+            if let Some(nearest) = lists[0].first() {
+                self.force_link(nearest.node, id);
             }
         }
         match self.entry {
@@ -441,21 +522,75 @@ impl MemoryGraph {
         Inserted::Element(id)
     }
 
+    /// Makes `to` reachable when no neighbor kept a link to it: replaces the
+    /// farthest entry of `from`'s layer-0 list with it.
+    fn force_link(&mut self, from: u32, to: u32) {
+        let max = self.params.max_neighbors(0);
+        let base = self.vector(from).to_vec();
+        let list = &self.neighbors[from as usize][0];
+        if list.len() < max {
+            self.neighbors[from as usize][0].push(to);
+            return;
+        }
+        let farthest = (0..list.len())
+            .max_by(|&a, &b| {
+                let da = self.metric.distance(&base, self.vector(list[a]));
+                let db = self.metric.distance(&base, self.vector(list[b]));
+                da.total_cmp(&db)
+            })
+            .unwrap_or(0);
+        self.neighbors[from as usize][0][farthest] = to;
+    }
+
     /// Adds the reverse link `from -> to` on `layer`, pruning `from`'s list
-    /// with the heuristic when it is full.
-    fn add_link(&mut self, from: u32, to: u32, layer: usize) {
+    /// with the heuristic when it is full. Returns whether `from` links to
+    /// `to` afterwards.
+    fn add_link(&mut self, from: u32, to: u32, layer: usize) -> bool {
         let max = self.params.max_neighbors(layer);
         let list = &mut self.neighbors[from as usize][layer];
         if list.contains(&to) {
-            return;
+            return true;
         }
         if list.len() < max {
             list.push(to);
-            return;
+            return true;
         }
         let current = std::mem::take(list);
         let kept = prune_neighbors(self, &from, &current, to, max);
+        let dropped = kept.contains(&to).then(|| current.iter().copied().find(|c| !kept.contains(c))).flatten();
         self.neighbors[from as usize][layer] = kept;
+        // The element that left `from`'s list is linked from `to` instead.
+        if let Some(d) = dropped {
+            let to_list = &mut self.neighbors[to as usize][layer];
+            if d != to && to_list.len() < max && !to_list.contains(&d) {
+                to_list.push(d);
+            }
+        }
+        self.neighbors[from as usize][layer].contains(&to)
+    }
+
+    /// Number of elements reachable from the entry point over all layers'
+    /// links (all of them, in a healthy graph).
+    pub fn reachable(&self) -> usize {
+        let Some((entry, _)) = self.entry else {
+            return 0;
+        };
+        let mut seen = vec![false; self.len()];
+        let mut stack = vec![entry];
+        seen[entry as usize] = true;
+        let mut count = 1;
+        while let Some(id) = stack.pop() {
+            for list in &self.neighbors[id as usize] {
+                for &n in list {
+                    if !seen[n as usize] {
+                        seen[n as usize] = true;
+                        count += 1;
+                        stack.push(n);
+                    }
+                }
+            }
+        }
+        count
     }
 
     /// The k-NN search: up to `ef` `(distance, id)` pairs, nearest first.
@@ -503,14 +638,10 @@ mod tests {
     /// random centres in `dim` dims.
     fn clustered(n: usize, nq: usize, dim: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let centres: Vec<Vec<f32>> = (0..20)
-            .map(|_| (0..dim).map(|_| rng.gen_range(-1.0..1.0)).collect())
-            .collect();
+        let centres: Vec<Vec<f32>> = (0..20).map(|_| (0..dim).map(|_| rng.gen_range(-1.0..1.0)).collect()).collect();
         let mut point = || {
             let c = &centres[rng.gen_range(0..centres.len())];
-            c.iter()
-                .map(|x| x + rng.gen_range(-0.3..0.3))
-                .collect::<Vec<f32>>()
+            c.iter().map(|x| x + rng.gen_range(-0.3..0.3)).collect::<Vec<f32>>()
         };
         let data = (0..n).map(|_| point()).collect();
         let queries = (0..nq).map(|_| point()).collect();
@@ -527,28 +658,14 @@ mod tests {
         g
     }
 
-    fn recall_at_10(
-        g: &mut MemoryGraph,
-        data: &[Vec<f32>],
-        queries: &[Vec<f32>],
-        metric: Metric,
-        ef: usize,
-    ) -> f64 {
+    fn recall_at_10(g: &mut MemoryGraph, data: &[Vec<f32>], queries: &[Vec<f32>], metric: Metric, ef: usize) -> f64 {
         let mut hits = 0;
         for q in queries {
-            let mut exact: Vec<(f32, usize)> = data
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (metric.distance(q, v), i))
-                .collect();
+            let mut exact: Vec<(f32, usize)> =
+                data.iter().enumerate().map(|(i, v)| (metric.distance(q, v), i)).collect();
             exact.sort_by(|a, b| a.0.total_cmp(&b.0));
             let truth: Vec<usize> = exact[..10].iter().map(|e| e.1).collect();
-            let found: Vec<usize> = g
-                .search(q, ef)
-                .iter()
-                .take(10)
-                .map(|c| g.heap_tids(c.node)[0] as usize)
-                .collect();
+            let found: Vec<usize> = g.search(q, ef).iter().take(10).map(|c| g.heap_tids(c.node)[0] as usize).collect();
             hits += found.iter().filter(|f| truth.contains(f)).count();
         }
         hits as f64 / (10 * queries.len()) as f64
@@ -557,10 +674,7 @@ mod tests {
     #[test]
     fn recall_matches_brute_force_for_each_metric() {
         let (data, queries) = clustered(3000, 50, 24, 1);
-        let params = Params {
-            m: 16,
-            ef_construction: 64,
-        };
+        let params = Params { m: 16, ef_construction: 64 };
         for metric in [Metric::L2, Metric::InnerProduct, Metric::L1] {
             let mut g = build(&data, metric, params, 3);
             let recall = recall_at_10(&mut g, &data, &queries, metric, 64);
@@ -571,10 +685,7 @@ mod tests {
     #[test]
     fn neighbor_lists_respect_bounds_and_never_self_link() {
         let (data, _) = clustered(1000, 0, 8, 4);
-        let params = Params {
-            m: 4,
-            ef_construction: 16,
-        };
+        let params = Params { m: 4, ef_construction: 16 };
         let g = build(&data, Metric::L2, params, 5);
         for id in 0..g.len() as u32 {
             for layer in 0..=g.level(id) {
@@ -582,10 +693,7 @@ mod tests {
                 assert!(list.len() <= params.max_neighbors(layer));
                 assert!(!list.contains(&id));
                 for &n in list {
-                    assert!(
-                        g.level(n) >= layer,
-                        "link to an element absent from the layer"
-                    );
+                    assert!(g.level(n) >= layer, "link to an element absent from the layer");
                 }
             }
         }
@@ -593,10 +701,7 @@ mod tests {
 
     #[test]
     fn duplicates_share_an_element_up_to_the_tid_limit() {
-        let params = Params {
-            m: 4,
-            ef_construction: 16,
-        };
+        let params = Params { m: 4, ef_construction: 16 };
         let mut g = MemoryGraph::new(Metric::L2, 2, params, 8);
         for i in 0..25u64 {
             g.insert(&[1.0, 1.0], i, 0);
@@ -609,16 +714,10 @@ mod tests {
 
     #[test]
     fn levels_follow_the_geometric_distribution() {
-        let ml = Params {
-            m: 16,
-            ef_construction: 64,
-        }
-        .level_multiplier();
+        let ml = Params { m: 16, ef_construction: 64 }.level_multiplier();
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         let n = 100_000;
-        let above0 = (0..n)
-            .filter(|_| random_level(rng.gen::<f64>(), ml, 30) > 0)
-            .count();
+        let above0 = (0..n).filter(|_| random_level(rng.gen::<f64>(), ml, 30) > 0).count();
         // P(level > 0) = 1/M = 0.0625
         let p = above0 as f64 / n as f64;
         assert!((p - 0.0625).abs() < 0.005, "{p}");
@@ -626,16 +725,19 @@ mod tests {
     }
 
     #[test]
+    fn every_element_stays_reachable() {
+        // Pruning can still strand a few elements at M = 4 (4 of 4,000 here,
+        // healed by VACUUM); from M = 8 none are.
+        for (m, ef) in [(8, 32), (16, 64)] {
+            let (data, _) = clustered(4000, 0, 16, 11);
+            let g = build(&data, Metric::L2, Params { m, ef_construction: ef }, 12);
+            assert_eq!(g.reachable(), g.len(), "m={m}");
+        }
+    }
+
+    #[test]
     fn empty_graph_search_returns_nothing() {
-        let mut g = MemoryGraph::new(
-            Metric::L2,
-            3,
-            Params {
-                m: 4,
-                ef_construction: 8,
-            },
-            4,
-        );
+        let mut g = MemoryGraph::new(Metric::L2, 3, Params { m: 4, ef_construction: 8 }, 4);
         assert!(g.search(&[0.0, 0.0, 0.0], 10).is_empty());
     }
 }

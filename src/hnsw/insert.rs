@@ -20,10 +20,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::graph::{prune_neighbors, random_level, Searcher};
-use super::page::{
-    self, encode_element, encode_neighbors, ElementMut, ItemPointer, NeighborsRef, PageKind,
-    PageRef,
-};
+use super::page::{self, encode_element, encode_neighbors, ElementMut, ItemPointer, NeighborsRef, PageKind, PageRef};
 use super::storage::{from_pg_tid, ElementNode, IndexRel, PageStore, EXCLUSIVE_LOCK, SHARE_LOCK};
 use crate::distance;
 use crate::hnsw::graph::GraphStore;
@@ -60,11 +57,7 @@ pub unsafe extern "C-unwind" fn aminsert(
         return false;
     }
     let m = meta.m as usize;
-    let level = random_level(
-        rand::random::<f64>(),
-        1.0 / (m as f64).ln(),
-        page::max_level(m),
-    );
+    let level = random_level(rand::random::<f64>(), 1.0 / (m as f64).ln(), page::max_level(m));
     insert_prepared(&rel, &vector, tid, level);
     false
 }
@@ -75,10 +68,7 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[f32], heap_tid: ItemPointer, le
     let mut mode = SHARE_LOCK;
     rel.lock_graph(mode);
     let mut meta = rel.read_meta();
-    if meta
-        .entry
-        .is_none_or(|(_, entry_level)| level > entry_level as usize)
-    {
+    if meta.entry.is_none_or(|(_, entry_level)| level > entry_level as usize) {
         rel.unlock_graph(mode);
         mode = EXCLUSIVE_LOCK;
         rel.lock_graph(mode);
@@ -86,27 +76,14 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[f32], heap_tid: ItemPointer, le
     }
     let mut store = PageStore::new(*rel, meta);
     let Some((entry, entry_level)) = meta.entry else {
-        let (etid, _) = write_element(
-            &store,
-            level,
-            heap_tid,
-            &vec![Vec::new(); level + 1],
-            vector,
-        );
+        let (etid, _) = write_element(&store, level, heap_tid, &vec![Vec::new(); level + 1], vector);
         rel.set_entry(Some((etid, level as u16)));
         rel.unlock_graph(mode);
         return;
     };
     let params = store.params();
     let mut searcher = Searcher::default();
-    let lists = searcher.find_insert_neighbors(
-        &mut store,
-        vector,
-        level,
-        entry,
-        entry_level as usize,
-        &params,
-    );
+    let lists = searcher.find_insert_neighbors(&mut store, vector, level, entry, entry_level as usize, &params);
     let nearest = lists[0].first().map_or(f32::NAN, |c| c.distance);
     for c in lists[0].iter().take_while(|c| c.distance == nearest) {
         if !c.node.deleted && add_duplicate(&mut store, c.node.tid, vector, heap_tid) {
@@ -114,20 +91,25 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[f32], heap_tid: ItemPointer, le
             return;
         }
     }
-    let tids: Vec<Vec<ItemPointer>> = lists
-        .iter()
-        .map(|l| l.iter().map(|c| c.node.tid).collect())
-        .collect();
+    let tids: Vec<Vec<ItemPointer>> = lists.iter().map(|l| l.iter().map(|c| c.node.tid).collect()).collect();
     let (etid, ntid) = write_element(&store, level, heap_tid, &tids, vector);
     let new = ElementNode {
         tid: etid,
         neighbors: ntid,
         level: level as u8,
         deleted: false,
+        first_heap_tid: heap_tid,
+        heap_tids: 1,
     };
+    let mut linked = false;
     for (layer, list) in lists.iter().enumerate() {
         for c in list {
-            add_reverse_link(&mut store, &c.node, &new, layer);
+            linked |= add_reverse_link(&mut store, &c.node, &new, layer);
+        }
+    }
+    if !linked {
+        if let Some(nearest) = lists[0].first() {
+            force_link(&mut store, &nearest.node, &new);
         }
     }
     if level > entry_level as usize {
@@ -138,12 +120,7 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[f32], heap_tid: ItemPointer, le
 
 /// Adds `heap_tid` to element `tid` if its vector equals `vector` and it has
 /// a free slot. Returns whether it did.
-fn add_duplicate(
-    store: &mut PageStore,
-    tid: ItemPointer,
-    vector: &[f32],
-    heap_tid: ItemPointer,
-) -> bool {
+fn add_duplicate(store: &mut PageStore, tid: ItemPointer, vector: &[f32], heap_tid: ItemPointer) -> bool {
     if store.vector(tid) != vector {
         return false;
     }
@@ -153,8 +130,7 @@ fn add_duplicate(
         let range = PageRef::new(p, PageKind::Graph)
             .and_then(|r| r.item_range(tid.offset))
             .unwrap_or_else(|e| rel.corrupt(tid.block, e));
-        let mut e =
-            ElementMut::new(&mut p[range], dims, m).unwrap_or_else(|e| rel.corrupt(tid.block, e));
+        let mut e = ElementMut::new(&mut p[range], dims, m).unwrap_or_else(|e| rel.corrupt(tid.block, e));
         (!e.is_deleted() && e.push_heap_tid(heap_tid)).then_some(())
     })
     .is_some()
@@ -166,28 +142,105 @@ fn put_item(rel: &IndexRel, item: &[u8]) -> ItemPointer {
     if nblocks > 1 {
         let last = nblocks - 1;
         let offset = rel.modify(last, |p| {
+            // A zeroed page is one another backend is still appending (or
+            // one a crash left behind): never ours to format.
             if page::page_is_new(p) {
-                page::init_page(p, PageKind::Graph);
+                return None;
             }
             PageRef::new(p, PageKind::Graph).unwrap_or_else(|e| rel.corrupt(last, e));
             page::add_item(p, item)
         });
         if let Some(offset) = offset {
-            return ItemPointer {
-                block: last,
-                offset,
-            };
+            return ItemPointer { block: last, offset };
         }
     }
     let mut offset = 0;
-    let block = rel.append(PageKind::Graph, |p| {
-        offset = page::add_item(p, item).expect("an item always fits an empty page")
-    });
+    let block =
+        rel.append(PageKind::Graph, |p| offset = page::add_item(p, item).expect("an item always fits an empty page"));
     ItemPointer { block, offset }
 }
 
-/// Writes a new element's neighbor item and then its element item; returns
-/// `(element, neighbors)` addresses.
+/// How many pages past the meta page's free hint one insert looks at for a
+/// free element before appending instead.
+const FREE_SCAN_PAGES: u32 = 16;
+
+/// Claims a free element (one VACUUM freed) whose neighbor item has room for
+/// `level`, rewriting both items in place; returns `(element, neighbors)`.
+/// Looks at a few pages from the meta page's free hint, and moves the hint
+/// past pages that had nothing to offer.
+fn reuse_free_element(
+    store: &PageStore,
+    level: usize,
+    heap_tid: ItemPointer,
+    lists: &[Vec<ItemPointer>],
+    vector: &[f32],
+) -> Option<(ItemPointer, ItemPointer)> {
+    let hint = store.meta.free_hint?;
+    let rel = store.rel;
+    let (dims, m) = (store.meta.dims as usize, store.meta.m as usize);
+    let nblocks = rel.nblocks();
+    let end = nblocks.min(hint.saturating_add(FREE_SCAN_PAGES));
+    // First scanned block that still has a free element after this insert.
+    let mut still_free: Option<u32> = None;
+    for block in hint..end {
+        let mut remaining = false;
+        let claimed = rel.modify(block, |p| {
+            if page::page_is_new(p) {
+                return None;
+            }
+            let max_offset = PageRef::new(p, PageKind::Graph).unwrap_or_else(|e| rel.corrupt(block, e)).max_offset();
+            let mut claimed = None;
+            for offset in 1..=max_offset {
+                let range = PageRef::new(p, PageKind::Graph)
+                    .and_then(|r| r.item_range(offset))
+                    .unwrap_or_else(|e| rel.corrupt(block, e));
+                if !page::is_element_item(&p[range.clone()]) {
+                    continue;
+                }
+                let mut e = ElementMut::new(&mut p[range], dims, m).unwrap_or_else(|e| rel.corrupt(block, e));
+                if !e.is_free() {
+                    continue;
+                }
+                if claimed.is_none() && e.capacity() >= level {
+                    e.reuse(level, heap_tid, vector);
+                    claimed = Some((offset, e.neighbors()));
+                } else {
+                    remaining = true;
+                }
+            }
+            claimed
+        });
+        if remaining && still_free.is_none() {
+            still_free = Some(block);
+        }
+        if let Some((offset, ntid)) = claimed {
+            let next = still_free.unwrap_or(block);
+            if next != hint {
+                rel.set_free_hint(Some(next));
+            }
+            rel.modify(ntid.block, |p| {
+                let range = PageRef::new(p, PageKind::Graph)
+                    .and_then(|r| r.item_range(ntid.offset))
+                    .unwrap_or_else(|e| rel.corrupt(ntid.block, e));
+                let capacity =
+                    NeighborsRef::new(&p[range.clone()], m).unwrap_or_else(|e| rel.corrupt(ntid.block, e)).level();
+                for layer in 0..=capacity {
+                    let list = lists.get(layer).map(Vec::as_slice).unwrap_or(&[]);
+                    page::set_layer(&mut p[range.clone()], m, layer, list)
+                        .unwrap_or_else(|e| rel.corrupt(ntid.block, e));
+                }
+                Some(())
+            });
+            return Some((ItemPointer { block, offset }, ntid));
+        }
+    }
+    rel.set_free_hint(still_free.or((end < nblocks).then_some(end)));
+    None
+}
+
+/// Writes a new element: into a free element if VACUUM left one, otherwise
+/// its neighbor item and then its element item at the end of the index.
+/// Returns `(element, neighbors)` addresses.
 fn write_element(
     store: &PageStore,
     level: usize,
@@ -195,14 +248,11 @@ fn write_element(
     lists: &[Vec<ItemPointer>],
     vector: &[f32],
 ) -> (ItemPointer, ItemPointer) {
-    let ntid = put_item(
-        &store.rel,
-        &encode_neighbors(store.meta.m as usize, level, lists),
-    );
-    let etid = put_item(
-        &store.rel,
-        &encode_element(level, &[heap_tid], ntid, vector),
-    );
+    if let Some(at) = reuse_free_element(store, level, heap_tid, lists, vector) {
+        return at;
+    }
+    let ntid = put_item(&store.rel, &encode_neighbors(store.meta.m as usize, level, lists));
+    let etid = put_item(&store.rel, &encode_element(level, &[heap_tid], ntid, vector));
     (etid, ntid)
 }
 
@@ -224,17 +274,51 @@ fn list_in(
     (range, list)
 }
 
+/// Makes `new` reachable when no neighbor kept a link to it: replaces the
+/// farthest entry of `node`'s layer-0 list with `new`.
+fn force_link(store: &mut PageStore, node: &ElementNode, new: &ElementNode) {
+    let (rel, m, block) = (store.rel, store.meta.m as usize, node.neighbors.block);
+    for _attempt in 0..3 {
+        let mut current = Vec::new();
+        store.read_neighbors(node, 0, &mut current);
+        if current.contains(&new.tid) {
+            return;
+        }
+        let base = store.vector(node.tid).to_vec();
+        let mut list = current.clone();
+        if list.len() >= store.params().max_neighbors(0) {
+            let farthest = (0..list.len())
+                .max_by(|&a, &b| {
+                    let da = store.visit(&base, list[a]).map_or(f32::INFINITY, |v| v.0);
+                    let db = store.visit(&base, list[b]).map_or(f32::INFINITY, |v| v.0);
+                    da.total_cmp(&db)
+                })
+                .unwrap_or(0);
+            list[farthest] = new.tid;
+        } else {
+            list.push(new.tid);
+        }
+        let written = rel.modify(block, |p| {
+            let (range, now) = list_in(&rel, p, node, 0, m);
+            if now != current {
+                return None;
+            }
+            page::set_layer(&mut p[range], m, 0, &list).unwrap_or_else(|e| rel.corrupt(block, e));
+            Some(())
+        });
+        if written.is_some() {
+            return;
+        }
+    }
+}
+
 /// Links `node -> new` on `layer`: appends when there is room, otherwise
 /// prunes with the heuristic (computed without locks, then written only if
-/// the list did not change meanwhile; retried a few times).
-pub fn add_reverse_link(
-    store: &mut PageStore,
-    node: &ElementNode,
-    new: &ElementNode,
-    layer: usize,
-) {
+/// the list did not change meanwhile; retried a few times). Returns whether
+/// `node` now links to `new`.
+pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &ElementNode, layer: usize) -> bool {
     if layer > node.level as usize {
-        return;
+        return false;
     }
     let rel = store.rel;
     let m = store.meta.m as usize;
@@ -252,21 +336,17 @@ pub fn add_reverse_link(
                 return None;
             }
             list.push(new.tid);
-            page::set_layer(&mut p[range], m, layer, &list)
-                .unwrap_or_else(|e| rel.corrupt(block, e));
+            page::set_layer(&mut p[range], m, layer, &list).unwrap_or_else(|e| rel.corrupt(block, e));
             Some(())
         });
         let Some(current) = full else {
-            return;
+            return true;
         };
         let base = store.vector(node.tid).to_vec();
-        let nodes: Vec<ElementNode> = current
-            .iter()
-            .filter_map(|&k| store.visit(&base, k).map(|(_, n)| n))
-            .collect();
+        let nodes: Vec<ElementNode> = current.iter().filter_map(|&k| store.visit(&base, k).map(|(_, n)| n)).collect();
         let kept = prune_neighbors(store, node, &nodes, *new, max);
         if !kept.contains(&new.tid) {
-            return;
+            return false;
         }
         let mut raced = false;
         rel.modify(block, |p| {
@@ -275,12 +355,34 @@ pub fn add_reverse_link(
                 raced = true;
                 return None;
             }
-            page::set_layer(&mut p[range], m, layer, &kept)
-                .unwrap_or_else(|e| rel.corrupt(block, e));
+            page::set_layer(&mut p[range], m, layer, &kept).unwrap_or_else(|e| rel.corrupt(block, e));
             Some(())
         });
         if !raced {
-            return;
+            if let Some(dropped) = current.iter().copied().find(|c| !kept.contains(c)) {
+                relink(store, new, dropped, layer);
+            }
+            return true;
         }
     }
+    false
+}
+
+/// Links `new -> dropped` on `layer` if `new`'s list has room: `dropped` just
+/// left a list to make room for `new`, so it stays reachable through `new`.
+fn relink(store: &mut PageStore, new: &ElementNode, dropped: ItemPointer, layer: usize) {
+    if dropped == new.tid || layer > new.level as usize {
+        return;
+    }
+    let (rel, m, block) = (store.rel, store.meta.m as usize, new.neighbors.block);
+    let max = store.params().max_neighbors(layer);
+    rel.modify(block, |p| {
+        let (range, mut list) = list_in(&rel, p, new, layer, m);
+        if list.len() >= max || list.contains(&dropped) {
+            return None;
+        }
+        list.push(dropped);
+        page::set_layer(&mut p[range], m, layer, &list).unwrap_or_else(|e| rel.corrupt(block, e));
+        Some(())
+    });
 }

@@ -12,6 +12,7 @@
 //! Definition", for the callbacks wired up in [`hnsw_handler`].
 
 pub mod build;
+pub mod check;
 pub mod cost;
 pub mod graph;
 pub mod insert;
@@ -36,10 +37,7 @@ pub const PROGRESS_PHASE_WRITE: i64 = 3;
 /// Raises the dimension-mismatch error for a vector that does not match the
 /// index (SQLSTATE 22000).
 pub fn dimension_mismatch(expected: usize, got: usize) -> ! {
-    raise(
-        PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-        format!("different vector dimensions {expected} and {got}"),
-    )
+    raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, format!("different vector dimensions {expected} and {got}"))
 }
 
 /// Dimensions of the indexed column, from its `vector(n)` type modifier.
@@ -51,18 +49,12 @@ pub fn index_dims(index: pg_sys::Relation) -> usize {
         (*desc).attrs.as_slice((*desc).natts as usize)[0].atttypmod
     };
     if typmod < 1 {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "column does not have dimensions",
-        );
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "column does not have dimensions");
     }
     if typmod as usize > page::MAX_INDEX_DIMS {
         raise_hint(
             PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            format!(
-                "column cannot have more than {} dimensions for hnsw index",
-                page::MAX_INDEX_DIMS
-            ),
+            format!("column cannot have more than {} dimensions for hnsw index", page::MAX_INDEX_DIMS),
             format!("the column has {typmod} dimensions"),
             "Index a lower-dimensional projection, or use an exact scan.",
         );
@@ -78,18 +70,12 @@ pub fn index_metric(index: pg_sys::Relation) -> Metric {
     let code = unsafe {
         let proc = pg_sys::index_getprocid(index, 1, 1);
         if proc == pg_sys::InvalidOid {
-            raise(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
-                "hnsw operator class has no support function 1",
-            );
+            raise(PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION, "hnsw operator class has no support function 1");
         }
         pg_sys::OidFunctionCall0Coll(proc, pg_sys::InvalidOid).value() as i32
     };
     Metric::from_code(code as u8).unwrap_or_else(|| {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_OBJECT_DEFINITION,
-            format!("unknown hnsw metric {code}"),
-        )
+        raise(PgSqlErrorCode::ERRCODE_INVALID_OBJECT_DEFINITION, format!("unknown hnsw metric {code}"))
     })
 }
 
@@ -141,8 +127,7 @@ CREATE FUNCTION hnsw_handler(internal) RETURNS index_am_handler
 ")]
 fn hnsw_handler(_fcinfo: pg_sys::FunctionCallInfo) -> PgBox<pg_sys::IndexAmRoutine> {
     // SAFETY: makeNode-equivalent allocation of a zeroed IndexAmRoutine.
-    let mut am =
-        unsafe { PgBox::<pg_sys::IndexAmRoutine>::alloc_node(pg_sys::NodeTag::T_IndexAmRoutine) };
+    let mut am = unsafe { PgBox::<pg_sys::IndexAmRoutine>::alloc_node(pg_sys::NodeTag::T_IndexAmRoutine) };
     am.amstrategies = 0;
     am.amsupport = 1;
     am.amoptsprocnum = 0;

@@ -79,10 +79,7 @@ pub fn init() {
 /// `amoptions`: parses and validates `WITH (...)` (`validate` raises on bad
 /// values).
 #[pgrx::pg_guard]
-pub unsafe extern "C-unwind" fn amoptions(
-    reloptions: pg_sys::Datum,
-    validate: bool,
-) -> *mut pg_sys::bytea {
+pub unsafe extern "C-unwind" fn amoptions(reloptions: pg_sys::Datum, validate: bool) -> *mut pg_sys::bytea {
     let table = [
         pg_sys::relopt_parse_elt {
             optname: c"m".as_ptr(),
@@ -128,10 +125,7 @@ pub fn params_of(index: pg_sys::Relation) -> Params {
             format!("m = {m}, ef_construction = {ef}"),
         );
     }
-    Params {
-        m: m as usize,
-        ef_construction: ef as usize,
-    }
+    Params { m: m as usize, ef_construction: ef as usize }
 }
 
 /// The current `hnsw.ef_search`.

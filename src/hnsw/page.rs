@@ -58,6 +58,7 @@ pub const SLOT_SIZE: usize = 6;
 const KIND_ELEMENT: u8 = 1;
 const KIND_NEIGHBORS: u8 = 2;
 const FLAG_DELETED: u8 = 1;
+const FLAG_FREE: u8 = 2;
 
 /// Why a page or item failed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,10 +104,7 @@ pub struct ItemPointer {
 
 impl ItemPointer {
     /// The empty slot marker.
-    pub const INVALID: ItemPointer = ItemPointer {
-        block: u32::MAX,
-        offset: 0,
-    };
+    pub const INVALID: ItemPointer = ItemPointer { block: u32::MAX, offset: 0 };
 
     /// Whether this is a real address.
     pub fn is_valid(&self) -> bool {
@@ -120,17 +118,11 @@ impl ItemPointer {
 
     /// Inverse of [`ItemPointer::pack`].
     pub fn unpack(v: u64) -> ItemPointer {
-        ItemPointer {
-            block: (v >> 16) as u32,
-            offset: (v & 0xFFFF) as u16,
-        }
+        ItemPointer { block: (v >> 16) as u32, offset: (v & 0xFFFF) as u16 }
     }
 
     fn read(b: &[u8], at: usize) -> ItemPointer {
-        ItemPointer {
-            block: u32_at(b, at),
-            offset: u16_at(b, at + 4),
-        }
+        ItemPointer { block: u32_at(b, at), offset: u16_at(b, at + 4) }
     }
 
     fn write(&self, b: &mut [u8], at: usize) {
@@ -225,39 +217,41 @@ impl<'a> PageRef<'a> {
         if bytes.len() != BLCKSZ {
             return err(format!("page of {} bytes", bytes.len()));
         }
-        let (lower, upper, special) = (
-            u16_at(bytes, 12) as usize,
-            u16_at(bytes, 14) as usize,
-            u16_at(bytes, 16) as usize,
-        );
+        let (lower, upper, special) =
+            (u16_at(bytes, 12) as usize, u16_at(bytes, 14) as usize, u16_at(bytes, 16) as usize);
         if u16_at(bytes, 18) != BLCKSZ as u16 | PAGE_LAYOUT_VERSION {
             return err("bad page size or layout version");
         }
-        if !(PAGE_HEADER_SIZE <= lower
-            && lower <= upper
-            && upper <= special
-            && special == SPECIAL_OFFSET)
-        {
-            return err(format!(
-                "bad page bounds lower={lower} upper={upper} special={special}"
-            ));
+        if !(PAGE_HEADER_SIZE <= lower && lower <= upper && upper <= special && special == SPECIAL_OFFSET) {
+            return err(format!("bad page bounds lower={lower} upper={upper} special={special}"));
         }
         if u16_at(bytes, SPECIAL_OFFSET) != PAGE_ID {
             return err("page is not an hnsw page");
         }
         if bytes[SPECIAL_OFFSET + 2] != kind as u8 {
-            return err(format!(
-                "expected page kind {}, found {}",
-                kind as u8,
-                bytes[SPECIAL_OFFSET + 2]
-            ));
+            return err(format!("expected page kind {}, found {}", kind as u8, bytes[SPECIAL_OFFSET + 2]));
         }
-        let max_offset = if kind == PageKind::Graph {
-            ((lower - PAGE_HEADER_SIZE) / ITEM_ID_SIZE) as u16
-        } else {
-            0
-        };
+        let max_offset = if kind == PageKind::Graph { ((lower - PAGE_HEADER_SIZE) / ITEM_ID_SIZE) as u16 } else { 0 };
         Ok(PageRef { bytes, max_offset })
+    }
+
+    /// Validates only what item access relies on: the header's size, bounds
+    /// and layout version (all in the page's first cache line). Unlike
+    /// [`PageRef::new`] it does not read the special space at the end of the
+    /// page, saving a cache miss per element on the scan's hot path; every
+    /// item read through it is still bounds- and kind-checked.
+    pub fn graph_header_only(bytes: &'a [u8]) -> Result<PageRef<'a>, PageError> {
+        if bytes.len() != BLCKSZ {
+            return err(format!("page of {} bytes", bytes.len()));
+        }
+        let (lower, upper, special) =
+            (u16_at(bytes, 12) as usize, u16_at(bytes, 14) as usize, u16_at(bytes, 16) as usize);
+        if u16_at(bytes, 18) != BLCKSZ as u16 | PAGE_LAYOUT_VERSION
+            || !(PAGE_HEADER_SIZE <= lower && lower <= upper && upper <= special && special == SPECIAL_OFFSET)
+        {
+            return err(format!("bad page header lower={lower} upper={upper} special={special}"));
+        }
+        Ok(PageRef { bytes, max_offset: ((lower - PAGE_HEADER_SIZE) / ITEM_ID_SIZE) as u16 })
     }
 
     /// Number of line pointers.
@@ -268,21 +262,13 @@ impl<'a> PageRef<'a> {
     /// Bounds of item `offset` within the page, validated.
     pub fn item_range(&self, offset: u16) -> Result<std::ops::Range<usize>, PageError> {
         if offset == 0 || offset > self.max_offset {
-            return err(format!(
-                "item {offset} beyond {} line pointers",
-                self.max_offset
-            ));
+            return err(format!("item {offset} beyond {} line pointers", self.max_offset));
         }
-        let lp = u32_at(
-            self.bytes,
-            PAGE_HEADER_SIZE + (offset as usize - 1) * ITEM_ID_SIZE,
-        );
+        let lp = u32_at(self.bytes, PAGE_HEADER_SIZE + (offset as usize - 1) * ITEM_ID_SIZE);
         let (off, flags, len) = ((lp & 0x7FFF) as usize, (lp >> 15) & 3, (lp >> 17) as usize);
         let upper = u16_at(self.bytes, 14) as usize;
         if flags != 1 || off < upper || off + len > SPECIAL_OFFSET || off % MAXIMUM_ALIGNOF != 0 {
-            return err(format!(
-                "bad line pointer {offset}: off={off} len={len} flags={flags}"
-            ));
+            return err(format!("bad line pointer {offset}: off={off} len={len} flags={flags}"));
         }
         Ok(off..off + len)
     }
@@ -306,6 +292,8 @@ pub struct Meta {
     pub metric: Metric,
     /// Entry point element and its level; `None` for an empty graph.
     pub entry: Option<(ItemPointer, u16)>,
+    /// First block that may hold free (reusable) elements, set by VACUUM.
+    pub free_hint: Option<u32>,
 }
 
 const META_SIZE: usize = 40;
@@ -324,6 +312,7 @@ impl Meta {
         let (entry, level) = self.entry.unwrap_or((ItemPointer::INVALID, 0));
         entry.write(b, 24);
         put_u16(b, 30, level);
+        put_u32(b, 32, self.free_hint.unwrap_or(u32::MAX));
         // pd_lower covers the meta data so GenericXLog logs it.
         put_u16(page, 12, (PAGE_HEADER_SIZE + META_SIZE) as u16);
     }
@@ -339,14 +328,8 @@ impl Meta {
             return err(format!("unsupported format version {}", u32_at(b, 4)));
         }
         let (dims, m, ef_construction) = (u32_at(b, 8), u32_at(b, 12), u32_at(b, 16));
-        if dims == 0
-            || dims as usize > MAX_INDEX_DIMS
-            || !(2..=100).contains(&m)
-            || ef_construction == 0
-        {
-            return err(format!(
-                "bad parameters dims={dims} m={m} ef_construction={ef_construction}"
-            ));
+        if dims == 0 || dims as usize > MAX_INDEX_DIMS || !(2..=100).contains(&m) || ef_construction == 0 {
+            return err(format!("bad parameters dims={dims} m={m} ef_construction={ef_construction}"));
         }
         let metric = u8::try_from(u32_at(b, 20)).ok().and_then(Metric::from_code);
         let Some(metric) = metric else {
@@ -358,13 +341,8 @@ impl Meta {
             return err(format!("entry level {level} too high"));
         }
         let entry = entry.is_valid().then_some((entry, level));
-        Ok(Meta {
-            dims,
-            m,
-            ef_construction,
-            metric,
-            entry,
-        })
+        let free_hint = Some(u32_at(b, 32)).filter(|&h| h != u32::MAX && h != 0);
+        Ok(Meta { dims, m, ef_construction, metric, entry, free_hint })
     }
 }
 
@@ -385,25 +363,22 @@ pub fn max_level(m: usize) -> usize {
 }
 
 /// Encodes an element item: `kind u8 | level u8 | flags u8 | ntids u8 |
-/// neighbors ItemPointer (6) | reserved u16 | heap_tids [10 × 6] | f32[dims]`.
-pub fn encode_element(
-    level: usize,
-    heap_tids: &[ItemPointer],
-    neighbors: ItemPointer,
-    vector: &[f32],
-) -> Vec<u8> {
+/// neighbors ItemPointer (6) | capacity u8 | reserved u8 | heap_tids [10 × 6] |
+/// f32[dims]`. `capacity` is the level its neighbor item was sized for (a
+/// reused element may have a lower level).
+pub fn encode_element(level: usize, heap_tids: &[ItemPointer], neighbors: ItemPointer, vector: &[f32]) -> Vec<u8> {
     assert!(heap_tids.len() <= MAX_HEAP_TIDS && level <= 255);
     let mut b = vec![0u8; element_item_size(vector.len())];
     b[0] = KIND_ELEMENT;
     b[1] = level as u8;
     b[3] = heap_tids.len() as u8;
     neighbors.write(&mut b, 4);
+    b[10] = level as u8;
     for (i, t) in heap_tids.iter().enumerate() {
         t.write(&mut b, 12 + SLOT_SIZE * i);
     }
     for (i, x) in vector.iter().enumerate() {
-        b[ELEMENT_HEADER_SIZE + 4 * i..ELEMENT_HEADER_SIZE + 4 * i + 4]
-            .copy_from_slice(&x.to_ne_bytes());
+        b[ELEMENT_HEADER_SIZE + 4 * i..ELEMENT_HEADER_SIZE + 4 * i + 4].copy_from_slice(&x.to_ne_bytes());
     }
     b
 }
@@ -430,11 +405,8 @@ impl<'a> ElementRef<'a> {
                 bytes.first().copied().unwrap_or(0)
             ));
         }
-        if bytes[1] as usize > max_level(m) || bytes[3] as usize > MAX_HEAP_TIDS {
-            return err(format!(
-                "bad element header level={} ntids={}",
-                bytes[1], bytes[3]
-            ));
+        if bytes[1] as usize > max_level(m) || bytes[1] > bytes[10] || bytes[3] as usize > MAX_HEAP_TIDS {
+            return err(format!("bad element header level={} ntids={}", bytes[1], bytes[3]));
         }
         if (bytes.as_ptr() as usize + ELEMENT_HEADER_SIZE) % 4 != 0 {
             return err("misaligned element item");
@@ -455,6 +427,16 @@ impl<'a> ElementRef<'a> {
     /// Where its neighbor item is.
     pub fn neighbors(&self) -> ItemPointer {
         ItemPointer::read(self.bytes, 4)
+    }
+
+    /// Whether VACUUM freed it for reuse (no live link points to it).
+    pub fn is_free(&self) -> bool {
+        self.bytes[2] & FLAG_FREE != 0
+    }
+
+    /// The level its neighbor item has room for.
+    pub fn capacity(&self) -> usize {
+        self.bytes[10] as usize
     }
 
     /// Number of heap TIDs.
@@ -512,9 +494,7 @@ impl<'a> ElementMut<'a> {
     /// were removed.
     pub fn retain_heap_tids(&mut self, mut keep: impl FnMut(ItemPointer) -> bool) -> usize {
         let n = self.bytes[3] as usize;
-        let tids: Vec<ItemPointer> = (0..n)
-            .map(|i| ItemPointer::read(self.bytes, 12 + SLOT_SIZE * i))
-            .collect();
+        let tids: Vec<ItemPointer> = (0..n).map(|i| ItemPointer::read(self.bytes, 12 + SLOT_SIZE * i)).collect();
         let kept: Vec<ItemPointer> = tids.into_iter().filter(|t| keep(*t)).collect();
         for (i, t) in kept.iter().enumerate() {
             t.write(self.bytes, 12 + SLOT_SIZE * i);
@@ -526,18 +506,40 @@ impl<'a> ElementMut<'a> {
         n - kept.len()
     }
 
-    /// Marks the element deleted (it stays a graph node until reused).
+    /// Marks the element deleted (it stays a graph node until freed).
     pub fn set_deleted(&mut self) {
         self.bytes[2] |= FLAG_DELETED;
     }
 
-    /// Rewrites a deleted element for reuse by a new vector at `level`
-    /// (which must not exceed the original level: the neighbor item keeps
-    /// its size).
+    /// Whether VACUUM freed it for reuse.
+    pub fn is_free(&self) -> bool {
+        self.bytes[2] & FLAG_FREE != 0
+    }
+
+    /// The level its neighbor item has room for.
+    pub fn capacity(&self) -> usize {
+        self.bytes[10] as usize
+    }
+
+    /// Where its neighbor item is.
+    pub fn neighbors(&self) -> ItemPointer {
+        ItemPointer::read(self.bytes, 4)
+    }
+
+    /// Marks a deleted element free for reuse (no live link points to it).
+    pub fn set_free(&mut self) {
+        self.bytes[2] |= FLAG_DELETED | FLAG_FREE;
+        self.bytes[3] = 0;
+    }
+
+    /// Rewrites a free element for a new vector at `level`, which must not
+    /// exceed [`ElementMut::capacity`] (the neighbor item keeps its size).
     pub fn reuse(&mut self, level: usize, heap_tid: ItemPointer, vector: &[f32]) {
-        let neighbors = ItemPointer::read(self.bytes, 4);
+        assert!(level <= self.capacity(), "reused element level above its capacity");
+        let (neighbors, capacity) = (ItemPointer::read(self.bytes, 4), self.bytes[10]);
         let fresh = encode_element(level, &[heap_tid], neighbors, vector);
         self.bytes.copy_from_slice(&fresh);
+        self.bytes[10] = capacity;
     }
 }
 
@@ -586,14 +588,8 @@ impl<'a> NeighborsRef<'a> {
             return err("not a neighbor item");
         }
         let level = bytes[1] as usize;
-        if u16_at(bytes, 2) as usize != m
-            || level > max_level(m)
-            || bytes.len() != neighbor_item_size(m, level)
-        {
-            return err(format!(
-                "bad neighbor item level={level} len={}",
-                bytes.len()
-            ));
+        if u16_at(bytes, 2) as usize != m || level > max_level(m) || bytes.len() != neighbor_item_size(m, level) {
+            return err(format!("bad neighbor item level={level} len={}", bytes.len()));
         }
         Ok(NeighborsRef { bytes, m })
     }
@@ -620,20 +616,21 @@ impl<'a> NeighborsRef<'a> {
 }
 
 /// Replaces the list of `layer` in a neighbor item in place (validated first).
-pub fn set_layer(
-    bytes: &mut [u8],
-    m: usize,
-    layer: usize,
-    list: &[ItemPointer],
-) -> Result<(), PageError> {
+pub fn set_layer(bytes: &mut [u8], m: usize, layer: usize, list: &[ItemPointer]) -> Result<(), PageError> {
     let level = NeighborsRef::new(bytes, m)?.level();
     if layer > level || list.len() > layer_slots(m, layer).1 {
-        return err(format!(
-            "layer {layer} with {} links does not fit level {level}",
-            list.len()
-        ));
+        return err(format!("layer {layer} with {} links does not fit level {level}", list.len()));
     }
     write_layer(bytes, m, layer, list);
+    Ok(())
+}
+
+/// Empties every list of a neighbor item in place (validated first).
+pub fn clear_neighbors(bytes: &mut [u8], m: usize) -> Result<(), PageError> {
+    let level = NeighborsRef::new(bytes, m)?.level();
+    for layer in 0..=level {
+        write_layer(bytes, m, layer, &[]);
+    }
     Ok(())
 }
 
@@ -668,15 +665,13 @@ mod tests {
             ef_construction: 64,
             metric: Metric::Cosine,
             entry: Some((tid(3, 2), 4)),
+            free_hint: Some(7),
         };
         let mut page = PageImage::new(PageKind::Meta);
         meta.write_page(&mut page.0);
         assert_eq!(Meta::read_page(&page.0).unwrap(), meta);
 
-        let empty = Meta {
-            entry: None,
-            ..meta
-        };
+        let empty = Meta { entry: None, free_hint: None, ..meta };
         empty.write_page(&mut page.0);
         assert_eq!(Meta::read_page(&page.0).unwrap().entry, None);
 
@@ -701,11 +696,7 @@ mod tests {
         while let Some(off) = add_item(&mut page.0, &item) {
             offsets.push(off);
         }
-        assert_eq!(
-            offsets,
-            vec![1, 2, 3, 4, 5],
-            "5 elements of 1608 bytes fit an 8 KB page"
-        );
+        assert_eq!(offsets, vec![1, 2, 3, 4, 5], "5 elements of 1608 bytes fit an 8 KB page");
         let p = PageRef::new(&page.0, PageKind::Graph).unwrap();
         let e = ElementRef::new(p.item(3).unwrap(), 384, 16).unwrap();
         assert_eq!(e.level(), 1);
@@ -714,10 +705,7 @@ mod tests {
         assert_eq!(e.vector(), &vector[..]);
         assert!(p.item(6).is_err());
         assert!(p.item(0).is_err());
-        assert!(
-            ElementRef::new(p.item(1).unwrap(), 383, 16).is_err(),
-            "wrong dims"
-        );
+        assert!(ElementRef::new(p.item(1).unwrap(), 383, 16).is_err(), "wrong dims");
     }
 
     #[test]
@@ -737,14 +725,8 @@ mod tests {
         out.clear();
         n.read_layer(2, &mut out);
         assert!(out.is_empty());
-        assert!(
-            set_layer(&mut item, m, 2, &[tid(1, 1)]).is_err(),
-            "no layer 2"
-        );
-        assert!(
-            set_layer(&mut item, m, 1, &[tid(1, 1); 5]).is_err(),
-            "over M"
-        );
+        assert!(set_layer(&mut item, m, 2, &[tid(1, 1)]).is_err(), "no layer 2");
+        assert!(set_layer(&mut item, m, 1, &[tid(1, 1); 5]).is_err(), "over M");
     }
 
     #[test]
@@ -754,15 +736,8 @@ mod tests {
         add_item(&mut page.0, &item).unwrap();
         // Line pointer pointing past the special space.
         let mut bad = page.clone();
-        put_u32(
-            &mut bad.0,
-            PAGE_HEADER_SIZE,
-            (8190u32) | (1 << 15) | (100 << 17),
-        );
-        assert!(PageRef::new(&bad.0, PageKind::Graph)
-            .unwrap()
-            .item(1)
-            .is_err());
+        put_u32(&mut bad.0, PAGE_HEADER_SIZE, (8190u32) | (1 << 15) | (100 << 17));
+        assert!(PageRef::new(&bad.0, PageKind::Graph).unwrap().item(1).is_err());
         // pd_lower beyond pd_upper.
         let mut bad = page.clone();
         put_u16(&mut bad.0, 12, 9000);
@@ -780,9 +755,7 @@ mod tests {
         for _ in 0..2000 {
             let mut junk = [0u8; BLCKSZ];
             for b in junk.iter_mut() {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 *b = (seed >> 56) as u8;
             }
             junk[18..20].copy_from_slice(&((BLCKSZ as u16) | 4).to_ne_bytes());
@@ -791,8 +764,7 @@ mod tests {
             if let Ok(p) = PageRef::new(&junk, PageKind::Graph) {
                 for off in 0..=p.max_offset().min(50) {
                     if let Ok(bytes) = p.item(off) {
-                        let _ = ElementRef::new(bytes, 2, 16)
-                            .map(|e| (e.vector().len(), e.neighbors()));
+                        let _ = ElementRef::new(bytes, 2, 16).map(|e| (e.vector().len(), e.neighbors()));
                         let _ = NeighborsRef::new(bytes, 16);
                     }
                 }
@@ -813,11 +785,14 @@ mod tests {
         e.set_deleted();
         let r = ElementRef::new(&item, 1, 16).unwrap();
         assert_eq!(r.heap_tid_count(), 5);
-        assert!(r.is_deleted());
+        assert!(r.is_deleted() && !r.is_free());
+        let mut e = ElementMut::new(&mut item, 1, 16).unwrap();
+        e.set_free();
+        assert!(ElementRef::new(&item, 1, 16).unwrap().is_free());
         let mut e = ElementMut::new(&mut item, 1, 16).unwrap();
         e.reuse(0, tid(4, 4), &[2.0]);
         let r = ElementRef::new(&item, 1, 16).unwrap();
-        assert!(!r.is_deleted());
+        assert!(!r.is_deleted() && !r.is_free());
         assert_eq!(
             (r.heap_tid_count(), r.heap_tid(0), r.neighbors(), r.vector()),
             (1, tid(4, 4), tid(9, 9), &[2.0f32][..])
@@ -828,10 +803,7 @@ mod tests {
     fn limits_fit_a_page() {
         assert!(item_footprint(element_item_size(MAX_INDEX_DIMS)) <= EMPTY_PAGE_SPACE);
         for m in [2, 16, 48, 100] {
-            assert!(
-                item_footprint(neighbor_item_size(m, max_level(m))) <= EMPTY_PAGE_SPACE,
-                "m={m}"
-            );
+            assert!(item_footprint(neighbor_item_size(m, max_level(m))) <= EMPTY_PAGE_SPACE, "m={m}");
         }
     }
 }

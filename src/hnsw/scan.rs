@@ -12,10 +12,10 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgMemoryContexts};
 
-use super::graph::{Candidate, Searcher};
+use super::graph::Searcher;
 use super::options;
-use super::page::{ItemPointer, Meta};
-use super::storage::{to_pg_tid, ElementNode, IndexRel, PageStore};
+use super::page::ItemPointer;
+use super::storage::{to_pg_tid, ElementNode, IndexRel, PageStore, SHARE_LOCK};
 use crate::distance;
 use crate::vector::Vector;
 
@@ -23,21 +23,17 @@ use crate::vector::Vector;
 #[derive(Default)]
 struct ScanState {
     started: bool,
-    results: Vec<Candidate<ElementNode>>,
-    next_result: usize,
+    /// Heap TIDs of the results, nearest element first.
     heap_tids: Vec<ItemPointer>,
-    next_tid: usize,
-    searcher: Searcher<ItemPointer>,
-    meta: Option<Meta>,
+    next: usize,
+    searcher: Searcher<ItemPointer, ElementNode>,
 }
 
 impl ScanState {
     fn reset(&mut self) {
         self.started = false;
-        self.results.clear();
-        self.next_result = 0;
         self.heap_tids.clear();
-        self.next_tid = 0;
+        self.next = 0;
     }
 }
 
@@ -52,8 +48,7 @@ pub unsafe extern "C-unwind" fn ambeginscan(
     // memory context; our state lives there too and is dropped with it.
     unsafe {
         let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
-        let state =
-            PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(ScanState::default());
+        let state = PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(ScanState::default());
         (*scan).opaque = state as *mut std::ffi::c_void;
         scan
     }
@@ -72,18 +67,10 @@ pub unsafe extern "C-unwind" fn amrescan(
     // the descriptor has room for as many as ambeginscan was told.
     unsafe {
         if !keys.is_null() && nkeys > 0 && (*scan).numberOfKeys > 0 {
-            std::ptr::copy(
-                keys,
-                (*scan).keyData,
-                nkeys.min((*scan).numberOfKeys) as usize,
-            );
+            std::ptr::copy(keys, (*scan).keyData, nkeys.min((*scan).numberOfKeys) as usize);
         }
         if !orderbys.is_null() && norderbys > 0 && (*scan).numberOfOrderBys > 0 {
-            std::ptr::copy(
-                orderbys,
-                (*scan).orderByData,
-                norderbys.min((*scan).numberOfOrderBys) as usize,
-            );
+            std::ptr::copy(orderbys, (*scan).orderByData, norderbys.min((*scan).numberOfOrderBys) as usize);
         }
         (*((*scan).opaque as *mut ScanState)).reset();
     }
@@ -114,27 +101,33 @@ unsafe fn query_vector(scan: pg_sys::IndexScanDesc, store: &PageStore) -> Option
     Some(q)
 }
 
-/// Runs the k-NN search for the scan's query.
+/// Runs the k-NN search for the scan's query and collects the heap TIDs of
+/// the results, all under the scan lock (so VACUUM cannot free and reuse an
+/// element between our reading its address and its heap TIDs).
 unsafe fn search(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     // SAFETY: indexRelation of an active scan is open.
     let rel = IndexRel::new(unsafe { (*scan).indexRelation });
+    rel.lock_scans(SHARE_LOCK);
     let meta = rel.read_meta();
-    state.meta = Some(meta);
     let mut store = PageStore::new(rel, meta);
     // SAFETY: as above.
-    let Some(query) = (unsafe { query_vector(scan, &store) }) else {
-        return;
-    };
-    let Some((entry, entry_level)) = meta.entry else {
-        return;
-    };
-    state.results = state.searcher.search(
-        &mut store,
-        &query,
-        entry,
-        entry_level as usize,
-        options::ef_search(),
-    );
+    let query = unsafe { query_vector(scan, &store) };
+    if let (Some(query), Some((entry, entry_level))) = (query, meta.entry) {
+        let results = state.searcher.search(&mut store, &query, entry, entry_level as usize, options::ef_search());
+        let tids = &mut state.heap_tids;
+        for c in results.iter().filter(|c| !c.node.deleted) {
+            match c.node.heap_tids {
+                0 => {}
+                1 => tids.push(c.node.first_heap_tid),
+                _ => store.with_element(c.node.tid, |e| {
+                    if !e.is_deleted() {
+                        tids.extend((0..e.heap_tid_count()).map(|i| e.heap_tid(i)));
+                    }
+                }),
+            }
+        }
+    }
+    rel.unlock_scans(SHARE_LOCK);
 }
 
 /// `amgettuple`: the next heap TID, nearest first.
@@ -150,27 +143,10 @@ pub unsafe extern "C-unwind" fn amgettuple(
         // SAFETY: scan is the active descriptor.
         unsafe { search(scan, state) };
     }
-    while state.next_tid >= state.heap_tids.len() {
-        let Some(next) = state.results.get(state.next_result) else {
-            return false;
-        };
-        state.next_result += 1;
-        state.heap_tids.clear();
-        state.next_tid = 0;
-        let (true, Some(meta)) = (!next.node.deleted, state.meta) else {
-            continue;
-        };
-        // SAFETY: as above.
-        let store = PageStore::new(IndexRel::new(unsafe { (*scan).indexRelation }), meta);
-        let tids = &mut state.heap_tids;
-        store.with_element(next.node.tid, |e| {
-            if !e.is_deleted() {
-                tids.extend((0..e.heap_tid_count()).map(|i| e.heap_tid(i)));
-            }
-        });
-    }
-    let tid = state.heap_tids[state.next_tid];
-    state.next_tid += 1;
+    let Some(&tid) = state.heap_tids.get(state.next) else {
+        return false;
+    };
+    state.next += 1;
     // SAFETY: setting the output fields of the active descriptor.
     unsafe {
         (*scan).xs_heaptid = to_pg_tid(tid);
@@ -187,5 +163,5 @@ pub unsafe extern "C-unwind" fn amendscan(scan: pg_sys::IndexScanDesc) {
     // SAFETY: opaque was set by ambeginscan.
     let state = unsafe { &mut *((*scan).opaque as *mut ScanState) };
     state.reset();
-    state.results = Vec::new();
+    state.heap_tids = Vec::new();
 }

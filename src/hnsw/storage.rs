@@ -18,10 +18,9 @@ use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use rustc_hash::FxHashMap;
 
-use super::graph::{GraphStore, Params};
+use super::graph::{GraphKey, GraphStore, Params};
 use super::page::{
-    self, ElementRef, ItemPointer, Meta, NeighborsRef, PageError, PageKind, PageRef, BLCKSZ,
-    META_BLOCK,
+    self, ElementRef, ItemPointer, Meta, NeighborsRef, PageError, PageKind, PageRef, BLCKSZ, META_BLOCK,
 };
 use crate::distance::Metric;
 use crate::error::raise_hint;
@@ -35,24 +34,21 @@ pub struct IndexRel {
 
 /// `ExclusiveLock` (lmgr lock mode 7).
 pub const EXCLUSIVE_LOCK: pg_sys::LOCKMODE = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+/// Page-lock number used as the scan lock (a lock tag, not a real page lock).
+const SCAN_LOCK: u32 = 1;
+
 /// `ShareLock` (lmgr lock mode 5).
 pub const SHARE_LOCK: pg_sys::LOCKMODE = pg_sys::ShareLock as pg_sys::LOCKMODE;
 
 impl IndexRel {
     /// Wraps the main fork of an open index relation.
     pub fn new(rel: pg_sys::Relation) -> IndexRel {
-        IndexRel {
-            rel,
-            fork: pg_sys::ForkNumber::MAIN_FORKNUM,
-        }
+        IndexRel { rel, fork: pg_sys::ForkNumber::MAIN_FORKNUM }
     }
 
     /// Wraps the init fork (for `ambuildempty` of unlogged indexes).
     pub fn init_fork(rel: pg_sys::Relation) -> IndexRel {
-        IndexRel {
-            rel,
-            fork: pg_sys::ForkNumber::INIT_FORKNUM,
-        }
+        IndexRel { rel, fork: pg_sys::ForkNumber::INIT_FORKNUM }
     }
 
     /// The raw relation pointer.
@@ -65,9 +61,7 @@ impl IndexRel {
         // SAFETY: rd_rel of an open relation is valid; relname is a NameData.
         unsafe {
             let name = &(*(*self.rel).rd_rel).relname;
-            std::ffi::CStr::from_ptr(name.data.as_ptr())
-                .to_string_lossy()
-                .into_owned()
+            std::ffi::CStr::from_ptr(name.data.as_ptr()).to_string_lossy().into_owned()
         }
     }
 
@@ -81,10 +75,7 @@ impl IndexRel {
     pub fn corrupt(&self, block: u32, e: PageError) -> ! {
         raise_hint(
             PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
-            format!(
-                "index \"{}\" contains a corrupted page at block {block}",
-                self.name()
-            ),
+            format!("index \"{}\" contains a corrupted page at block {block}", self.name()),
             e.0,
             "Please REINDEX it.",
         )
@@ -93,7 +84,7 @@ impl IndexRel {
     /// Pins `block`. A block past the end of the relation (a corrupt link)
     /// makes the buffer manager raise an `ERROR`, not a crash; we do not check
     /// the size first because that costs a system call per read.
-    fn read_buffer(&self, block: u32) -> pg_sys::Buffer {
+    pub(crate) fn read_buffer(&self, block: u32) -> pg_sys::Buffer {
         // SAFETY: ReadBufferExtended pins an existing block or raises an ERROR.
         unsafe {
             pg_sys::ReadBufferExtended(
@@ -147,27 +138,25 @@ impl IndexRel {
     /// Extends the fork by one page, formats it as `kind`, lets `f` fill it,
     /// and WAL-logs it as a full image. Returns the new block number.
     pub fn append(&self, kind: PageKind, f: impl FnOnce(&mut [u8])) -> u32 {
-        // SAFETY: the relation extension lock serialises extension; the new
-        // buffer is pinned and exclusively locked before anyone can see it;
-        // the GenericXLog image is BLCKSZ bytes as above.
+        // SAFETY: the relation extension lock serialises extension;
+        // RBM_ZERO_AND_LOCK takes the content lock before the new buffer
+        // becomes valid, so no other backend can lock it first (readers of
+        // the last page also skip zeroed pages); the GenericXLog image is
+        // BLCKSZ bytes as above.
         unsafe {
             pg_sys::LockRelationForExtension(self.rel, EXCLUSIVE_LOCK);
             let buf = pg_sys::ReadBufferExtended(
                 self.rel,
                 self.fork,
                 u32::MAX,
-                pg_sys::ReadBufferMode::RBM_NORMAL,
+                pg_sys::ReadBufferMode::RBM_ZERO_AND_LOCK,
                 std::ptr::null_mut(),
             );
-            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
             pg_sys::UnlockRelationForExtension(self.rel, EXCLUSIVE_LOCK);
             let block = pg_sys::BufferGetBlockNumber(buf);
             let state = pg_sys::GenericXLogStart(self.rel);
-            let image = pg_sys::GenericXLogRegisterBuffer(
-                state,
-                buf,
-                pg_sys::GENERIC_XLOG_FULL_IMAGE as i32,
-            ) as *mut u8;
+            let image =
+                pg_sys::GenericXLogRegisterBuffer(state, buf, pg_sys::GENERIC_XLOG_FULL_IMAGE as i32) as *mut u8;
             let bytes = std::slice::from_raw_parts_mut(image, BLCKSZ);
             page::init_page(bytes, kind);
             f(bytes);
@@ -192,11 +181,7 @@ impl IndexRel {
             );
             pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
             let block = pg_sys::BufferGetBlockNumber(buf);
-            std::ptr::copy_nonoverlapping(
-                image.as_ptr(),
-                pg_sys::BufferGetPage(buf) as *mut u8,
-                BLCKSZ,
-            );
+            std::ptr::copy_nonoverlapping(image.as_ptr(), pg_sys::BufferGetPage(buf) as *mut u8, BLCKSZ);
             pg_sys::MarkBufferDirty(buf);
             pg_sys::UnlockReleaseBuffer(buf);
             block
@@ -210,8 +195,7 @@ impl IndexRel {
         // SAFETY: rd_rel is valid for an open relation; log_newpage_range
         // reads each block through the buffer manager.
         unsafe {
-            let permanent =
-                (*(*self.rel).rd_rel).relpersistence as u8 == pg_sys::RELPERSISTENCE_PERMANENT;
+            let permanent = (*(*self.rel).rd_rel).relpersistence as u8 == pg_sys::RELPERSISTENCE_PERMANENT;
             if permanent || self.fork == pg_sys::ForkNumber::INIT_FORKNUM {
                 let n = self.nblocks();
                 if n > 0 {
@@ -231,8 +215,7 @@ impl IndexRel {
                 "Please REINDEX it.",
             );
         }
-        self.read(META_BLOCK, |p| Meta::read_page(p))
-            .unwrap_or_else(|e| self.corrupt(META_BLOCK, e))
+        self.read(META_BLOCK, |p| Meta::read_page(p)).unwrap_or_else(|e| self.corrupt(META_BLOCK, e))
     }
 
     /// Rewrites the meta page's entry point.
@@ -260,6 +243,38 @@ impl IndexRel {
         // SAFETY: as above; we hold the lock in `mode`.
         unsafe { pg_sys::UnlockPage(self.rel, META_BLOCK, mode) }
     }
+
+    /// Takes the lock that orders scans against VACUUM freeing elements:
+    /// scans hold it in `SHARE_LOCK` while they search; VACUUM takes
+    /// `EXCLUSIVE_LOCK` before it frees deleted elements, so no scan can
+    /// hold the address of an element that is being reused.
+    pub fn lock_scans(&self, mode: pg_sys::LOCKMODE) {
+        // SAFETY: the relation is open; released below or at transaction end.
+        unsafe { pg_sys::LockPage(self.rel, SCAN_LOCK, mode) }
+    }
+
+    /// Releases [`IndexRel::lock_scans`].
+    pub fn unlock_scans(&self, mode: pg_sys::LOCKMODE) {
+        // SAFETY: as above; we hold the lock in `mode`.
+        unsafe { pg_sys::UnlockPage(self.rel, SCAN_LOCK, mode) }
+    }
+
+    /// Rewrites the meta page's free-element hint.
+    pub fn set_free_hint(&self, hint: Option<u32>) {
+        self.modify(META_BLOCK, |p| {
+            let mut meta = Meta::read_page(p).unwrap_or_else(|e| self.corrupt(META_BLOCK, e));
+            if meta.free_hint == hint {
+                return None;
+            }
+            meta.free_hint = hint;
+            meta.write_page(p);
+            Some(())
+        });
+    }
+}
+
+impl GraphKey for ItemPointer {
+    type Visited = rustc_hash::FxHashSet<ItemPointer>;
 }
 
 /// A visited element of the on-disk graph.
@@ -273,6 +288,25 @@ pub struct ElementNode {
     pub level: u8,
     /// Whether VACUUM deleted it (still traversed, never returned).
     pub deleted: bool,
+    /// Its first heap TID.
+    pub first_heap_tid: ItemPointer,
+    /// How many heap TIDs it has.
+    pub heap_tids: u8,
+}
+
+impl ElementNode {
+    /// The node for element `tid` as read from its item.
+    pub fn read(tid: ItemPointer, e: &ElementRef<'_>) -> ElementNode {
+        let n = e.heap_tid_count();
+        ElementNode {
+            tid,
+            neighbors: e.neighbors(),
+            level: e.level() as u8,
+            deleted: e.is_deleted(),
+            first_heap_tid: if n > 0 { e.heap_tid(0) } else { ItemPointer::INVALID },
+            heap_tids: n as u8,
+        }
+    }
 }
 
 /// The graph in buffer pages, as a [`GraphStore`].
@@ -283,24 +317,29 @@ pub struct PageStore {
     pub meta: Meta,
     /// Vectors read for [`GraphStore::distance_between`] (inserts only).
     vectors: FxHashMap<ItemPointer, Vec<f32>>,
+    /// Scratch for `visit_many`: pinned buffer, its page, item offset.
+    pinned: Vec<(pg_sys::Buffer, *const u8, usize)>,
+}
+
+/// Hints the CPU to load the cache line at `p` (never faults).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is only a hint; it does not dereference `p`.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
 }
 
 impl PageStore {
     /// A store over `rel` described by `meta`.
     pub fn new(rel: IndexRel, meta: Meta) -> PageStore {
-        PageStore {
-            rel,
-            meta,
-            vectors: FxHashMap::default(),
-        }
+        PageStore { rel, meta, vectors: FxHashMap::default(), pinned: Vec::new() }
     }
 
     /// Construction parameters from the meta page.
     pub fn params(&self) -> Params {
-        Params {
-            m: self.meta.m as usize,
-            ef_construction: self.meta.ef_construction as usize,
-        }
+        Params { m: self.meta.m as usize, ef_construction: self.meta.ef_construction as usize }
     }
 
     /// The metric from the meta page.
@@ -316,7 +355,7 @@ impl PageStore {
     pub fn with_element<R>(&self, tid: ItemPointer, f: impl FnOnce(ElementRef<'_>) -> R) -> R {
         let (dims, m) = (self.dims(), self.meta.m as usize);
         self.rel.read(tid.block, |bytes| {
-            let element = PageRef::new(bytes, PageKind::Graph)
+            let element = PageRef::graph_header_only(bytes)
                 .and_then(|p| p.item(tid.offset))
                 .and_then(|item| ElementRef::new(item, dims, m));
             match element {
@@ -324,6 +363,17 @@ impl PageStore {
                 Err(e) => self.rel.corrupt(tid.block, e),
             }
         })
+    }
+
+    /// The node of element `tid`, read without computing a distance.
+    pub fn node(&self, tid: ItemPointer) -> ElementNode {
+        self.with_element(tid, |e| ElementNode::read(tid, &e))
+    }
+
+    /// Forgets cached vectors (VACUUM calls this between elements so the
+    /// cache stays small).
+    pub fn clear_cache(&mut self) {
+        self.vectors.clear();
     }
 
     /// Makes sure element `tid`'s vector is in the cache.
@@ -346,7 +396,7 @@ impl PageStore {
         let at = node.neighbors;
         let m = self.meta.m as usize;
         self.rel.read(at.block, |bytes| {
-            let n = PageRef::new(bytes, PageKind::Graph)
+            let n = PageRef::graph_header_only(bytes)
                 .and_then(|p| p.item(at.offset))
                 .and_then(|item| NeighborsRef::new(item, m));
             match n {
@@ -367,46 +417,80 @@ impl GraphStore for PageStore {
 
     fn visit(&mut self, query: &[f32], key: ItemPointer) -> Option<(f32, ElementNode)> {
         let metric = self.meta.metric;
-        Some(self.with_element(key, |e| {
-            let node = ElementNode {
-                tid: key,
-                neighbors: e.neighbors(),
-                level: e.level() as u8,
-                deleted: e.is_deleted(),
+        Some(self.with_element(key, |e| (metric.distance(query, e.vector()), ElementNode::read(key, &e))))
+    }
+
+    /// Visits `keys` in four passes so their cache misses overlap: pin every
+    /// buffer and prefetch its page header; share-lock each and prefetch the
+    /// element item; then compute each distance and release. Holding several
+    /// share locks at once is safe: writers never wait for a second buffer
+    /// lock while holding one.
+    fn visit_many(&mut self, query: &[f32], keys: &[ItemPointer], out: &mut Vec<Option<(f32, ElementNode)>>) {
+        out.clear();
+        let (dims, m, metric) = (self.dims(), self.meta.m as usize, self.meta.metric);
+        let mut pinned = std::mem::take(&mut self.pinned);
+        pinned.clear();
+        for k in keys {
+            let buf = self.rel.read_buffer(k.block);
+            // SAFETY: `buf` is pinned, so its page stays at this address.
+            let page = unsafe { pg_sys::BufferGetPage(buf) } as *const u8;
+            prefetch(page);
+            pinned.push((buf, page, 0usize));
+        }
+        for (k, (buf, page, item)) in keys.iter().zip(pinned.iter_mut()) {
+            // SAFETY: locking a buffer we pinned; the page is then stable
+            // and BLCKSZ bytes long.
+            let bytes = unsafe {
+                pg_sys::LockBuffer(*buf, pg_sys::BUFFER_LOCK_SHARE as i32);
+                std::slice::from_raw_parts(*page, BLCKSZ)
             };
-            (metric.distance(query, e.vector()), node)
-        }))
+            let range = PageRef::graph_header_only(bytes)
+                .and_then(|p| p.item_range(k.offset))
+                .unwrap_or_else(|e| self.rel.corrupt(k.block, e));
+            *item = range.start;
+            for line in (range.start..range.end.min(range.start + 512)).step_by(64) {
+                prefetch(bytes[line..].as_ptr());
+            }
+        }
+        for (k, &(buf, page, _)) in keys.iter().zip(pinned.iter()) {
+            // SAFETY: still pinned and share-locked from the pass above.
+            let bytes = unsafe { std::slice::from_raw_parts(page, BLCKSZ) };
+            let element = PageRef::graph_header_only(bytes)
+                .and_then(|p| p.item(k.offset))
+                .and_then(|i| ElementRef::new(i, dims, m));
+            let e = element.unwrap_or_else(|e| self.rel.corrupt(k.block, e));
+            out.push(Some((metric.distance(query, e.vector()), ElementNode::read(*k, &e))));
+            // SAFETY: releasing the lock and pin taken above.
+            unsafe { pg_sys::UnlockReleaseBuffer(buf) };
+        }
+        self.pinned = pinned;
     }
 
     fn neighbors(&mut self, node: &ElementNode, layer: usize, out: &mut Vec<ItemPointer>) {
         self.read_neighbors(node, layer, out)
     }
 
+    fn is_deleted(&self, node: &ElementNode) -> bool {
+        node.deleted
+    }
+
     fn distance_between(&mut self, a: &ElementNode, b: &ElementNode) -> f32 {
         self.cache_vector(a.tid);
         self.cache_vector(b.tid);
-        self.meta
-            .metric
-            .distance(&self.vectors[&a.tid], &self.vectors[&b.tid])
+        self.meta.metric.distance(&self.vectors[&a.tid], &self.vectors[&b.tid])
     }
 }
 
 /// Converts a Postgres heap TID to an [`ItemPointer`].
 pub fn from_pg_tid(tid: &pg_sys::ItemPointerData) -> ItemPointer {
     let block = ((tid.ip_blkid.bi_hi as u32) << 16) | tid.ip_blkid.bi_lo as u32;
-    ItemPointer {
-        block,
-        offset: tid.ip_posid,
-    }
+    ItemPointer { block, offset: tid.ip_posid }
 }
 
 /// Converts an [`ItemPointer`] back to a Postgres heap TID.
 pub fn to_pg_tid(t: ItemPointer) -> pg_sys::ItemPointerData {
     pg_sys::ItemPointerData {
-        ip_blkid: pg_sys::BlockIdData {
-            bi_hi: (t.block >> 16) as u16,
-            bi_lo: (t.block & 0xFFFF) as u16,
-        },
+        ip_blkid: pg_sys::BlockIdData { bi_hi: (t.block >> 16) as u16, bi_lo: (t.block & 0xFFFF) as u16 },
         ip_posid: t.offset,
     }
 }

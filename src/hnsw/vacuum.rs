@@ -1,38 +1,55 @@
-//! `ambulkdelete` and `amvacuumcleanup`: removing dead heap TIDs.
+//! `ambulkdelete` and `amvacuumcleanup`: removing dead rows from the graph.
 //!
-//! VACUUM's callback says which heap TIDs are dead. Each element drops those
-//! TIDs; an element left with none is marked deleted: scans still walk
-//! through it (its links keep the graph connected) but never return it.
+//! The vacuum path, in three passes (as pgvector's `hnswvacuum.c`):
+//! 1. **Remove heap TIDs** that VACUUM's callback reports dead; an element left
+//!    with none is marked *deleted*. Scans still walk through deleted
+//!    elements (their links keep the graph connected) but never return them,
+//!    and inserts never link to them.
+//! 2. **Repair** every live element whose neighbor list points at a deleted
+//!    element: the candidates are its live neighbors plus the live neighbors
+//!    of the deleted ones, pruned with the neighbor-selection heuristic
+//!    (inserts run concurrently; each list is rewritten only if it did not
+//!    change meanwhile).
+//! 3. **Free**, with inserts and scans locked out: drop any link to a deleted
+//!    element that a concurrent insert added, move the entry point if it was
+//!    deleted, and mark deleted elements *free*. Inserts reuse free elements
+//!    in place, found through the meta page's free hint.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use rustc_hash::FxHashSet;
 
-use super::page::{self, ElementMut, PageKind, PageRef};
-use super::storage::{to_pg_tid, IndexRel};
+use super::graph::{Candidate, GraphStore};
+use super::page::{self, ElementMut, ElementRef, ItemPointer, NeighborsRef, PageKind, PageRef};
+use super::storage::{to_pg_tid, ElementNode, IndexRel, PageStore, EXCLUSIVE_LOCK, SHARE_LOCK};
 
-/// Counts of one pass over the element items.
+/// What pass 1 found.
 #[derive(Default)]
-struct PassCounts {
+struct Removal {
     live_tids: f64,
     removed_tids: f64,
+    /// Elements that are deleted (now or by an earlier VACUUM) but not free.
+    deleted: FxHashSet<ItemPointer>,
 }
 
-/// Visits every element item, removing heap TIDs for which `dead` is true
-/// and marking emptied elements deleted.
-fn remove_dead_tids(rel: &IndexRel, mut dead: impl FnMut(page::ItemPointer) -> bool) -> PassCounts {
+fn vacuum_delay() {
+    // SAFETY: VACUUM may sleep here for cost-based delay; no locks are held.
+    unsafe { pg_sys::vacuum_delay_point() };
+}
+
+/// Pass 1: removes heap TIDs for which `dead` is true and marks emptied
+/// elements deleted.
+fn remove_dead_tids(rel: &IndexRel, mut dead: impl FnMut(ItemPointer) -> bool) -> Removal {
     let meta = rel.read_meta();
     let (dims, m) = (meta.dims as usize, meta.m as usize);
-    let mut counts = PassCounts::default();
+    let mut out = Removal::default();
     for block in 1..rel.nblocks() {
-        // SAFETY: VACUUM may sleep here for cost-based delay; no locks held.
-        unsafe { pg_sys::vacuum_delay_point() };
+        vacuum_delay();
         rel.modify(block, |p| {
             if page::page_is_new(p) {
                 return None;
             }
-            let max_offset = PageRef::new(p, PageKind::Graph)
-                .unwrap_or_else(|e| rel.corrupt(block, e))
-                .max_offset();
+            let max_offset = PageRef::new(p, PageKind::Graph).unwrap_or_else(|e| rel.corrupt(block, e)).max_offset();
             let mut changed = false;
             for offset in 1..=max_offset {
                 let range = PageRef::new(p, PageKind::Graph)
@@ -41,29 +58,258 @@ fn remove_dead_tids(rel: &IndexRel, mut dead: impl FnMut(page::ItemPointer) -> b
                 if !page::is_element_item(&p[range.clone()]) {
                     continue;
                 }
-                let mut e = ElementMut::new(&mut p[range], dims, m)
-                    .unwrap_or_else(|e| rel.corrupt(block, e));
-                if e.is_deleted() {
+                let mut e = ElementMut::new(&mut p[range], dims, m).unwrap_or_else(|e| rel.corrupt(block, e));
+                if e.is_free() {
                     continue;
                 }
-                let removed = e.retain_heap_tids(|t| !dead(t));
-                let left = e.heap_tid_count();
-                if removed > 0 {
-                    changed = true;
-                    if left == 0 {
-                        e.set_deleted();
+                if !e.is_deleted() {
+                    let removed = e.retain_heap_tids(|t| !dead(t));
+                    if removed > 0 {
+                        changed = true;
+                        if e.heap_tid_count() == 0 {
+                            e.set_deleted();
+                        }
                     }
+                    out.removed_tids += removed as f64;
+                    out.live_tids += e.heap_tid_count() as f64;
                 }
-                counts.removed_tids += removed as f64;
-                counts.live_tids += left as f64;
+                if e.is_deleted() {
+                    out.deleted.insert(ItemPointer { block, offset });
+                }
             }
             changed.then_some(())
         });
     }
-    counts
+    out
 }
 
-/// `ambulkdelete`.
+/// Calls `f` with every live (not deleted, not free) element of `block`.
+fn for_each_live_element(store: &PageStore, block: u32, mut f: impl FnMut(ElementNode)) {
+    let (rel, dims, m) = (store.rel, store.meta.dims as usize, store.meta.m as usize);
+    rel.read(block, |p| {
+        if page::page_is_new(p) {
+            return;
+        }
+        let r = PageRef::new(p, PageKind::Graph).unwrap_or_else(|e| rel.corrupt(block, e));
+        for offset in 1..=r.max_offset() {
+            let item = r.item(offset).unwrap_or_else(|e| rel.corrupt(block, e));
+            if !page::is_element_item(item) {
+                continue;
+            }
+            let e = ElementRef::new(item, dims, m).unwrap_or_else(|e| rel.corrupt(block, e));
+            if !e.is_deleted() {
+                f(ElementNode::read(ItemPointer { block, offset }, &e));
+            }
+        }
+    });
+}
+
+/// Rewrites `node`'s list on `layer` from `old` to `new`, only if it still
+/// equals `old`; returns whether it did.
+fn replace_list(store: &PageStore, node: &ElementNode, layer: usize, old: &[ItemPointer], new: &[ItemPointer]) -> bool {
+    let (rel, m, at) = (store.rel, store.meta.m as usize, node.neighbors);
+    rel.modify(at.block, |p| {
+        let range = PageRef::new(p, PageKind::Graph)
+            .and_then(|r| r.item_range(at.offset))
+            .unwrap_or_else(|e| rel.corrupt(at.block, e));
+        let mut current = Vec::new();
+        NeighborsRef::new(&p[range.clone()], m)
+            .unwrap_or_else(|e| rel.corrupt(at.block, e))
+            .read_layer(layer, &mut current);
+        if current != old {
+            return None;
+        }
+        page::set_layer(&mut p[range], m, layer, new).unwrap_or_else(|e| rel.corrupt(at.block, e));
+        Some(())
+    })
+    .is_some()
+}
+
+/// The repaired list of `node` on `layer`: every live neighbor it had stays
+/// (so repair never takes away anyone's inbound link), and the slots of the
+/// deleted ones are refilled from *their* live neighbors, chosen with the
+/// neighbor-selection heuristic and then nearest first.
+fn repaired_list(
+    store: &mut PageStore,
+    node: &ElementNode,
+    layer: usize,
+    current: &[ItemPointer],
+    deleted: &FxHashSet<ItemPointer>,
+) -> Vec<ItemPointer> {
+    let base = store.vector(node.tid).to_vec();
+    let kept: Vec<ItemPointer> = current.iter().filter(|t| !deleted.contains(t)).copied().collect();
+    let mut selected: Vec<Candidate<ElementNode>> = kept
+        .iter()
+        .filter_map(|&k| store.visit(&base, k))
+        .map(|(distance, node)| Candidate { distance, node })
+        .collect();
+    let mut second = Vec::new();
+    let mut extra: Vec<ItemPointer> = Vec::new();
+    for d in current.iter().filter(|t| deleted.contains(t)) {
+        let dnode = store.node(*d);
+        store.read_neighbors(&dnode, layer, &mut second);
+        extra.extend(second.iter().filter(|t| !deleted.contains(t) && **t != node.tid && !kept.contains(t)));
+    }
+    extra.sort();
+    extra.dedup();
+    let mut candidates: Vec<Candidate<ElementNode>> = extra
+        .iter()
+        .filter_map(|&k| store.visit(&base, k))
+        .filter(|(_, n)| !n.deleted && n.level as usize >= layer)
+        .map(|(distance, node)| Candidate { distance, node })
+        .collect();
+    candidates.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+    let max = store.params().max_neighbors(layer);
+    let mut pruned = Vec::new();
+    for c in candidates {
+        if selected.len() >= max {
+            break;
+        }
+        if selected.iter().all(|r| store.distance_between(&c.node, &r.node) >= c.distance) {
+            selected.push(c);
+        } else {
+            pruned.push(c);
+        }
+    }
+    let room = max.saturating_sub(selected.len());
+    selected.extend(pruned.into_iter().take(room));
+    selected.iter().map(|c| c.node.tid).collect()
+}
+
+/// Pass 2: repairs lists that point at deleted elements (concurrently with
+/// inserts, under the graph lock in share mode).
+fn repair(rel: &IndexRel, deleted: &FxHashSet<ItemPointer>) {
+    rel.lock_graph(SHARE_LOCK);
+    let mut store = PageStore::new(*rel, rel.read_meta());
+    let mut lists = Vec::new();
+    for block in 1..rel.nblocks() {
+        vacuum_delay();
+        let mut live = Vec::new();
+        for_each_live_element(&store, block, |n| live.push(n));
+        for node in live {
+            for layer in 0..=node.level as usize {
+                for _attempt in 0..3 {
+                    store.read_neighbors(&node, layer, &mut lists);
+                    if !lists.iter().any(|t| deleted.contains(t)) {
+                        break;
+                    }
+                    let current = lists.clone();
+                    let new = repaired_list(&mut store, &node, layer, &current, deleted);
+                    if replace_list(&store, &node, layer, &current, &new) {
+                        break;
+                    }
+                }
+            }
+            store.clear_cache();
+        }
+    }
+    rel.unlock_graph(SHARE_LOCK);
+}
+
+/// Pass 3: with inserts and scans locked out, drops remaining links to
+/// deleted elements, moves the entry point if needed, and frees the deleted
+/// elements for reuse.
+fn free_deleted(rel: &IndexRel, deleted: &FxHashSet<ItemPointer>) {
+    rel.lock_graph(EXCLUSIVE_LOCK);
+    rel.lock_scans(EXCLUSIVE_LOCK);
+    let meta = rel.read_meta();
+    let store = PageStore::new(*rel, meta);
+    let (dims, m) = (meta.dims as usize, meta.m as usize);
+    let mut highest: Option<(ItemPointer, u16)> = None;
+    let mut lists = Vec::new();
+    let mut all_live: Vec<ElementNode> = Vec::new();
+    let mut has_inbound: FxHashSet<ItemPointer> = FxHashSet::default();
+    for block in 1..rel.nblocks() {
+        let mut live = Vec::new();
+        for_each_live_element(&store, block, |n| live.push(n));
+        for node in live {
+            if highest.is_none_or(|(_, l)| node.level as u16 > l) {
+                highest = Some((node.tid, node.level as u16));
+            }
+            for layer in 0..=node.level as usize {
+                store.read_neighbors(&node, layer, &mut lists);
+                if lists.iter().any(|t| deleted.contains(t)) {
+                    let kept: Vec<ItemPointer> = lists.iter().filter(|t| !deleted.contains(t)).copied().collect();
+                    replace_list(&store, &node, layer, &lists.clone(), &kept);
+                    lists = kept;
+                }
+                has_inbound.extend(lists.iter().copied());
+            }
+            all_live.push(node);
+        }
+    }
+    let entry = if meta.entry.is_none_or(|(e, _)| deleted.contains(&e)) {
+        rel.set_entry(highest);
+        highest
+    } else {
+        meta.entry
+    };
+    // A live element nobody links to any more is linked from its nearest
+    // live neighbor (replacing that list's farthest entry when full).
+    let mut store = PageStore::new(*rel, rel.read_meta());
+    for node in all_live.iter().filter(|n| !has_inbound.contains(&n.tid) && entry.is_none_or(|(e, _)| e != n.tid)) {
+        store.read_neighbors(node, 0, &mut lists);
+        let Some(&host) = lists.iter().find(|t| !deleted.contains(t)) else { continue };
+        let host = store.node(host);
+        let mut host_list = Vec::new();
+        store.read_neighbors(&host, 0, &mut host_list);
+        let max = store.params().max_neighbors(0);
+        let mut new = host_list.clone();
+        if new.len() >= max {
+            let base = store.vector(host.tid).to_vec();
+            let farthest = (0..new.len())
+                .max_by(|&a, &b| {
+                    let da = store.visit(&base, new[a]).map_or(f32::INFINITY, |v| v.0);
+                    let db = store.visit(&base, new[b]).map_or(f32::INFINITY, |v| v.0);
+                    da.total_cmp(&db)
+                })
+                .unwrap_or(0);
+            new[farthest] = node.tid;
+        } else {
+            new.push(node.tid);
+        }
+        replace_list(&store, &host, 0, &host_list, &new);
+        store.clear_cache();
+    }
+    let mut first_free: Option<u32> = None;
+    for &t in deleted {
+        let neighbors = rel.modify(t.block, |p| {
+            let range = PageRef::new(p, PageKind::Graph)
+                .and_then(|r| r.item_range(t.offset))
+                .unwrap_or_else(|e| rel.corrupt(t.block, e));
+            let mut e = ElementMut::new(&mut p[range], dims, m).unwrap_or_else(|e| rel.corrupt(t.block, e));
+            e.set_free();
+            Some(e.neighbors())
+        });
+        if let Some(at) = neighbors {
+            rel.modify(at.block, |p| {
+                let range = PageRef::new(p, PageKind::Graph)
+                    .and_then(|r| r.item_range(at.offset))
+                    .unwrap_or_else(|e| rel.corrupt(at.block, e));
+                page::clear_neighbors(&mut p[range], m).unwrap_or_else(|e| rel.corrupt(at.block, e));
+                Some(())
+            });
+        }
+        first_free = Some(first_free.map_or(t.block, |b| b.min(t.block)));
+    }
+    if let Some(b) = first_free {
+        let current = rel.read_meta().free_hint;
+        rel.set_free_hint(Some(current.map_or(b, |h| h.min(b))));
+    }
+    rel.unlock_scans(EXCLUSIVE_LOCK);
+    rel.unlock_graph(EXCLUSIVE_LOCK);
+}
+
+fn new_stats(stats: *mut pg_sys::IndexBulkDeleteResult) -> *mut pg_sys::IndexBulkDeleteResult {
+    if stats.is_null() {
+        // SAFETY: zeroed allocation of the stats struct VACUUM expects.
+        unsafe { pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBulkDeleteResult>()) as *mut _ }
+    } else {
+        stats
+    }
+}
+
+/// `ambulkdelete`: passes 1–3 above.
 #[pg_guard]
 pub unsafe extern "C-unwind" fn ambulkdelete(
     info: *mut pg_sys::IndexVacuumInfo,
@@ -71,25 +317,25 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     callback: pg_sys::IndexBulkDeleteCallback,
     callback_state: *mut std::ffi::c_void,
 ) -> *mut pg_sys::IndexBulkDeleteResult {
-    // SAFETY: VACUUM passes a valid info struct; stats is null or ours.
-    unsafe {
-        let stats = if stats.is_null() {
-            pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBulkDeleteResult>())
-                as *mut pg_sys::IndexBulkDeleteResult
-        } else {
-            stats
-        };
-        let rel = IndexRel::new((*info).index);
-        let callback = callback.expect("VACUUM callback");
-        let counts = remove_dead_tids(&rel, |t| {
-            let mut tid = to_pg_tid(t);
-            callback(&mut tid, callback_state)
-        });
-        (*stats).tuples_removed += counts.removed_tids;
-        (*stats).num_index_tuples = counts.live_tids;
-        (*stats).num_pages = rel.nblocks();
-        stats
+    let stats = new_stats(stats);
+    // SAFETY: VACUUM passes a valid info struct and callback.
+    let (rel, callback) = unsafe { (IndexRel::new((*info).index), callback.expect("VACUUM callback")) };
+    let removal = remove_dead_tids(&rel, |t| {
+        let mut tid = to_pg_tid(t);
+        // SAFETY: the callback VACUUM gave us, with its own state.
+        unsafe { callback(&mut tid, callback_state) }
+    });
+    if !removal.deleted.is_empty() {
+        repair(&rel, &removal.deleted);
+        free_deleted(&rel, &removal.deleted);
     }
+    // SAFETY: stats is a valid struct (allocated above or passed in).
+    unsafe {
+        (*stats).tuples_removed += removal.removed_tids;
+        (*stats).num_index_tuples = removal.live_tids;
+        (*stats).num_pages = rel.nblocks();
+    }
+    stats
 }
 
 /// `amvacuumcleanup`: reports index statistics.
@@ -98,21 +344,21 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
     info: *mut pg_sys::IndexVacuumInfo,
     stats: *mut pg_sys::IndexBulkDeleteResult,
 ) -> *mut pg_sys::IndexBulkDeleteResult {
-    // SAFETY: as in ambulkdelete.
-    unsafe {
-        if (*info).analyze_only {
-            return stats;
-        }
-        let rel = IndexRel::new((*info).index);
-        let stats = if stats.is_null() {
-            let s = pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBulkDeleteResult>())
-                as *mut pg_sys::IndexBulkDeleteResult;
-            (*s).num_index_tuples = remove_dead_tids(&rel, |_| false).live_tids;
-            s
-        } else {
-            stats
-        };
-        (*stats).num_pages = rel.nblocks();
-        stats
+    // SAFETY: VACUUM passes a valid info struct.
+    let (analyze_only, index) = unsafe { ((*info).analyze_only, (*info).index) };
+    if analyze_only {
+        return stats;
     }
+    let rel = IndexRel::new(index);
+    let stats = if stats.is_null() {
+        let s = new_stats(stats);
+        // SAFETY: s was just allocated.
+        unsafe { (*s).num_index_tuples = remove_dead_tids(&rel, |_| false).live_tids };
+        s
+    } else {
+        stats
+    };
+    // SAFETY: stats is valid.
+    unsafe { (*stats).num_pages = rel.nblocks() };
+    stats
 }

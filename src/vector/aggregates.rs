@@ -49,10 +49,7 @@ fn vector_avg(state: Vec<f64>) -> Option<Vector> {
     for (o, s) in out.as_mut_slice().iter_mut().zip(&state[1..]) {
         *o = (s / n) as f32;
         if !o.is_finite() {
-            raise(
-                PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
-                "value out of range: overflow",
-            );
+            raise(PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE, "value out of range: overflow");
         }
         check_element(*o);
     }

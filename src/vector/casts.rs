@@ -14,10 +14,7 @@ fn from_elements(items: impl Iterator<Item = Option<f64>>, typmod: i32) -> Vecto
     let mut values = Vec::new();
     for item in items {
         let Some(x) = item else {
-            raise(
-                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-                "array must not contain nulls",
-            );
+            raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "array must not contain nulls");
         };
         let f = x as f32;
         if x.is_finite() && !f.is_finite() {
@@ -55,11 +52,7 @@ fn array_to_vector_float8(a: Array<f64>, typmod: i32, _explicit: bool) -> Vector
 /// `numeric[]` to `vector`.
 #[pg_extern(immutable, strict, parallel_safe, name = "array_to_vector")]
 fn array_to_vector_numeric(a: Array<AnyNumeric>, typmod: i32, _explicit: bool) -> Vector {
-    from_elements(
-        a.iter()
-            .map(|x| x.map(|n| n.to_string().parse::<f64>().unwrap_or(f64::NAN))),
-        typmod,
-    )
+    from_elements(a.iter().map(|x| x.map(|n| n.to_string().parse::<f64>().unwrap_or(f64::NAN))), typmod)
 }
 
 /// `vector` to `real[]`.

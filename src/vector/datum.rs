@@ -31,11 +31,7 @@ pub struct Vector {
 
 /// Raises pgvector's data-corruption error for a datum whose header is wrong.
 fn corrupt(detail: String) -> ! {
-    crate::error::raise_detail(
-        PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-        "invalid vector datum",
-        detail,
-    )
+    crate::error::raise_detail(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "invalid vector datum", detail)
 }
 
 impl Vector {
@@ -52,9 +48,7 @@ impl Vector {
         // SAFETY: a detoasted varlena has a readable 4-byte header.
         let total = unsafe { pgrx::varsize_any(p as *const pg_sys::varlena) };
         if total < VECTOR_HEADER_SIZE {
-            corrupt(format!(
-                "datum of {total} bytes is shorter than the vector header"
-            ));
+            corrupt(format!("datum of {total} bytes is shorter than the vector header"));
         }
         // SAFETY: at least VECTOR_HEADER_SIZE bytes are readable (checked above).
         let header = unsafe { std::slice::from_raw_parts(p, VECTOR_HEADER_SIZE) };
@@ -64,9 +58,7 @@ impl Vector {
         }
         let dim = dim as usize;
         if total != VECTOR_HEADER_SIZE + 4 * dim {
-            corrupt(format!(
-                "{dim} dimensions do not fit a datum of {total} bytes"
-            ));
+            corrupt(format!("{dim} dimensions do not fit a datum of {total} bytes"));
         }
         if (p as usize) % std::mem::align_of::<f32>() != 0 {
             corrupt("misaligned datum".into());
@@ -85,10 +77,7 @@ impl Vector {
             let p = pg_sys::palloc0(size) as *mut u8;
             pgrx::set_varsize_4b(p as *mut pg_sys::varlena, size as i32);
             std::ptr::copy_nonoverlapping((dim as i16).to_ne_bytes().as_ptr(), p.add(4), 2);
-            Vector {
-                ptr: NonNull::new_unchecked(p),
-                dim,
-            }
+            Vector { ptr: NonNull::new_unchecked(p), dim }
         }
     }
 
@@ -108,23 +97,13 @@ impl Vector {
     pub fn as_slice(&self) -> &[f32] {
         // SAFETY: the constructor validated that `dim` floats follow the
         // 8-byte header inside the datum and that the pointer is 4-aligned.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.ptr.as_ptr().add(VECTOR_HEADER_SIZE) as *const f32,
-                self.dim,
-            )
-        }
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(VECTOR_HEADER_SIZE) as *const f32, self.dim) }
     }
 
     /// The elements, mutable (only for vectors this backend just allocated).
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
         // SAFETY: as in `as_slice`; `&mut self` gives exclusive access.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.ptr.as_ptr().add(VECTOR_HEADER_SIZE) as *mut f32,
-                self.dim,
-            )
-        }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(VECTOR_HEADER_SIZE) as *mut f32, self.dim) }
     }
 
     /// The datum pointing at this vector.
@@ -134,11 +113,7 @@ impl Vector {
 }
 
 impl FromDatum for Vector {
-    unsafe fn from_polymorphic_datum(
-        datum: pg_sys::Datum,
-        is_null: bool,
-        _typoid: pg_sys::Oid,
-    ) -> Option<Self> {
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _typoid: pg_sys::Oid) -> Option<Self> {
         if is_null || datum.is_null() {
             None
         } else {
@@ -164,8 +139,7 @@ unsafe impl<'fcx> ArgAbi<'fcx> for Vector {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
         // SAFETY: forwarded from the caller's contract.
-        unsafe { arg.unbox_arg_using_from_datum() }
-            .unwrap_or_else(|| panic!("argument {index} must not be null"))
+        unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or_else(|| panic!("argument {index} must not be null"))
     }
 }
 
@@ -183,6 +157,5 @@ unsafe impl SqlTranslatable for Vector {
     const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(Vector);
     const TYPE_ORIGIN: TypeOrigin = TypeOrigin::ThisExtension;
     const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("vector"));
-    const RETURN_SQL: Result<ReturnsRef, ReturnsError> =
-        Ok(ReturnsRef::One(SqlMappingRef::literal("vector")));
+    const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal("vector")));
 }

@@ -52,10 +52,7 @@ CREATE TYPE vector (
 /// `vector(n)` (SQLSTATE 22000).
 pub fn check_expected_dim(typmod: i32, dim: usize) {
     if typmod != -1 && typmod as usize != dim {
-        raise(
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            format!("expected {typmod} dimensions, not {dim}"),
-        );
+        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, format!("expected {typmod} dimensions, not {dim}"));
     }
 }
 
@@ -79,10 +76,7 @@ pub fn check_dim(dim: usize) {
 /// Raises pgvector's error for a dimension count outside `1..=16000`.
 fn invalid_dim(dim: usize) -> ! {
     if dim < 1 {
-        raise(
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            "vector must have at least 1 dimension",
-        )
+        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "vector must have at least 1 dimension")
     }
     raise(
         PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
@@ -100,15 +94,9 @@ pub fn check_element(x: f32) {
 /// Raises pgvector's error for a NaN or infinite element.
 fn invalid_element(x: f32) -> ! {
     if x.is_nan() {
-        raise(
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            "NaN not allowed in vector",
-        )
+        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "NaN not allowed in vector")
     }
-    raise(
-        PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-        "infinite value not allowed in vector",
-    )
+    raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "infinite value not allowed in vector")
 }
 
 /// Text input: `'[1,2,3]'`, with `vector(n)` enforced when `typmod` is set.
@@ -171,14 +159,9 @@ fn vector_out(v: Vector) -> CString {
 fn vector_typmod_in(list: Array<&CStr>) -> i32 {
     let items: Vec<Option<&CStr>> = list.iter().collect();
     if items.len() != 1 {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "invalid type modifier",
-        );
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid type modifier");
     }
-    let text = items[0]
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let text = items[0].map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
     let n: i64 = text.trim().parse().unwrap_or_else(|_| {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
@@ -186,10 +169,7 @@ fn vector_typmod_in(list: Array<&CStr>) -> i32 {
         )
     });
     if n < 1 {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "dimensions for type vector must be at least 1",
-        );
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "dimensions for type vector must be at least 1");
     }
     if n > VECTOR_MAX_DIM as i64 {
         raise(
@@ -207,19 +187,13 @@ fn vector_recv(buf: Internal, _oid: pg_sys::Oid, typmod: i32) -> Vector {
     // SAFETY: Postgres passes a StringInfo as the `internal` argument of a
     // receive function; pq_getmsg* check bounds and raise on short input.
     unsafe {
-        let buf = buf
-            .unwrap()
-            .expect("recv buffer")
-            .cast_mut_ptr::<pg_sys::StringInfoData>();
+        let buf = buf.unwrap().expect("recv buffer").cast_mut_ptr::<pg_sys::StringInfoData>();
         let dim = pg_sys::pq_getmsgint(buf, 2) as u16 as i16;
         let unused = pg_sys::pq_getmsgint(buf, 2) as u16 as i16;
         check_dim(dim.max(0) as usize);
         check_expected_dim(typmod, dim as usize);
         if unused != 0 {
-            raise(
-                PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-                format!("expected unused to be 0, not {unused}"),
-            );
+            raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, format!("expected unused to be 0, not {unused}"));
         }
         let mut v = Vector::zeroed(dim as usize);
         for x in v.as_mut_slice() {

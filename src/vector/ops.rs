@@ -83,10 +83,7 @@ fn subvector(a: Vector, start: i32, count: i32) -> Vector {
     let first = start.max(1);
     end = end.min(a.dim() as i64 + 1);
     if count < 1 || end <= first {
-        raise(
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            "vector must have at least 1 dimension",
-        );
+        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "vector must have at least 1 dimension");
     }
     let slice = &a.as_slice()[(first - 1) as usize..(end - 1) as usize];
     Vector::from_slice(slice)
@@ -95,18 +92,10 @@ fn subvector(a: Vector, start: i32, count: i32) -> Vector {
 fn elementwise(a: &Vector, b: &Vector, f: impl Fn(f32, f32) -> f32) -> Vector {
     check_same_dims(a, b);
     let mut out = Vector::zeroed(a.dim());
-    for ((o, &x), &y) in out
-        .as_mut_slice()
-        .iter_mut()
-        .zip(a.as_slice())
-        .zip(b.as_slice())
-    {
+    for ((o, &x), &y) in out.as_mut_slice().iter_mut().zip(a.as_slice()).zip(b.as_slice()) {
         *o = f(x, y);
         if !o.is_finite() {
-            raise(
-                PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
-                "value out of range: overflow",
-            );
+            raise(PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE, "value out of range: overflow");
         }
     }
     out
@@ -128,16 +117,9 @@ fn vector_sub(a: Vector, b: Vector) -> Vector {
 #[pg_extern(immutable, strict, parallel_safe)]
 fn vector_mul(a: Vector, b: Vector) -> Vector {
     let out = elementwise(&a, &b, |x, y| x * y);
-    for (&o, (&x, &y)) in out
-        .as_slice()
-        .iter()
-        .zip(a.as_slice().iter().zip(b.as_slice()))
-    {
+    for (&o, (&x, &y)) in out.as_slice().iter().zip(a.as_slice().iter().zip(b.as_slice())) {
         if o == 0.0 && x != 0.0 && y != 0.0 {
-            raise(
-                PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
-                "value out of range: underflow",
-            );
+            raise(PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE, "value out of range: underflow");
         }
     }
     out

@@ -73,15 +73,10 @@ pub fn parse_element(t: &str) -> Result<f32, ParseError> {
     }
     // Rust's parser also accepts "inf"/"nan" spellings, handled above, and is
     // otherwise the strict decimal grammar strtof accepts (minus hex floats).
-    if !t
-        .bytes()
-        .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E'))
-    {
+    if !t.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E')) {
         return Err(ParseError::Syntax("Invalid element."));
     }
-    let v: f32 = t
-        .parse()
-        .map_err(|_| ParseError::Syntax("Invalid element."))?;
+    let v: f32 = t.parse().map_err(|_| ParseError::Syntax("Invalid element."))?;
     if v.is_infinite() {
         return Err(ParseError::OutOfRange(t.to_string()));
     }
@@ -105,22 +100,14 @@ mod tests {
     #[test]
     fn parses_plain_spaced_and_scientific() {
         assert_eq!(parse_vector("[1,2,3]").unwrap(), vec![1.0, 2.0, 3.0]);
-        assert_eq!(
-            parse_vector("  [ 1 , -2.5 ,3e-2 ]  ").unwrap(),
-            vec![1.0, -2.5, 0.03]
-        );
+        assert_eq!(parse_vector("  [ 1 , -2.5 ,3e-2 ]  ").unwrap(), vec![1.0, -2.5, 0.03]);
         assert_eq!(parse_vector("[.5,+1,1E2]").unwrap(), vec![0.5, 1.0, 100.0]);
     }
 
     #[test]
     fn rejects_malformed_text() {
-        for bad in [
-            "[1,2", "1,2]", "[1,,2]", "[a]", "[1,2]x", "[1 2]", "", "[", "[1,]",
-        ] {
-            assert!(
-                matches!(parse_vector(bad), Err(ParseError::Syntax(_))),
-                "{bad:?}"
-            );
+        for bad in ["[1,2", "1,2]", "[1,,2]", "[a]", "[1,2]x", "[1 2]", "", "[", "[1,]"] {
+            assert!(matches!(parse_vector(bad), Err(ParseError::Syntax(_))), "{bad:?}");
         }
         assert_eq!(parse_vector("[]"), Err(ParseError::Empty));
         assert_eq!(parse_vector("[ ]"), Err(ParseError::Empty));
@@ -131,14 +118,8 @@ mod tests {
         assert_eq!(parse_vector("[NaN]"), Err(ParseError::NaN));
         assert_eq!(parse_vector("[1,-Infinity]"), Err(ParseError::Infinite));
         assert_eq!(parse_vector("[inf]"), Err(ParseError::Infinite));
-        assert_eq!(
-            parse_vector("[1e39]"),
-            Err(ParseError::OutOfRange("1e39".into()))
-        );
-        assert_eq!(
-            parse_vector("[1e-50]"),
-            Err(ParseError::OutOfRange("1e-50".into()))
-        );
+        assert_eq!(parse_vector("[1e39]"), Err(ParseError::OutOfRange("1e39".into())));
+        assert_eq!(parse_vector("[1e-50]"), Err(ParseError::OutOfRange("1e-50".into())));
         assert_eq!(parse_vector("[0e-50]").unwrap(), vec![0.0]);
     }
 

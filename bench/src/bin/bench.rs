@@ -1,0 +1,324 @@
+//! The pg_hnsw benchmark. Figures, not tests: run it on an idle machine.
+//!
+//! `bench sweep [--dataset DIR] [--out DIR] [--no-hnswlib]`
+//!   On the real dataset (61,666 × 384, cosine, m=16, ef_construction=64):
+//!   load time, serial build time, index size, QPS / p50 / p99 / recall@10
+//!   for ef_search 10..320 (one client, one prepared statement, recall against
+//!   the dataset's exact ground truth), single-row INSERT throughput into the
+//!   indexed table, and the same query sweep for hnswlib (PyPI) in process.
+//!
+//! `bench synthetic [--n 10000,100000] [--dims 128] [--queries 100] [--seed 42] [--out DIR]`
+//!   Clustered synthetic vectors generated from a seed (L2), brute-force
+//!   ground truth on a sample of queries: how build time, size and QPS grow
+//!   with N.
+//!
+//! Results go to `<out>/<mode>.json` and `<out>/<mode>.md` (default
+//! `bench/results`).
+
+use pg_hnsw_bench::{build_index_with_progress, fail, load_packages, query_run, read_labels, relation_size, QueryRun};
+use pg_hnsw_cluster_tests::{dataset_dir, exact_knn, l2, read_fvecs, read_ivecs, Client, Cluster};
+use rand::{Rng, SeedableRng};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const EF_SWEEP: [i32; 6] = [10, 20, 40, 80, 160, 320];
+
+struct Opts {
+    mode: String,
+    dataset: PathBuf,
+    out: PathBuf,
+    hnswlib: bool,
+    sizes: Vec<usize>,
+    dims: usize,
+    queries: usize,
+    seed: u64,
+}
+
+fn parse() -> Opts {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut o = Opts {
+        mode: String::new(),
+        dataset: dataset_dir(),
+        out: repo.join("bench/results"),
+        hnswlib: true,
+        sizes: vec![10_000, 100_000],
+        dims: 128,
+        queries: 100,
+        seed: 42,
+    };
+    let mut it = std::env::args().skip(1);
+    o.mode =
+        it.next().unwrap_or_else(|| fail("no mode given", "bench sweep | bench synthetic --n 10000,100000 --dims 128"));
+    while let Some(a) = it.next() {
+        let mut v = || {
+            it.next().unwrap_or_else(|| fail(&format!("{a} needs a value"), "see the top of bench/src/bin/bench.rs"))
+        };
+        match a.as_str() {
+            "--dataset" => o.dataset = PathBuf::from(v()),
+            "--out" => o.out = PathBuf::from(v()),
+            "--no-hnswlib" => o.hnswlib = false,
+            "--n" => {
+                o.sizes = v().split(',').map(|x| x.trim().replace('_', "").parse().expect("--n 10000,100000")).collect()
+            }
+            "--dims" => o.dims = v().parse().expect("--dims 128"),
+            "--queries" => o.queries = v().parse().expect("--queries 100"),
+            "--seed" => o.seed = v().parse().expect("--seed 42"),
+            other => fail(&format!("unknown argument {other}"), "see the top of bench/src/bin/bench.rs"),
+        }
+    }
+    o
+}
+
+fn start_cluster() -> Cluster {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-cluster");
+    let port = pg_hnsw_cluster_tests::free_port();
+    Cluster::start_in(&base, port, &["shared_buffers = 2GB", "max_parallel_maintenance_workers = 0"])
+}
+
+fn run_table(runs: &[QueryRun]) -> String {
+    let mut s = String::from("| ef_search | recall@10 | QPS | p50 ms | p99 ms |\n|---|---|---|---|---|\n");
+    for r in runs {
+        s += &format!(
+            "| {} | {:.4} | {:.0} | {:.3} | {:.3} |\n",
+            r.ef_search, r.recall_at_10, r.qps, r.p50_ms, r.p99_ms
+        );
+    }
+    s
+}
+
+fn write_results(out: &Path, name: &str, json: &serde_json::Value, md: &str) {
+    std::fs::create_dir_all(out).unwrap();
+    std::fs::write(out.join(format!("{name}.json")), serde_json::to_string_pretty(json).unwrap()).unwrap();
+    std::fs::write(out.join(format!("{name}.md")), md).unwrap();
+    println!("\n{md}\nwritten to {}/{name}.{{json,md}}", out.display());
+}
+
+fn hnswlib_sweep(dataset: &Path, out: &Path) -> Option<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hnswlib_sweep.py");
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import hnswlib, numpy"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have {
+        println!("installing hnswlib and numpy from PyPI ...");
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "-q", "hnswlib", "numpy"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("warning: could not install hnswlib; skipping its sweep");
+            return None;
+        }
+    }
+    println!("hnswlib sweep (in process, one thread) ...");
+    let path = out.join("hnswlib.json");
+    std::fs::create_dir_all(out).unwrap();
+    let status = std::process::Command::new("python3")
+        .arg(script)
+        .arg("--dataset")
+        .arg(dataset)
+        .arg("--out")
+        .arg(&path)
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("warning: hnswlib sweep failed");
+        return None;
+    }
+    serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()
+}
+
+fn sweep(o: &Opts) {
+    let dir = &o.dataset;
+    let base = read_fvecs(&dir.join("base.fvecs"), usize::MAX);
+    let queries = read_fvecs(&dir.join("queries.fvecs"), usize::MAX);
+    let truth = read_ivecs(&dir.join("groundtruth.ivecs"), usize::MAX);
+    let labels = read_labels(&dir.join("base_labels.tsv"));
+    let cluster = start_cluster();
+    let mut c = cluster.connect_with_extension();
+    let load = load_packages(&mut c, &base, &labels);
+    c.batch_execute("SET maintenance_work_mem = '2GB'; SET max_parallel_maintenance_workers = 0").unwrap();
+    let build = build_index_with_progress(
+        &mut c,
+        &cluster.conn_string(),
+        "CREATE INDEX packages_embedding_idx ON packages USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)",
+        base.len() as u64,
+    );
+    let size = relation_size(&mut c, "packages_embedding_idx");
+    println!("load {:.1} s, build {:.1} s, index {:.1} MB", load.as_secs_f64(), build.as_secs_f64(), size as f64 / 1e6);
+    let runs: Vec<QueryRun> = EF_SWEEP
+        .iter()
+        .map(|&ef| {
+            let r = query_run(&mut c, "packages", "<=>", &queries, &truth, ef);
+            println!(
+                "  ef_search {:>3}: recall@10 {:.4}, {:.0} QPS, p50 {:.3} ms, p99 {:.3} ms",
+                ef, r.recall_at_10, r.qps, r.p50_ms, r.p99_ms
+            );
+            r
+        })
+        .collect();
+
+    // Single-row INSERTs into the indexed table (autocommit, one statement each).
+    let stmt = c.prepare("INSERT INTO packages (id, name, embedding) VALUES ($1, 'query', $2)").unwrap();
+    let t = Instant::now();
+    for (i, q) in queries.iter().enumerate() {
+        c.execute(&stmt, &[&(1_000_000 + i as i32), &pgvector::Vector::from(q.clone())]).unwrap();
+    }
+    let insert_rate = queries.len() as f64 / t.elapsed().as_secs_f64();
+    println!("single-row INSERTs: {insert_rate:.0} rows/s");
+
+    let hnsw = if o.hnswlib { hnswlib_sweep(dir, &o.out) } else { None };
+    let mut md = format!(
+        "## pg_hnsw on debian-minilm-384 ({} × 384, cosine, m=16, ef_construction=64, one client)\n\n\
+         | load | build (serial) | build (parallel) | index size | single-row INSERTs |\n|---|---|---|---|---|\n\
+         | {:.1} s | {:.1} s | n/a (serial build only) | {:.1} MB | {:.0} rows/s |\n\n{}",
+        base.len(),
+        load.as_secs_f64(),
+        build.as_secs_f64(),
+        size as f64 / 1e6,
+        insert_rate,
+        run_table(&runs)
+    );
+    if let Some(h) = &hnsw {
+        let hruns: Vec<QueryRun> = h["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| QueryRun {
+                ef_search: r["ef_search"].as_i64().unwrap() as i32,
+                qps: r["qps"].as_f64().unwrap(),
+                p50_ms: r["p50_ms"].as_f64().unwrap(),
+                p99_ms: r["p99_ms"].as_f64().unwrap(),
+                recall_at_10: r["recall_at_10"].as_f64().unwrap(),
+            })
+            .collect();
+        md += &format!(
+            "\n## hnswlib (PyPI), in process, one thread, same parameters\n\nbuild {:.1} s, index {:.1} MB\n\n{}",
+            h["build_s"].as_f64().unwrap_or(0.0),
+            h["index_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            run_table(&hruns)
+        );
+    }
+    let json = serde_json::json!({
+        "dataset": "debian-minilm-384", "rows": base.len(), "load_s": load.as_secs_f64(),
+        "build_serial_s": build.as_secs_f64(), "build_parallel_s": null, "index_bytes": size,
+        "insert_rows_per_s": insert_rate, "runs": runs, "hnswlib": hnsw,
+    });
+    write_results(&o.out, "sweep", &json, &md);
+}
+
+/// `n` clustered vectors (100 Gaussian-ish clusters) and `nq` queries from
+/// the same distribution, from `seed`.
+fn synthetic_data(n: usize, nq: usize, dims: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let centres: Vec<Vec<f32>> = (0..100).map(|_| (0..dims).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
+    let point = |rng: &mut rand::rngs::SmallRng| {
+        let c = &centres[rng.gen_range(0..centres.len())];
+        c.iter()
+            .map(|x| x + (rng.gen::<f32>() + rng.gen::<f32>() + rng.gen::<f32>() - 1.5) * 0.25)
+            .collect::<Vec<f32>>()
+    };
+    let data = (0..n).map(|_| point(&mut rng)).collect();
+    let queries = (0..nq).map(|_| point(&mut rng)).collect();
+    (data, queries)
+}
+
+/// COPY BINARY of `(id int, embedding vector)` rows in pgvector's wire format.
+fn copy_binary(c: &mut Client, table: &str, data: &[Vec<f32>]) {
+    let mut w = c.copy_in(&format!("COPY {table} (id, embedding) FROM STDIN (FORMAT binary)")).unwrap();
+    let mut buf = Vec::with_capacity(1 << 20);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    for (i, v) in data.iter().enumerate() {
+        buf.extend_from_slice(&2i16.to_be_bytes());
+        buf.extend_from_slice(&4i32.to_be_bytes());
+        buf.extend_from_slice(&(i as i32).to_be_bytes());
+        buf.extend_from_slice(&(4 + 4 * v.len() as i32).to_be_bytes());
+        buf.extend_from_slice(&(v.len() as i16).to_be_bytes());
+        buf.extend_from_slice(&0i16.to_be_bytes());
+        for x in v {
+            buf.extend_from_slice(&x.to_be_bytes());
+        }
+        if buf.len() > (1 << 20) {
+            w.write_all(&buf).unwrap();
+            buf.clear();
+        }
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    w.write_all(&buf).unwrap();
+    w.finish().unwrap();
+}
+
+fn synthetic(o: &Opts) {
+    let cluster = start_cluster();
+    let mut c = cluster.connect_with_extension();
+    let mut md = format!(
+        "## pg_hnsw on synthetic clustered data ({} dims, L2, m=16, ef_construction=64, seed {}, {} queries)\n\n\
+         | N | load | build (serial) | index size | ef_search | recall@10 | QPS | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|---|\n",
+        o.dims, o.seed, o.queries
+    );
+    let mut results = Vec::new();
+    for &n in &o.sizes {
+        println!("N = {n}: generating and computing exact ground truth ...");
+        let (data, queries) = synthetic_data(n, o.queries, o.dims, o.seed);
+        let truth: Vec<Vec<u32>> = std::thread::scope(|s| {
+            let half = queries.len() / 2;
+            let (a, b) = queries.split_at(half);
+            let data = &data;
+            let job = |qs: &[Vec<f32>]| {
+                qs.iter()
+                    .map(|q| exact_knn(data, q, 10, l2).into_iter().map(|x| x as u32).collect())
+                    .collect::<Vec<Vec<u32>>>()
+            };
+            let h = s.spawn(move || job(b));
+            let mut first = job(a);
+            first.extend(h.join().unwrap());
+            first
+        });
+        c.batch_execute(&format!(
+            "DROP TABLE IF EXISTS synth; CREATE TABLE synth (id int, embedding vector({}))",
+            o.dims
+        ))
+        .unwrap();
+        let t = Instant::now();
+        copy_binary(&mut c, "synth", &data);
+        c.batch_execute("VACUUM ANALYZE synth").unwrap();
+        let load = t.elapsed().as_secs_f64();
+        let mem_mb = (n * (o.dims * 4 + 400)) / (1 << 20) + 256;
+        c.batch_execute(&format!("SET maintenance_work_mem = '{mem_mb}MB'")).unwrap();
+        let build = build_index_with_progress(
+            &mut c,
+            &cluster.conn_string(),
+            "CREATE INDEX synth_idx ON synth USING hnsw (embedding vector_l2_ops)",
+            n as u64,
+        )
+        .as_secs_f64();
+        let size = relation_size(&mut c, "synth_idx");
+        for ef in [10, 40, 160] {
+            let r = query_run(&mut c, "synth", "<->", &queries, &truth, ef);
+            println!("  N {n} ef {ef}: recall@10 {:.4}, {:.0} QPS", r.recall_at_10, r.qps);
+            md += &format!(
+                "| {n} | {load:.1} s | {build:.1} s | {:.1} MB | {} | {:.4} | {:.0} | {:.3} | {:.3} |\n",
+                size as f64 / 1e6,
+                r.ef_search,
+                r.recall_at_10,
+                r.qps,
+                r.p50_ms,
+                r.p99_ms
+            );
+            results.push(serde_json::json!({"n": n, "dims": o.dims, "load_s": load, "build_s": build, "index_bytes": size, "run": r}));
+        }
+    }
+    write_results(&o.out, &format!("synthetic-{}d", o.dims), &serde_json::json!(results), &md);
+}
+
+fn main() {
+    let o = parse();
+    match o.mode.as_str() {
+        "sweep" => sweep(&o),
+        "synthetic" => synthetic(&o),
+        other => fail(&format!("unknown mode {other}"), "bench sweep | bench synthetic --n 10000,100000 --dims 128"),
+    }
+}
