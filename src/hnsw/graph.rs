@@ -363,13 +363,12 @@ pub fn select_neighbors<S: GraphStore>(
 }
 
 /// Recomputes the neighbors of `base` on one layer when a new link would
-/// overflow it: `current` plus `added`, pruned by [`select_neighbors`] with
-/// keepPrunedConnections to `max`, so at most one element leaves the list.
-/// Returns the keys to keep.
+/// overflow it: `current` plus `added`, pruned by [`select_neighbors`] to
+/// `max`. Returns the keys to keep.
 ///
-/// Callers relink the element that left from `added` (see
-/// [`MemoryGraph::insert`]), which keeps every element reachable: it stays
-/// reachable through `added`, which `base` now links to.
+/// When `added` is kept, callers relink the elements that left from `added`
+/// while it has room (see [`MemoryGraph::insert`]): they stay reachable
+/// through `added`, which `base` now links to.
 pub fn prune_neighbors<S: GraphStore>(
     store: &mut S,
     base: &S::Node,
@@ -382,7 +381,7 @@ pub fn prune_neighbors<S: GraphStore>(
     let mut candidates: Vec<Candidate<S::Node>> =
         live.iter().map(|n| Candidate { distance: store.distance_between(base, n), node: *n }).collect();
     candidates.sort_by(|a, b| a.distance.total_cmp(&b.distance));
-    select_neighbors(store, &candidates, max, true).iter().map(|c| store.key(&c.node)).collect()
+    select_neighbors(store, &candidates, max, false).iter().map(|c| store.key(&c.node)).collect()
 }
 
 /// Most heap TIDs one element holds (identical vectors share an element).
@@ -557,10 +556,12 @@ impl MemoryGraph {
         }
         let current = std::mem::take(list);
         let kept = prune_neighbors(self, &from, &current, to, max);
-        let dropped = kept.contains(&to).then(|| current.iter().copied().find(|c| !kept.contains(c))).flatten();
+        let linked = kept.contains(&to);
+        let dropped: Vec<u32> =
+            if linked { current.iter().copied().filter(|c| !kept.contains(c)).collect() } else { Vec::new() };
         self.neighbors[from as usize][layer] = kept;
-        // The element that left `from`'s list is linked from `to` instead.
-        if let Some(d) = dropped {
+        // Elements that left `from`'s list are linked from `to` instead.
+        for d in dropped {
             let to_list = &mut self.neighbors[to as usize][layer];
             if d != to && to_list.len() < max && !to_list.contains(&d) {
                 to_list.push(d);
@@ -726,12 +727,13 @@ mod tests {
 
     #[test]
     fn every_element_stays_reachable() {
-        // Pruning can still strand a few elements at M = 4 (4 of 4,000 here,
-        // healed by VACUUM); from M = 8 none are.
-        for (m, ef) in [(8, 32), (16, 64)] {
+        for (m, ef) in [(4, 16), (8, 32), (16, 64)] {
             let (data, _) = clustered(4000, 0, 16, 11);
             let g = build(&data, Metric::L2, Params { m, ef_construction: ef }, 12);
-            assert_eq!(g.reachable(), g.len(), "m={m}");
+            eprintln!("m={m}: {} of {} reachable", g.reachable(), g.len());
+            if m >= 8 {
+                assert_eq!(g.reachable(), g.len(), "m={m}");
+            }
         }
     }
 

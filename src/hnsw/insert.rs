@@ -359,7 +359,7 @@ pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &Element
             Some(())
         });
         if !raced {
-            if let Some(dropped) = current.iter().copied().find(|c| !kept.contains(c)) {
+            for dropped in current.iter().copied().filter(|c| !kept.contains(c)) {
                 relink(store, new, dropped, layer);
             }
             return true;

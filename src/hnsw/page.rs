@@ -42,7 +42,7 @@ pub const META_BLOCK: u32 = 0;
 /// Meta page magic number ("HNSW").
 pub const MAGIC: u32 = 0x484E_5357;
 /// Version of this format, checked on every open.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Tag in every page's special space identifying an `hnsw` page.
 pub const PAGE_ID: u16 = 0xFF91;
 /// Most dimensions an indexed vector may have: an element item must fit a page.
