@@ -2,6 +2,18 @@
 //! table with a progress bar, building the index while showing
 //! `pg_stat_progress_create_index`, and measuring recall@10 / QPS / latency.
 
+// The extension's pure modules, compiled here without pgrx, so the graph
+// algorithm can be benchmarked on its own (`bench/src/bin/graph_bench.rs`).
+#[path = "../../src/distance.rs"]
+pub mod distance;
+#[path = "../../src/hnsw/graph.rs"]
+#[doc(hidden)]
+pub mod hnsw_graph;
+/// The extension's `hnsw` module, reduced to its pure graph code.
+pub mod hnsw {
+    pub use super::hnsw_graph as graph;
+}
+
 use indicatif::{ProgressBar, ProgressStyle};
 use pg_hnsw_cluster_tests::{vector_literal, Client, NoTls};
 use pgvector::Vector;
