@@ -316,3 +316,14 @@ pub fn recall_at(k: usize, found: &[i64], truth: &[usize]) -> f64 {
     let truth: Vec<i64> = truth.iter().take(k).map(|&t| t as i64).collect();
     found.iter().take(k).filter(|f| truth.contains(f)).count() as f64 / k as f64
 }
+
+/// Runs `sql`, which must fail, and returns `"<SQLSTATE> <message>"`.
+pub fn sqlstate(client: &mut Client, sql: &str) -> String {
+    match client.batch_execute(sql) {
+        Ok(()) => panic!("expected an error from {sql}"),
+        Err(e) => {
+            let db = e.as_db_error().unwrap_or_else(|| panic!("{sql}: not a server error: {e}"));
+            format!("{} {}", db.code().code(), db.message())
+        }
+    }
+}

@@ -1,18 +1,10 @@
 //! The `hnsw` index on a real cluster: recall on the real dataset, planner
 //! use, options and GUC errors, and edge cases.
 
-use pg_hnsw_cluster_tests::{copy_vectors, cosine, exact_knn, l2, neg_ip, recall_at, Client, Cluster, Dataset};
+use pg_hnsw_cluster_tests::{
+    copy_vectors, cosine, exact_knn, l2, neg_ip, recall_at, sqlstate, Client, Cluster, Dataset,
+};
 use pgvector::Vector;
-
-fn sqlstate(client: &mut Client, sql: &str) -> String {
-    match client.batch_execute(sql) {
-        Ok(()) => panic!("expected an error from {sql}"),
-        Err(e) => {
-            let db = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
-            format!("{} {}", db.code().code(), db.message())
-        }
-    }
-}
 
 fn explain(c: &mut Client, sql: &str) -> String {
     c.query(&format!("EXPLAIN {sql}"), &[])

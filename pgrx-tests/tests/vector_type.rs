@@ -1,17 +1,7 @@
 //! The `vector` type through a real client: pgvector's answers, its error
 //! wording and SQLSTATEs, and its binary wire format (the `pgvector` crate).
 
-use pg_hnsw_cluster_tests::{Client, Cluster};
-
-fn sqlstate(client: &mut Client, sql: &str) -> String {
-    match client.batch_execute(sql) {
-        Ok(()) => panic!("expected an error from {sql}"),
-        Err(e) => {
-            let db = e.as_db_error().unwrap_or_else(|| panic!("{sql}: not a server error: {e}"));
-            format!("{} {}", db.code().code(), db.message())
-        }
-    }
-}
+use pg_hnsw_cluster_tests::{sqlstate, Client, Cluster};
 
 fn one<T: for<'a> postgres::types::FromSql<'a>>(client: &mut Client, sql: &str) -> T {
     client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)

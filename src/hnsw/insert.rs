@@ -127,9 +127,7 @@ fn add_duplicate(store: &mut PageStore, tid: ItemPointer, vector: &[f32], heap_t
     let (dims, m) = (store.meta.dims as usize, store.meta.m as usize);
     let rel = store.rel;
     rel.modify(tid.block, |p| {
-        let range = PageRef::new(p, PageKind::Graph)
-            .and_then(|r| r.item_range(tid.offset))
-            .unwrap_or_else(|e| rel.corrupt(tid.block, e));
+        let range = rel.item_range(tid.block, p, tid.offset);
         let mut e = ElementMut::new(&mut p[range], dims, m).unwrap_or_else(|e| rel.corrupt(tid.block, e));
         (!e.is_deleted() && e.push_heap_tid(heap_tid)).then_some(())
     })
@@ -185,21 +183,10 @@ fn reuse_free_element(
     for block in hint..end {
         let mut remaining = false;
         let claimed = rel.modify(block, |p| {
-            if page::page_is_new(p) {
-                return None;
-            }
-            let max_offset = PageRef::new(p, PageKind::Graph).unwrap_or_else(|e| rel.corrupt(block, e)).max_offset();
             let mut claimed = None;
-            for offset in 1..=max_offset {
-                let range = PageRef::new(p, PageKind::Graph)
-                    .and_then(|r| r.item_range(offset))
-                    .unwrap_or_else(|e| rel.corrupt(block, e));
-                if !page::is_element_item(&p[range.clone()]) {
-                    continue;
-                }
-                let mut e = ElementMut::new(&mut p[range], dims, m).unwrap_or_else(|e| rel.corrupt(block, e));
+            rel.for_each_element_mut(block, p, dims, m, |offset, e| {
                 if !e.is_free() {
-                    continue;
+                    return;
                 }
                 if claimed.is_none() && e.capacity() >= level {
                     e.reuse(level, heap_tid, vector);
@@ -207,7 +194,7 @@ fn reuse_free_element(
                 } else {
                     remaining = true;
                 }
-            }
+            });
             claimed
         });
         if remaining && still_free.is_none() {
@@ -219,9 +206,7 @@ fn reuse_free_element(
                 rel.set_free_hint(Some(next));
             }
             rel.modify(ntid.block, |p| {
-                let range = PageRef::new(p, PageKind::Graph)
-                    .and_then(|r| r.item_range(ntid.offset))
-                    .unwrap_or_else(|e| rel.corrupt(ntid.block, e));
+                let range = rel.item_range(ntid.block, p, ntid.offset);
                 let capacity =
                     NeighborsRef::new(&p[range.clone()], m).unwrap_or_else(|e| rel.corrupt(ntid.block, e)).level();
                 for layer in 0..=capacity {
@@ -265,9 +250,7 @@ fn list_in(
     m: usize,
 ) -> (std::ops::Range<usize>, Vec<ItemPointer>) {
     let at = node.neighbors;
-    let range = PageRef::new(p, PageKind::Graph)
-        .and_then(|r| r.item_range(at.offset))
-        .unwrap_or_else(|e| rel.corrupt(at.block, e));
+    let range = rel.item_range(at.block, p, at.offset);
     let n = NeighborsRef::new(&p[range.clone()], m).unwrap_or_else(|e| rel.corrupt(at.block, e));
     let mut list = Vec::new();
     n.read_layer(layer, &mut list);
@@ -284,16 +267,9 @@ fn force_link(store: &mut PageStore, node: &ElementNode, new: &ElementNode) {
         if current.contains(&new.tid) {
             return;
         }
-        let base = store.vector(node.tid).to_vec();
         let mut list = current.clone();
         if list.len() >= store.params().max_neighbors(0) {
-            let farthest = (0..list.len())
-                .max_by(|&a, &b| {
-                    let da = store.visit(&base, list[a]).map_or(f32::INFINITY, |v| v.0);
-                    let db = store.visit(&base, list[b]).map_or(f32::INFINITY, |v| v.0);
-                    da.total_cmp(&db)
-                })
-                .unwrap_or(0);
+            let farthest = store.farthest(node.tid, &list);
             list[farthest] = new.tid;
         } else {
             list.push(new.tid);

@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 
 use super::graph::{GraphKey, GraphStore, Params};
 use super::page::{
-    self, ElementRef, ItemPointer, Meta, NeighborsRef, PageError, PageKind, PageRef, BLCKSZ, META_BLOCK,
+    self, ElementMut, ElementRef, ItemPointer, Meta, NeighborsRef, PageError, PageKind, PageRef, BLCKSZ, META_BLOCK,
 };
 use crate::distance::Metric;
 use crate::error::raise_hint;
@@ -205,6 +205,36 @@ impl IndexRel {
         }
     }
 
+    /// Calls `f(offset, element)` for every element item of a graph page
+    /// image being modified (a zeroed page has none).
+    pub fn for_each_element_mut(
+        &self,
+        block: u32,
+        page: &mut [u8],
+        dims: usize,
+        m: usize,
+        mut f: impl FnMut(u16, &mut ElementMut<'_>),
+    ) {
+        if page::page_is_new(page) {
+            return;
+        }
+        let max_offset = PageRef::new(page, PageKind::Graph).unwrap_or_else(|e| self.corrupt(block, e)).max_offset();
+        for offset in 1..=max_offset {
+            let range = self.item_range(block, page, offset);
+            if page::is_element_item(&page[range.clone()]) {
+                let mut e = ElementMut::new(&mut page[range], dims, m).unwrap_or_else(|e| self.corrupt(block, e));
+                f(offset, &mut e);
+            }
+        }
+    }
+
+    /// Bounds of item `offset` of graph page `page` (block `block`), validated.
+    pub fn item_range(&self, block: u32, page: &[u8], offset: u16) -> std::ops::Range<usize> {
+        PageRef::new(page, PageKind::Graph)
+            .and_then(|r| r.item_range(offset))
+            .unwrap_or_else(|e| self.corrupt(block, e))
+    }
+
     /// Reads and validates the meta page.
     pub fn read_meta(&self) -> Meta {
         if self.nblocks() == 0 {
@@ -368,6 +398,13 @@ impl PageStore {
     /// The node of element `tid`, read without computing a distance.
     pub fn node(&self, tid: ItemPointer) -> ElementNode {
         self.with_element(tid, |e| ElementNode::read(tid, &e))
+    }
+
+    /// Index in `list` of the element farthest from element `base`.
+    pub fn farthest(&mut self, base: ItemPointer, list: &[ItemPointer]) -> usize {
+        let v = self.vector(base).to_vec();
+        let distances: Vec<f32> = list.iter().map(|&t| self.visit(&v, t).map_or(f32::INFINITY, |x| x.0)).collect();
+        (0..list.len()).max_by(|&a, &b| distances[a].total_cmp(&distances[b])).unwrap_or(0)
     }
 
     /// Forgets cached vectors (VACUUM calls this between elements so the

@@ -46,21 +46,10 @@ fn remove_dead_tids(rel: &IndexRel, mut dead: impl FnMut(ItemPointer) -> bool) -
     for block in 1..rel.nblocks() {
         vacuum_delay();
         rel.modify(block, |p| {
-            if page::page_is_new(p) {
-                return None;
-            }
-            let max_offset = PageRef::new(p, PageKind::Graph).unwrap_or_else(|e| rel.corrupt(block, e)).max_offset();
             let mut changed = false;
-            for offset in 1..=max_offset {
-                let range = PageRef::new(p, PageKind::Graph)
-                    .and_then(|r| r.item_range(offset))
-                    .unwrap_or_else(|e| rel.corrupt(block, e));
-                if !page::is_element_item(&p[range.clone()]) {
-                    continue;
-                }
-                let mut e = ElementMut::new(&mut p[range], dims, m).unwrap_or_else(|e| rel.corrupt(block, e));
+            rel.for_each_element_mut(block, p, dims, m, |offset, e| {
                 if e.is_free() {
-                    continue;
+                    return;
                 }
                 if !e.is_deleted() {
                     let removed = e.retain_heap_tids(|t| !dead(t));
@@ -76,7 +65,7 @@ fn remove_dead_tids(rel: &IndexRel, mut dead: impl FnMut(ItemPointer) -> bool) -
                 if e.is_deleted() {
                     out.deleted.insert(ItemPointer { block, offset });
                 }
-            }
+            });
             changed.then_some(())
         });
     }
@@ -109,9 +98,7 @@ fn for_each_live_element(store: &PageStore, block: u32, mut f: impl FnMut(Elemen
 fn replace_list(store: &PageStore, node: &ElementNode, layer: usize, old: &[ItemPointer], new: &[ItemPointer]) -> bool {
     let (rel, m, at) = (store.rel, store.meta.m as usize, node.neighbors);
     rel.modify(at.block, |p| {
-        let range = PageRef::new(p, PageKind::Graph)
-            .and_then(|r| r.item_range(at.offset))
-            .unwrap_or_else(|e| rel.corrupt(at.block, e));
+        let range = rel.item_range(at.block, p, at.offset);
         let mut current = Vec::new();
         NeighborsRef::new(&p[range.clone()], m)
             .unwrap_or_else(|e| rel.corrupt(at.block, e))
@@ -256,14 +243,7 @@ fn free_deleted(rel: &IndexRel, deleted: &FxHashSet<ItemPointer>) {
         let max = store.params().max_neighbors(0);
         let mut new = host_list.clone();
         if new.len() >= max {
-            let base = store.vector(host.tid).to_vec();
-            let farthest = (0..new.len())
-                .max_by(|&a, &b| {
-                    let da = store.visit(&base, new[a]).map_or(f32::INFINITY, |v| v.0);
-                    let db = store.visit(&base, new[b]).map_or(f32::INFINITY, |v| v.0);
-                    da.total_cmp(&db)
-                })
-                .unwrap_or(0);
+            let farthest = store.farthest(host.tid, &new);
             new[farthest] = node.tid;
         } else {
             new.push(node.tid);
@@ -274,18 +254,14 @@ fn free_deleted(rel: &IndexRel, deleted: &FxHashSet<ItemPointer>) {
     let mut first_free: Option<u32> = None;
     for &t in deleted {
         let neighbors = rel.modify(t.block, |p| {
-            let range = PageRef::new(p, PageKind::Graph)
-                .and_then(|r| r.item_range(t.offset))
-                .unwrap_or_else(|e| rel.corrupt(t.block, e));
+            let range = rel.item_range(t.block, p, t.offset);
             let mut e = ElementMut::new(&mut p[range], dims, m).unwrap_or_else(|e| rel.corrupt(t.block, e));
             e.set_free();
             Some(e.neighbors())
         });
         if let Some(at) = neighbors {
             rel.modify(at.block, |p| {
-                let range = PageRef::new(p, PageKind::Graph)
-                    .and_then(|r| r.item_range(at.offset))
-                    .unwrap_or_else(|e| rel.corrupt(at.block, e));
+                let range = rel.item_range(at.block, p, at.offset);
                 page::clear_neighbors(&mut p[range], m).unwrap_or_else(|e| rel.corrupt(at.block, e));
                 Some(())
             });
