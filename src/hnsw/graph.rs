@@ -541,6 +541,37 @@ impl MemoryGraph {
         self.neighbors[from as usize][0][farthest] = to;
     }
 
+    /// Keeps `d` reachable after it left a list for `to`: links `to -> d` if
+    /// `to`'s list has room; otherwise, if none of `d`'s layer-0 neighbors
+    /// links back to it, replaces the farthest entry of `to`'s list with `d`
+    /// and checks the displaced element the same way (to depth 2).
+    fn relink(&mut self, to: u32, d: u32, layer: usize, depth: usize) {
+        let max = self.params.max_neighbors(layer);
+        let list = &self.neighbors[to as usize][layer];
+        if d == to || list.contains(&d) {
+            return;
+        }
+        if list.len() < max {
+            self.neighbors[to as usize][layer].push(d);
+            return;
+        }
+        let back = self.neighbors[d as usize][0].iter().any(|&u| self.neighbors[u as usize][0].contains(&d));
+        if depth >= 2 || back {
+            return;
+        }
+        let base = self.vector(to).to_vec();
+        let farthest = (0..list.len())
+            .max_by(|&a, &b| {
+                let da = self.metric.distance(&base, self.vector(list[a]));
+                let db = self.metric.distance(&base, self.vector(list[b]));
+                da.total_cmp(&db)
+            })
+            .unwrap_or(0);
+        let displaced = std::mem::replace(&mut self.neighbors[to as usize][layer][farthest], d);
+        let next_layer = layer.min(self.level(d));
+        self.relink(d, displaced, next_layer, depth + 1);
+    }
+
     /// Adds the reverse link `from -> to` on `layer`, pruning `from`'s list
     /// with the heuristic when it is full. Returns whether `from` links to
     /// `to` afterwards.
@@ -562,10 +593,7 @@ impl MemoryGraph {
         self.neighbors[from as usize][layer] = kept;
         // Elements that left `from`'s list are linked from `to` instead.
         for d in dropped {
-            let to_list = &mut self.neighbors[to as usize][layer];
-            if d != to && to_list.len() < max && !to_list.contains(&d) {
-                to_list.push(d);
-            }
+            self.relink(to, d, layer, 0);
         }
         self.neighbors[from as usize][layer].contains(&to)
     }

@@ -344,21 +344,76 @@ pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &Element
     false
 }
 
-/// Links `new -> dropped` on `layer` if `new`'s list has room: `dropped` just
-/// left a list to make room for `new`, so it stays reachable through `new`.
+/// Keeps `dropped` reachable after it left a list to make room for `new`:
+/// links `new -> dropped` on `layer` if `new`'s list has room. Otherwise, if
+/// none of `dropped`'s own layer-0 neighbors links back to it (so it may
+/// have no inbound link left), replaces the farthest entry of `new`'s list
+/// with it, and checks the displaced element the same way (to depth 2).
 fn relink(store: &mut PageStore, new: &ElementNode, dropped: ItemPointer, layer: usize) {
+    relink_at_depth(store, new, dropped, layer, 0);
+}
+
+fn relink_at_depth(store: &mut PageStore, new: &ElementNode, dropped: ItemPointer, layer: usize, depth: usize) {
     if dropped == new.tid || layer > new.level as usize {
         return;
     }
     let (rel, m, block) = (store.rel, store.meta.m as usize, new.neighbors.block);
     let max = store.params().max_neighbors(layer);
+    let mut full: Option<Vec<ItemPointer>> = None;
     rel.modify(block, |p| {
         let (range, mut list) = list_in(&rel, p, new, layer, m);
-        if list.len() >= max || list.contains(&dropped) {
+        if list.contains(&dropped) {
+            return None;
+        }
+        if list.len() >= max {
+            full = Some(list);
             return None;
         }
         list.push(dropped);
         page::set_layer(&mut p[range], m, layer, &list).unwrap_or_else(|e| rel.corrupt(block, e));
         Some(())
     });
+    let Some(current) = full else { return };
+    if depth >= 2 || has_back_link(store, dropped) {
+        return;
+    }
+    let farthest = store.farthest(new.tid, &current);
+    let displaced = current[farthest];
+    let mut list = current.clone();
+    list[farthest] = dropped;
+    let written = rel.modify(block, |p| {
+        let (range, now) = list_in(&rel, p, new, layer, m);
+        if now != current {
+            return None;
+        }
+        page::set_layer(&mut p[range], m, layer, &list).unwrap_or_else(|e| rel.corrupt(block, e));
+        Some(())
+    });
+    if written.is_some() {
+        let dropped_node = store.node(dropped);
+        relink_at_depth(store, &dropped_node, displaced, layer.min(dropped_node.level as usize), depth + 1);
+    }
+}
+
+/// Whether at least two layer-0 neighbors of element `tid` link back to it
+/// (a local sign that it keeps an inbound link even if a concurrent insert
+/// drops one of them).
+fn has_back_link(store: &mut PageStore, tid: ItemPointer) -> bool {
+    let node = store.node(tid);
+    if node.deleted {
+        return true;
+    }
+    let mut out = Vec::new();
+    store.read_neighbors(&node, 0, &mut out);
+    let mut back = Vec::new();
+    let mut links = 0;
+    for &u in &out {
+        let u = store.node(u);
+        store.read_neighbors(&u, 0, &mut back);
+        links += back.contains(&tid) as usize;
+        if links >= 2 {
+            return true;
+        }
+    }
+    false
 }

@@ -72,6 +72,16 @@ fn remove_dead_tids(rel: &IndexRel, mut dead: impl FnMut(ItemPointer) -> bool) -
     out
 }
 
+/// Number of heap TIDs held by live elements (read-only, share locks).
+fn count_live_tids(rel: &IndexRel) -> f64 {
+    let store = PageStore::new(*rel, rel.read_meta());
+    let mut n = 0.0;
+    for block in 1..rel.nblocks() {
+        for_each_live_element(&store, block, |e| n += e.heap_tids as f64);
+    }
+    n
+}
+
 /// Calls `f` with every live (not deleted, not free) element of `block`.
 fn for_each_live_element(store: &PageStore, block: u32, mut f: impl FnMut(ElementNode)) {
     let (rel, dims, m) = (store.rel, store.meta.dims as usize, store.meta.m as usize);
@@ -193,6 +203,63 @@ fn repair(rel: &IndexRel, deleted: &FxHashSet<ItemPointer>) {
     rel.unlock_graph(SHARE_LOCK);
 }
 
+/// One pass over every live element: drops
+/// links to `deleted` elements, picks a new entry point if the current one
+/// is deleted (the highest live element), and links any live element that
+/// no list points to from its nearest live neighbor (replacing that list's
+/// farthest entry when full). HNSW pruning by concurrent inserts can, rarely,
+/// leave an element without inbound links; this is where VACUUM heals it.
+/// Returns the entry point to use.
+fn drop_links_and_heal(
+    rel: &IndexRel,
+    store: &PageStore,
+    entry: Option<(ItemPointer, u16)>,
+    deleted: &FxHashSet<ItemPointer>,
+) -> Option<(ItemPointer, u16)> {
+    let mut highest: Option<(ItemPointer, u16)> = None;
+    let mut lists = Vec::new();
+    let mut all_live: Vec<ElementNode> = Vec::new();
+    let mut has_inbound: FxHashSet<ItemPointer> = FxHashSet::default();
+    for block in 1..rel.nblocks() {
+        let mut live = Vec::new();
+        for_each_live_element(store, block, |n| live.push(n));
+        for node in live {
+            if highest.is_none_or(|(_, l)| node.level as u16 > l) {
+                highest = Some((node.tid, node.level as u16));
+            }
+            for layer in 0..=node.level as usize {
+                store.read_neighbors(&node, layer, &mut lists);
+                if lists.iter().any(|t| deleted.contains(t)) {
+                    let kept: Vec<ItemPointer> = lists.iter().filter(|t| !deleted.contains(t)).copied().collect();
+                    replace_list(store, &node, layer, &lists.clone(), &kept);
+                    lists = kept;
+                }
+                has_inbound.extend(lists.iter().copied());
+            }
+            all_live.push(node);
+        }
+    }
+    let entry = if entry.is_none_or(|(e, _)| deleted.contains(&e)) { highest } else { entry };
+    let mut store = PageStore::new(*rel, rel.read_meta());
+    for node in all_live.iter().filter(|n| !has_inbound.contains(&n.tid) && entry.is_none_or(|(e, _)| e != n.tid)) {
+        store.read_neighbors(node, 0, &mut lists);
+        let Some(&host) = lists.iter().find(|t| !deleted.contains(t)) else { continue };
+        let host = store.node(host);
+        let mut host_list = Vec::new();
+        store.read_neighbors(&host, 0, &mut host_list);
+        let mut new = host_list.clone();
+        if new.len() >= store.params().max_neighbors(0) {
+            let farthest = store.farthest(host.tid, &new);
+            new[farthest] = node.tid;
+        } else {
+            new.push(node.tid);
+        }
+        replace_list(&store, &host, 0, &host_list, &new);
+        store.clear_cache();
+    }
+    entry
+}
+
 /// Pass 3: with inserts and scans locked out, drops remaining links to
 /// deleted elements, moves the entry point if needed, and frees the deleted
 /// elements for reuse.
@@ -202,54 +269,9 @@ fn free_deleted(rel: &IndexRel, deleted: &FxHashSet<ItemPointer>) {
     let meta = rel.read_meta();
     let store = PageStore::new(*rel, meta);
     let (dims, m) = (meta.dims as usize, meta.m as usize);
-    let mut highest: Option<(ItemPointer, u16)> = None;
-    let mut lists = Vec::new();
-    let mut all_live: Vec<ElementNode> = Vec::new();
-    let mut has_inbound: FxHashSet<ItemPointer> = FxHashSet::default();
-    for block in 1..rel.nblocks() {
-        let mut live = Vec::new();
-        for_each_live_element(&store, block, |n| live.push(n));
-        for node in live {
-            if highest.is_none_or(|(_, l)| node.level as u16 > l) {
-                highest = Some((node.tid, node.level as u16));
-            }
-            for layer in 0..=node.level as usize {
-                store.read_neighbors(&node, layer, &mut lists);
-                if lists.iter().any(|t| deleted.contains(t)) {
-                    let kept: Vec<ItemPointer> = lists.iter().filter(|t| !deleted.contains(t)).copied().collect();
-                    replace_list(&store, &node, layer, &lists.clone(), &kept);
-                    lists = kept;
-                }
-                has_inbound.extend(lists.iter().copied());
-            }
-            all_live.push(node);
-        }
-    }
-    let entry = if meta.entry.is_none_or(|(e, _)| deleted.contains(&e)) {
-        rel.set_entry(highest);
-        highest
-    } else {
-        meta.entry
-    };
-    // A live element nobody links to any more is linked from its nearest
-    // live neighbor (replacing that list's farthest entry when full).
-    let mut store = PageStore::new(*rel, rel.read_meta());
-    for node in all_live.iter().filter(|n| !has_inbound.contains(&n.tid) && entry.is_none_or(|(e, _)| e != n.tid)) {
-        store.read_neighbors(node, 0, &mut lists);
-        let Some(&host) = lists.iter().find(|t| !deleted.contains(t)) else { continue };
-        let host = store.node(host);
-        let mut host_list = Vec::new();
-        store.read_neighbors(&host, 0, &mut host_list);
-        let max = store.params().max_neighbors(0);
-        let mut new = host_list.clone();
-        if new.len() >= max {
-            let farthest = store.farthest(host.tid, &new);
-            new[farthest] = node.tid;
-        } else {
-            new.push(node.tid);
-        }
-        replace_list(&store, &host, 0, &host_list, &new);
-        store.clear_cache();
+    let entry = drop_links_and_heal(rel, &store, meta.entry, deleted);
+    if entry != meta.entry {
+        rel.set_entry(entry);
     }
     let mut first_free: Option<u32> = None;
     for &t in deleted {
@@ -314,7 +336,8 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     stats
 }
 
-/// `amvacuumcleanup`: reports index statistics.
+/// `amvacuumcleanup`: heals elements left without inbound links (see
+/// [`drop_links_and_heal`]) and reports index statistics.
 #[pg_guard]
 pub unsafe extern "C-unwind" fn amvacuumcleanup(
     info: *mut pg_sys::IndexVacuumInfo,
@@ -326,10 +349,19 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
         return stats;
     }
     let rel = IndexRel::new(index);
+    if rel.nblocks() > 0 {
+        // Concurrent inserts may go on: every list change is compare-and-set,
+        // and an element inserted during the pass at worst gains a link.
+        rel.lock_graph(SHARE_LOCK);
+        let meta = rel.read_meta();
+        let store = PageStore::new(rel, meta);
+        drop_links_and_heal(&rel, &store, meta.entry, &FxHashSet::default());
+        rel.unlock_graph(SHARE_LOCK);
+    }
     let stats = if stats.is_null() {
         let s = new_stats(stats);
         // SAFETY: s was just allocated.
-        unsafe { (*s).num_index_tuples = remove_dead_tids(&rel, |_| false).live_tids };
+        unsafe { (*s).num_index_tuples = count_live_tids(&rel) };
         s
     } else {
         stats
