@@ -14,7 +14,7 @@
 //! store lives in `hnsw::storage`.
 
 use rustc_hash::FxHashSet;
-use std::cmp::Ordering;
+use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::hash::Hash;
 
@@ -158,39 +158,25 @@ pub struct Candidate<N> {
     pub node: N,
 }
 
-/// Heap entry ordered so the *nearest* candidate pops first.
-struct Nearest<N>(Candidate<N>);
-/// Heap entry ordered so the *farthest* result pops first.
-struct Farthest<N>(Candidate<N>);
+/// Heap entry ordered by distance, so a max-heap pops the *farthest* first;
+/// wrapped in [`Reverse`] it pops the *nearest* first.
+struct ByDistance<N>(Candidate<N>);
 
-impl<N> PartialEq for Nearest<N> {
+/// Candidates to expand, nearest first.
+type Nearest<N> = Reverse<ByDistance<N>>;
+
+impl<N> PartialEq for ByDistance<N> {
     fn eq(&self, other: &Self) -> bool {
         self.0.distance == other.0.distance
     }
 }
-impl<N> Eq for Nearest<N> {}
-impl<N> PartialOrd for Nearest<N> {
+impl<N> Eq for ByDistance<N> {}
+impl<N> PartialOrd for ByDistance<N> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl<N> Ord for Nearest<N> {
-    fn cmp(&self, other: &Self) -> Ordering {
-        other.0.distance.total_cmp(&self.0.distance)
-    }
-}
-impl<N> PartialEq for Farthest<N> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.distance == other.0.distance
-    }
-}
-impl<N> Eq for Farthest<N> {}
-impl<N> PartialOrd for Farthest<N> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl<N> Ord for Farthest<N> {
+impl<N> Ord for ByDistance<N> {
     fn cmp(&self, other: &Self) -> Ordering {
         self.0.distance.total_cmp(&other.0.distance)
     }
@@ -227,12 +213,12 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
     {
         let ef = ef.max(1);
         self.visited.clear();
-        let mut candidates = BinaryHeap::with_capacity(ef * 2);
-        let mut results: BinaryHeap<Farthest<S::Node>> = BinaryHeap::with_capacity(ef + 1);
+        let mut candidates: BinaryHeap<Nearest<S::Node>> = BinaryHeap::with_capacity(ef * 2);
+        let mut results: BinaryHeap<ByDistance<S::Node>> = BinaryHeap::with_capacity(ef + 1);
         for e in entries {
             if self.visited.insert(store.key(&e.node)) {
-                candidates.push(Nearest(*e));
-                results.push(Farthest(*e));
+                candidates.push(Reverse(ByDistance(*e)));
+                results.push(ByDistance(*e));
                 if results.len() > ef {
                     results.pop();
                 }
@@ -241,7 +227,7 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
         let mut neighbors = std::mem::take(&mut self.neighbors);
         let mut unvisited = std::mem::take(&mut self.unvisited);
         let mut visits = std::mem::take(&mut self.visits);
-        while let Some(Nearest(c)) = candidates.pop() {
+        while let Some(Reverse(ByDistance(c))) = candidates.pop() {
             let farthest = results.peek().map_or(f32::INFINITY, |f| f.0.distance);
             if c.distance > farthest && results.len() >= ef {
                 break;
@@ -254,8 +240,8 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
                 let farthest = results.peek().map_or(f32::INFINITY, |f| f.0.distance);
                 if results.len() < ef || distance < farthest {
                     let c = Candidate { distance, node };
-                    candidates.push(Nearest(c));
-                    results.push(Farthest(c));
+                    candidates.push(Reverse(ByDistance(c)));
+                    results.push(ByDistance(c));
                     if results.len() > ef {
                         results.pop();
                     }
