@@ -511,20 +511,24 @@ impl MemoryGraph {
     /// farthest entry of `from`'s layer-0 list with it.
     fn force_link(&mut self, from: u32, to: u32) {
         let max = self.params.max_neighbors(0);
-        let base = self.vector(from).to_vec();
-        let list = &self.neighbors[from as usize][0];
-        if list.len() < max {
+        if self.neighbors[from as usize][0].len() < max {
             self.neighbors[from as usize][0].push(to);
             return;
         }
-        let farthest = (0..list.len())
+        let farthest = self.farthest(from, 0);
+        self.neighbors[from as usize][0][farthest] = to;
+    }
+
+    /// Index of the entry of `id`'s list on `layer` farthest from `id`.
+    fn farthest(&self, id: u32, layer: usize) -> usize {
+        let (base, list) = (self.vector(id), &self.neighbors[id as usize][layer]);
+        (0..list.len())
             .max_by(|&a, &b| {
-                let da = self.metric.distance(&base, self.vector(list[a]));
-                let db = self.metric.distance(&base, self.vector(list[b]));
+                let da = self.metric.distance(base, self.vector(list[a]));
+                let db = self.metric.distance(base, self.vector(list[b]));
                 da.total_cmp(&db)
             })
-            .unwrap_or(0);
-        self.neighbors[from as usize][0][farthest] = to;
+            .unwrap_or(0)
     }
 
     /// Keeps `d` reachable after it left a list for `to`: links `to -> d` if
@@ -541,18 +545,14 @@ impl MemoryGraph {
             self.neighbors[to as usize][layer].push(d);
             return;
         }
+        // One back link suffices here: the build is single-threaded, so no
+        // concurrent insert can drop it meanwhile (the on-disk insert asks
+        // for two).
         let back = self.neighbors[d as usize][0].iter().any(|&u| self.neighbors[u as usize][0].contains(&d));
         if depth >= 2 || back {
             return;
         }
-        let base = self.vector(to).to_vec();
-        let farthest = (0..list.len())
-            .max_by(|&a, &b| {
-                let da = self.metric.distance(&base, self.vector(list[a]));
-                let db = self.metric.distance(&base, self.vector(list[b]));
-                da.total_cmp(&db)
-            })
-            .unwrap_or(0);
+        let farthest = self.farthest(to, layer);
         let displaced = std::mem::replace(&mut self.neighbors[to as usize][layer][farthest], d);
         let next_layer = layer.min(self.level(d));
         self.relink(d, displaced, next_layer, depth + 1);
