@@ -219,7 +219,7 @@ fn drop_links_and_heal(
     let mut highest: Option<(ItemPointer, u16)> = None;
     let mut lists = Vec::new();
     let mut all_live: Vec<ElementNode> = Vec::new();
-    let mut has_inbound: FxHashSet<ItemPointer> = FxHashSet::default();
+    let mut inbound: rustc_hash::FxHashMap<ItemPointer, u32> = rustc_hash::FxHashMap::default();
     for block in 1..rel.nblocks() {
         let mut live = Vec::new();
         for_each_live_element(store, block, |n| live.push(n));
@@ -234,27 +234,51 @@ fn drop_links_and_heal(
                     replace_list(store, &node, layer, &lists.clone(), &kept);
                     lists = kept;
                 }
-                has_inbound.extend(lists.iter().copied());
+                for &t in &lists {
+                    *inbound.entry(t).or_default() += 1;
+                }
             }
             all_live.push(node);
         }
     }
     let entry = if entry.is_none_or(|(e, _)| deleted.contains(&e)) { highest } else { entry };
     let mut store = PageStore::new(*rel, rel.read_meta());
-    for node in all_live.iter().filter(|n| !has_inbound.contains(&n.tid) && entry.is_none_or(|(e, _)| e != n.tid)) {
-        store.read_neighbors(node, 0, &mut lists);
-        let Some(&host) = lists.iter().find(|t| !deleted.contains(t)) else { continue };
-        let host = store.node(host);
-        let mut host_list = Vec::new();
-        store.read_neighbors(&host, 0, &mut host_list);
-        let mut new = host_list.clone();
-        if new.len() >= store.params().max_neighbors(0) {
-            let farthest = store.farthest(host.tid, &new);
-            new[farthest] = node.tid;
-        } else {
-            new.push(node.tid);
+    let orphans: Vec<ElementNode> = all_live
+        .iter()
+        .filter(|n| !inbound.contains_key(&n.tid) && entry.is_none_or(|(e, _)| e != n.tid))
+        .copied()
+        .collect();
+    for node in orphans {
+        // Link from one of its live layer-0 neighbors: append when there is
+        // room, else overwrite the farthest entry that keeps another inbound
+        // link (so healing never strands anyone else).
+        store.read_neighbors(&node, 0, &mut lists);
+        let hosts: Vec<ItemPointer> = lists.iter().filter(|t| !deleted.contains(t)).copied().collect();
+        for host in hosts {
+            let host = store.node(host);
+            let mut host_list = Vec::new();
+            store.read_neighbors(&host, 0, &mut host_list);
+            let mut new = host_list.clone();
+            if new.len() < store.params().max_neighbors(0) {
+                new.push(node.tid);
+            } else {
+                let base = store.vector(host.tid).to_vec();
+                let mut replaceable: Vec<(f32, usize)> = new
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| inbound.get(t).copied().unwrap_or(0) >= 2)
+                    .filter_map(|(i, &t)| store.visit(&base, t).map(|(d, _)| (d, i)))
+                    .collect();
+                replaceable.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let Some(&(_, i)) = replaceable.first() else { continue };
+                *inbound.entry(new[i]).or_default() -= 1;
+                new[i] = node.tid;
+            }
+            if replace_list(&store, &host, 0, &host_list, &new) {
+                *inbound.entry(node.tid).or_default() += 1;
+                break;
+            }
         }
-        replace_list(&store, &host, 0, &host_list, &new);
         store.clear_cache();
     }
     entry
