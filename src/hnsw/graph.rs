@@ -60,6 +60,9 @@ pub trait VisitedSet<K>: Default {
     fn clear(&mut self);
     /// Adds `k`; returns whether it was new.
     fn insert(&mut self, k: K) -> bool;
+    /// Makes room for about `n` keys up front (a beam of `ef` visits roughly
+    /// `16·ef` elements), so a search does not grow the set as it goes.
+    fn reserve(&mut self, _n: usize) {}
 }
 
 impl<K: Copy + Eq + Hash> VisitedSet<K> for FxHashSet<K> {
@@ -68,6 +71,9 @@ impl<K: Copy + Eq + Hash> VisitedSet<K> for FxHashSet<K> {
     }
     fn insert(&mut self, k: K) -> bool {
         FxHashSet::insert(self, k)
+    }
+    fn reserve(&mut self, n: usize) {
+        FxHashSet::reserve(self, n)
     }
 }
 
@@ -142,6 +148,14 @@ pub trait GraphStore {
     /// Distance between two stored elements.
     fn distance_between(&mut self, a: &Self::Node, b: &Self::Node) -> f32;
 
+    /// Hints that `node`'s vector is about to be read by
+    /// [`GraphStore::distance_between`] (stores that can, start loading it).
+    fn prefetch(&self, _node: &Self::Node) {}
+
+    /// Hints that `node`'s neighbor list is read next (the search calls it
+    /// for the following candidate while it works on the current one).
+    fn prefetch_neighbors(&self, _node: &Self::Node) {}
+
     /// Whether a visited element was deleted by VACUUM: it is still walked
     /// through, but never chosen as a neighbor or returned.
     fn is_deleted(&self, _node: &Self::Node) -> bool {
@@ -213,6 +227,7 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
     {
         let ef = ef.max(1);
         self.visited.clear();
+        self.visited.reserve(16 * ef);
         let mut candidates: BinaryHeap<Nearest<S::Node>> = BinaryHeap::with_capacity(ef * 2);
         let mut results: BinaryHeap<ByDistance<S::Node>> = BinaryHeap::with_capacity(ef + 1);
         for e in entries {
@@ -231,6 +246,9 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
             let farthest = results.peek().map_or(f32::INFINITY, |f| f.0.distance);
             if c.distance > farthest && results.len() >= ef {
                 break;
+            }
+            if let Some(Reverse(ByDistance(next))) = candidates.peek() {
+                store.prefetch_neighbors(&next.node);
             }
             store.neighbors(&c.node, layer, &mut neighbors);
             unvisited.clear();
@@ -364,6 +382,7 @@ pub fn prune_neighbors<S: GraphStore>(
 ) -> Vec<S::Key> {
     let live: Vec<S::Node> =
         current.iter().chain(std::iter::once(&added)).filter(|n| !store.is_deleted(n)).copied().collect();
+    live.iter().for_each(|n| store.prefetch(n));
     let mut candidates: Vec<Candidate<S::Node>> =
         live.iter().map(|n| Candidate { distance: store.distance_between(base, n), node: *n }).collect();
     candidates.sort_by(|a, b| a.distance.total_cmp(&b.distance));
@@ -632,6 +651,16 @@ impl GraphStore for MemoryGraph {
         Some((self.metric.distance(query, self.vector(key)), key))
     }
 
+    /// Prefetches every vector first, so the cache misses of one batch of
+    /// neighbors overlap instead of following one another.
+    fn visit_many(&mut self, query: &[f32], keys: &[u32], out: &mut Vec<Option<(f32, u32)>>) {
+        out.clear();
+        for &k in keys {
+            crate::distance::prefetch(self.vector(k));
+        }
+        out.extend(keys.iter().map(|&k| Some((self.metric.distance(query, self.vector(k)), k))));
+    }
+
     fn neighbors(&mut self, node: &u32, layer: usize, out: &mut Vec<u32>) {
         out.clear();
         if let Some(list) = self.neighbors[*node as usize].get(layer) {
@@ -641,6 +670,10 @@ impl GraphStore for MemoryGraph {
 
     fn distance_between(&mut self, a: &u32, b: &u32) -> f32 {
         self.metric.distance(self.vector(*a), self.vector(*b))
+    }
+
+    fn prefetch(&self, node: &u32) {
+        crate::distance::prefetch(self.vector(*node));
     }
 }
 

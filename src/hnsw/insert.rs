@@ -93,14 +93,7 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[f32], heap_tid: ItemPointer, le
     }
     let tids: Vec<Vec<ItemPointer>> = lists.iter().map(|l| l.iter().map(|c| c.node.tid).collect()).collect();
     let (etid, ntid) = write_element(&store, level, heap_tid, &tids, vector);
-    let new = ElementNode {
-        tid: etid,
-        neighbors: ntid,
-        level: level as u8,
-        deleted: false,
-        first_heap_tid: heap_tid,
-        heap_tids: 1,
-    };
+    let new = ElementNode { tid: etid, neighbors: ntid, level: level as u8, deleted: false, heap_tids: 1 };
     let mut linked = false;
     for (layer, list) in lists.iter().enumerate() {
         for c in list {

@@ -114,17 +114,16 @@ unsafe fn search(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     let query = unsafe { query_vector(scan, &store) };
     if let (Some(query), Some((entry, entry_level))) = (query, meta.entry) {
         let results = state.searcher.search(&mut store, &query, entry, entry_level as usize, options::ef_search());
+        // The search read elements under a pin only; heap TIDs and the
+        // deleted flag can change meanwhile, so they are read again here under
+        // the content lock (the pages were just visited, so this is cheap).
         let tids = &mut state.heap_tids;
         for c in results.iter().filter(|c| !c.node.deleted) {
-            match c.node.heap_tids {
-                0 => {}
-                1 => tids.push(c.node.first_heap_tid),
-                _ => store.with_element(c.node.tid, |e| {
-                    if !e.is_deleted() {
-                        tids.extend((0..e.heap_tid_count()).map(|i| e.heap_tid(i)));
-                    }
-                }),
-            }
+            store.with_element(c.node.tid, |e| {
+                if !e.is_deleted() {
+                    tids.extend((0..e.heap_tid_count()).map(|i| e.heap_tid(i)));
+                }
+            });
         }
     }
     rel.unlock_scans(SHARE_LOCK);

@@ -5,9 +5,15 @@
 //! Rules every function here follows:
 //! - at most one buffer content lock is held at a time, so two backends can
 //!   never deadlock on buffer locks;
-//! - every read is under a share lock, every write under an exclusive lock
-//!   and through `GenericXLog` (so it is WAL-logged for logged relations and
-//!   replayed on crash recovery and on replicas);
+//! - every write is under an exclusive lock and through `GenericXLog` (so it
+//!   is WAL-logged for logged relations and replayed on crash recovery and on
+//!   replicas); every read is under a share lock, except the scan's element
+//!   visits ([`PageStore::visit_many`]), which read bytes that never change
+//!   while the element is reachable under a pin alone, as PostgreSQL's heap
+//!   reads tuple data;
+//! - the buffer each block was last found in is remembered per backend, so a
+//!   read usually re-pins it with `ReadRecentBuffer` instead of a lookup in
+//!   the shared buffer mapping table;
 //! - page bytes are validated by [`super::page`] before use; a bad page is an
 //!   `ERROR` naming the index, with a hint to `REINDEX`.
 //!
@@ -22,7 +28,7 @@ use super::graph::{GraphKey, GraphStore, Params};
 use super::page::{
     self, ElementMut, ElementRef, ItemPointer, Meta, NeighborsRef, PageError, PageKind, PageRef, BLCKSZ, META_BLOCK,
 };
-use crate::distance::Metric;
+use crate::distance::{self, Metric};
 use crate::error::raise_hint;
 
 /// An open index relation (borrowed from the caller; never closed here).
@@ -30,6 +36,58 @@ use crate::error::raise_hint;
 pub struct IndexRel {
     rel: pg_sys::Relation,
     fork: pg_sys::ForkNumber::Type,
+}
+
+/// Per backend: the shared buffer each recently read index block was found
+/// in, for `ReadRecentBuffer` (PostgreSQL 14+). A hint only: a stale entry
+/// costs one failed check, never a wrong page.
+struct RecentBuffers {
+    /// (relfilenode, fork) → buffer per block number (0 = unknown).
+    rels: Vec<((pg_sys::RelFileNode, pg_sys::ForkNumber::Type), Vec<pg_sys::Buffer>)>,
+}
+
+/// Indexes with hints kept per backend (least recently added dropped first).
+const RECENT_RELS: usize = 8;
+/// Blocks with hints per index (4 MiB of hints, an 8 GiB index).
+const RECENT_BLOCKS: u32 = 1 << 20;
+
+impl RecentBuffers {
+    fn slot(&self, node: pg_sys::RelFileNode, fork: pg_sys::ForkNumber::Type) -> Option<usize> {
+        self.rels.iter().position(|((n, f), _)| {
+            n.spcNode == node.spcNode && n.dbNode == node.dbNode && n.relNode == node.relNode && *f == fork
+        })
+    }
+
+    fn get(&mut self, node: pg_sys::RelFileNode, fork: pg_sys::ForkNumber::Type, block: u32) -> Option<pg_sys::Buffer> {
+        let hints = &self.rels[self.slot(node, fork)?].1;
+        hints.get(block as usize).copied().filter(|&b| b > 0)
+    }
+
+    fn set(&mut self, node: pg_sys::RelFileNode, fork: pg_sys::ForkNumber::Type, block: u32, buf: pg_sys::Buffer) {
+        // Local (temporary-table) buffers are negative: never hinted.
+        if buf <= 0 || block >= RECENT_BLOCKS {
+            return;
+        }
+        let at = match self.slot(node, fork) {
+            Some(at) => at,
+            None => {
+                if self.rels.len() == RECENT_RELS {
+                    self.rels.remove(0);
+                }
+                self.rels.push(((node, fork), Vec::new()));
+                self.rels.len() - 1
+            }
+        };
+        let hints = &mut self.rels[at].1;
+        if hints.len() <= block as usize {
+            hints.resize(block as usize + 1, 0);
+        }
+        hints[block as usize] = buf;
+    }
+}
+
+thread_local! {
+    static RECENT: std::cell::RefCell<RecentBuffers> = const { std::cell::RefCell::new(RecentBuffers { rels: Vec::new() }) };
 }
 
 /// `ExclusiveLock` (lmgr lock mode 7).
@@ -84,9 +142,25 @@ impl IndexRel {
     /// Pins `block`. A block past the end of the relation (a corrupt link)
     /// makes the buffer manager raise an `ERROR`, not a crash; we do not check
     /// the size first because that costs a system call per read.
+    ///
+    /// The buffer a block was last found in is remembered per backend
+    /// ([`RecentBuffers`]); `ReadRecentBuffer` re-pins it without the buffer
+    /// mapping lookup when the block is still there (it checks the buffer's
+    /// tag), and we fall back to a normal read when it is not.
     pub(crate) fn read_buffer(&self, block: u32) -> pg_sys::Buffer {
+        // SAFETY: the relation is open, so rd_node is valid.
+        let node = unsafe { (*self.rel).rd_node };
+        let hint = RECENT.with(|r| r.borrow_mut().get(node, self.fork, block));
+        if let Some(buf) = hint {
+            // SAFETY: `buf` is a shared buffer number this backend was given
+            // for this block; ReadRecentBuffer pins it only if it still holds
+            // (node, fork, block), and returns false otherwise.
+            if unsafe { pg_sys::ReadRecentBuffer(node, self.fork, block, buf) } {
+                return buf;
+            }
+        }
         // SAFETY: ReadBufferExtended pins an existing block or raises an ERROR.
-        unsafe {
+        let buf = unsafe {
             pg_sys::ReadBufferExtended(
                 self.rel,
                 self.fork,
@@ -94,6 +168,25 @@ impl IndexRel {
                 pg_sys::ReadBufferMode::RBM_NORMAL,
                 std::ptr::null_mut(),
             )
+        };
+        RECENT.with(|r| r.borrow_mut().set(node, self.fork, block, buf));
+        buf
+    }
+
+    /// Starts loading, into the CPU cache, the buffer header and page header
+    /// of the buffer `block` was last found in (a hint: nothing is pinned or
+    /// read, and a stale hint only wastes the prefetch).
+    pub(crate) fn prefetch_block(&self, block: u32) {
+        // SAFETY: the relation is open, so rd_node is valid.
+        let node = unsafe { (*self.rel).rd_node };
+        if let Some(buf) = RECENT.with(|r| r.borrow_mut().get(node, self.fork, block)) {
+            // SAFETY: `buf` is a shared buffer number (1..=NBuffers) handed
+            // out earlier in this backend, so both addresses lie inside the
+            // shared buffer arrays; a prefetch never dereferences anyway.
+            unsafe {
+                prefetch(pg_sys::BufferDescriptors.add(buf as usize - 1) as *const u8);
+                prefetch(pg_sys::BufferBlocks.add((buf as usize - 1) * BLCKSZ) as *const u8);
+            }
         }
     }
 
@@ -316,10 +409,10 @@ pub struct ElementNode {
     pub neighbors: ItemPointer,
     /// Its top layer.
     pub level: u8,
-    /// Whether VACUUM deleted it (still traversed, never returned).
+    /// Whether VACUUM deleted it (still traversed, never returned). Like
+    /// `heap_tids`, exact only when read under the content lock; the scan
+    /// reads both again before returning a result.
     pub deleted: bool,
-    /// Its first heap TID.
-    pub first_heap_tid: ItemPointer,
     /// How many heap TIDs it has.
     pub heap_tids: u8,
 }
@@ -333,7 +426,6 @@ impl ElementNode {
             neighbors: e.neighbors(),
             level: e.level() as u8,
             deleted: e.is_deleted(),
-            first_heap_tid: if n > 0 { e.heap_tid(0) } else { ItemPointer::INVALID },
             heap_tids: n as u8,
         }
     }
@@ -348,7 +440,7 @@ pub struct PageStore {
     /// Vectors read for [`GraphStore::distance_between`] (inserts only).
     vectors: FxHashMap<ItemPointer, Vec<f32>>,
     /// Scratch for `visit_many`: pinned buffer, its page, item offset.
-    pinned: Vec<(pg_sys::Buffer, *const u8, usize)>,
+    pinned: Vec<(pg_sys::Buffer, *const u8, std::ops::Range<usize>)>,
 }
 
 /// Hints the CPU to load the cache line at `p` (never faults).
@@ -457,48 +549,56 @@ impl GraphStore for PageStore {
         Some(self.with_element(key, |e| (metric.distance(query, e.vector()), ElementNode::read(key, &e))))
     }
 
-    /// Visits `keys` in four passes so their cache misses overlap: pin every
-    /// buffer and prefetch its page header; share-lock each and prefetch the
-    /// element item; then compute each distance and release. Holding several
-    /// share locks at once is safe: writers never wait for a second buffer
-    /// lock while holding one.
+    /// Visits `keys` in four passes so their cache misses overlap: prefetch
+    /// the buffer and page headers where each block was last found; pin
+    /// every buffer; find each element item and prefetch it; then compute
+    /// each distance and unpin.
+    ///
+    /// Elements are read under a pin only, without the content lock, by the
+    /// rule PostgreSQL's heap follows for tuple data (see
+    /// `src/backend/storage/buffer/README`, "Buffer access rules"): the bytes
+    /// read here — the item's line pointer, the element's level, its
+    /// neighbor-item address and its vector — are never changed while the
+    /// element is reachable from the graph. Writers of the same page (new
+    /// items, neighbor lists, heap TIDs, the deleted flag) copy the page image
+    /// back with the same values for those bytes; an element's vector is
+    /// rewritten only when an insert reuses a free element, which VACUUM freed
+    /// with scans locked out after dropping every link to it. Fields that do
+    /// change (heap TIDs, the deleted flag) are read again under the content
+    /// lock before a result is returned.
     fn visit_many(&mut self, query: &[f32], keys: &[ItemPointer], out: &mut Vec<Option<(f32, ElementNode)>>) {
         out.clear();
         let (dims, m, metric) = (self.dims(), self.meta.m as usize, self.meta.metric);
         let mut pinned = std::mem::take(&mut self.pinned);
         pinned.clear();
         for k in keys {
+            self.rel.prefetch_block(k.block);
+        }
+        for k in keys {
             let buf = self.rel.read_buffer(k.block);
             // SAFETY: `buf` is pinned, so its page stays at this address.
             let page = unsafe { pg_sys::BufferGetPage(buf) } as *const u8;
             prefetch(page);
-            pinned.push((buf, page, 0usize));
+            pinned.push((buf, page, 0..0));
         }
-        for (k, (buf, page, item)) in keys.iter().zip(pinned.iter_mut()) {
-            // SAFETY: locking a buffer we pinned; the page is then stable
-            // and BLCKSZ bytes long.
-            let bytes = unsafe {
-                pg_sys::LockBuffer(*buf, pg_sys::BUFFER_LOCK_SHARE as i32);
-                std::slice::from_raw_parts(*page, BLCKSZ)
-            };
+        for (k, (_, page, item)) in keys.iter().zip(pinned.iter_mut()) {
+            // SAFETY: pinned, BLCKSZ bytes; the bytes read are stable while
+            // pinned (see above).
+            let bytes = unsafe { std::slice::from_raw_parts(*page, BLCKSZ) };
             let range = PageRef::graph_header_only(bytes)
                 .and_then(|p| p.item_range(k.offset))
                 .unwrap_or_else(|e| self.rel.corrupt(k.block, e));
-            *item = range.start;
-            for line in (range.start..range.end.min(range.start + 512)).step_by(64) {
-                prefetch(bytes[line..].as_ptr());
-            }
+            distance::prefetch(&bytes[range.clone()]);
+            *item = range;
         }
-        for (k, &(buf, page, _)) in keys.iter().zip(pinned.iter()) {
-            // SAFETY: still pinned and share-locked from the pass above.
-            let bytes = unsafe { std::slice::from_raw_parts(page, BLCKSZ) };
-            let element = PageRef::graph_header_only(bytes)
-                .and_then(|p| p.item(k.offset))
-                .and_then(|i| ElementRef::new(i, dims, m));
-            let e = element.unwrap_or_else(|e| self.rel.corrupt(k.block, e));
+        for (k, (buf, page, item)) in keys.iter().zip(pinned.iter()) {
+            // SAFETY: still pinned from the first pass; `item` lies inside
+            // the page (checked above).
+            let bytes = unsafe { std::slice::from_raw_parts(*page, BLCKSZ) };
+            let e = ElementRef::new(&bytes[item.clone()], dims, m).unwrap_or_else(|e| self.rel.corrupt(k.block, e));
             out.push(Some((metric.distance(query, e.vector()), ElementNode::read(*k, &e))));
-            // SAFETY: releasing the lock and pin taken above.
-            unsafe { pg_sys::UnlockReleaseBuffer(buf) };
+            // SAFETY: releasing the pin taken above.
+            unsafe { pg_sys::ReleaseBuffer(*buf) };
         }
         self.pinned = pinned;
     }
@@ -509,6 +609,10 @@ impl GraphStore for PageStore {
 
     fn is_deleted(&self, node: &ElementNode) -> bool {
         node.deleted
+    }
+
+    fn prefetch_neighbors(&self, node: &ElementNode) {
+        self.rel.prefetch_block(node.neighbors.block);
     }
 
     fn distance_between(&mut self, a: &ElementNode, b: &ElementNode) -> f32 {

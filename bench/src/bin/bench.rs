@@ -12,6 +12,12 @@
 //!   ground truth on a sample of queries: how build time, size and QPS grow
 //!   with N.
 //!
+//! `bench queries --connect CONNSTR [--ef 20,40,80] [--rebuild]`
+//!   Against a running server that already has the demo's `packages` table
+//!   (e.g. the cluster `scripts/demo.sh` leaves running): optionally rebuild
+//!   the index (timed, serial), then the query sweep at the given ef_search
+//!   values. For quick comparisons while working on the scan or build path.
+//!
 //! Results go to `<out>/<mode>.json` and `<out>/<mode>.md` (default
 //! `bench/results`).
 
@@ -33,6 +39,9 @@ struct Opts {
     dims: usize,
     queries: usize,
     seed: u64,
+    connect: Option<String>,
+    efs: Vec<i32>,
+    rebuild: bool,
 }
 
 fn parse() -> Opts {
@@ -46,6 +55,9 @@ fn parse() -> Opts {
         dims: 128,
         queries: 100,
         seed: 42,
+        connect: None,
+        efs: EF_SWEEP.to_vec(),
+        rebuild: false,
     };
     let mut it = std::env::args().skip(1);
     o.mode =
@@ -64,6 +76,9 @@ fn parse() -> Opts {
             "--dims" => o.dims = v().parse().expect("--dims 128"),
             "--queries" => o.queries = v().parse().expect("--queries 100"),
             "--seed" => o.seed = v().parse().expect("--seed 42"),
+            "--connect" => o.connect = Some(v()),
+            "--ef" => o.efs = v().split(',').map(|x| x.trim().parse().expect("--ef 20,40,80")).collect(),
+            "--rebuild" => o.rebuild = true,
             other => fail(&format!("unknown argument {other}"), "see the top of bench/src/bin/bench.rs"),
         }
     }
@@ -314,11 +329,40 @@ fn synthetic(o: &Opts) {
     write_results(&o.out, &format!("synthetic-{}d", o.dims), &serde_json::json!(results), &md);
 }
 
+/// The query sweep against an existing `packages` table (see the top).
+fn queries(o: &Opts) {
+    let conn = o.connect.clone().unwrap_or_else(|| {
+        fail("queries needs --connect CONNSTR", "e.g. --connect 'host=/path/to/sock port=54329 user=postgres'")
+    });
+    let mut c = pg_hnsw_cluster_tests::Client::connect(&conn, pg_hnsw_cluster_tests::NoTls)
+        .unwrap_or_else(|e| fail(&format!("cannot connect: {e}"), "check --connect"));
+    let queries = read_fvecs(&o.dataset.join("queries.fvecs"), usize::MAX);
+    let truth = read_ivecs(&o.dataset.join("groundtruth.ivecs"), usize::MAX);
+    if o.rebuild {
+        c.batch_execute(
+            "DROP INDEX IF EXISTS packages_embedding_idx; \
+             SET maintenance_work_mem = '2GB'; SET max_parallel_maintenance_workers = 0",
+        )
+        .unwrap();
+        let t = Instant::now();
+        c.batch_execute(
+            "CREATE INDEX packages_embedding_idx ON packages USING hnsw (embedding vector_cosine_ops) \
+             WITH (m = 16, ef_construction = 64)",
+        )
+        .unwrap();
+        let size = relation_size(&mut c, "packages_embedding_idx");
+        println!("build {:.1} s, index {:.1} MB", t.elapsed().as_secs_f64(), size as f64 / 1e6);
+    }
+    let runs: Vec<QueryRun> = o.efs.iter().map(|&ef| query_run(&mut c, "packages", "<=>", &queries, &truth, ef)).collect();
+    println!("{}", run_table(&runs));
+}
+
 fn main() {
     let o = parse();
     match o.mode.as_str() {
         "sweep" => sweep(&o),
         "synthetic" => synthetic(&o),
+        "queries" => queries(&o),
         other => fail(&format!("unknown mode {other}"), "bench sweep | bench synthetic --n 10000,100000 --dims 128"),
     }
 }
