@@ -18,18 +18,10 @@ use hnsw_graph::{random_level, MemoryGraph, Params};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 
-fn read_fvecs(path: &Path, limit: usize) -> Vec<Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 4 <= bytes.len() && out.len() < limit {
-        let d = i32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        at += 4;
-        out.push(bytes[at..at + 4 * d].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect());
-        at += 4 * d;
-    }
-    out
-}
+#[path = "common/vecs.rs"]
+#[allow(dead_code)]
+mod vecs;
+use vecs::read_fvecs;
 
 #[test]
 fn real_data_recall_and_reachability_for_each_metric() {

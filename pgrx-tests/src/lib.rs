@@ -236,26 +236,9 @@ pub fn dataset_dir() -> PathBuf {
     }
 }
 
-/// Reads a TEXMEX `.fvecs` file (each record: i32 dim, then dim f32), at
-/// most `limit` records.
-pub fn read_fvecs(path: &Path, limit: usize) -> Vec<Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 4 <= bytes.len() && out.len() < limit {
-        let d = i32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        at += 4;
-        let v = bytes[at..at + 4 * d].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        at += 4 * d;
-        out.push(v);
-    }
-    out
-}
-
-/// Reads a TEXMEX `.ivecs` file, at most `limit` records.
-pub fn read_ivecs(path: &Path, limit: usize) -> Vec<Vec<u32>> {
-    read_fvecs(path, limit).into_iter().map(|r| r.into_iter().map(f32::to_bits).collect()).collect()
-}
+#[path = "../../tests/common/vecs.rs"]
+mod vecs;
+pub use vecs::{read_fvecs, read_ivecs};
 
 impl Dataset {
     /// Loads the first `n_base` base vectors and `n_queries` queries.

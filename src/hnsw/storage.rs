@@ -148,9 +148,20 @@ impl IndexRel {
     /// mapping lookup when the block is still there (it checks the buffer's
     /// tag), and we fall back to a normal read when it is not.
     pub(crate) fn read_buffer(&self, block: u32) -> pg_sys::Buffer {
+        self.pin(block, self.recent_buffer(block))
+    }
+
+    /// The shared buffer `block` was last found in by this backend, if any.
+    pub(crate) fn recent_buffer(&self, block: u32) -> Option<pg_sys::Buffer> {
         // SAFETY: the relation is open, so rd_node is valid.
         let node = unsafe { (*self.rel).rd_node };
-        let hint = RECENT.with(|r| r.borrow_mut().get(node, self.fork, block));
+        RECENT.with(|r| r.borrow_mut().get(node, self.fork, block))
+    }
+
+    /// [`IndexRel::read_buffer`] with the hint already looked up.
+    pub(crate) fn pin(&self, block: u32, hint: Option<pg_sys::Buffer>) -> pg_sys::Buffer {
+        // SAFETY: the relation is open, so rd_node is valid.
+        let node = unsafe { (*self.rel).rd_node };
         if let Some(buf) = hint {
             // SAFETY: `buf` is a shared buffer number this backend was given
             // for this block; ReadRecentBuffer pins it only if it still holds
@@ -174,19 +185,15 @@ impl IndexRel {
     }
 
     /// Starts loading, into the CPU cache, the buffer header and page header
-    /// of the buffer `block` was last found in (a hint: nothing is pinned or
-    /// read, and a stale hint only wastes the prefetch).
-    pub(crate) fn prefetch_block(&self, block: u32) {
-        // SAFETY: the relation is open, so rd_node is valid.
-        let node = unsafe { (*self.rel).rd_node };
-        if let Some(buf) = RECENT.with(|r| r.borrow_mut().get(node, self.fork, block)) {
-            // SAFETY: `buf` is a shared buffer number (1..=NBuffers) handed
-            // out earlier in this backend, so both addresses lie inside the
-            // shared buffer arrays; a prefetch never dereferences anyway.
-            unsafe {
-                prefetch(pg_sys::BufferDescriptors.add(buf as usize - 1) as *const u8);
-                prefetch(pg_sys::BufferBlocks.add((buf as usize - 1) * BLCKSZ) as *const u8);
-            }
+    /// of buffer `buf` (a hint from [`IndexRel::recent_buffer`]: nothing is
+    /// pinned or read, and a stale hint only wastes the prefetch).
+    pub(crate) fn prefetch_buffer(buf: pg_sys::Buffer) {
+        // SAFETY: `buf` is a shared buffer number (1..=NBuffers) handed out
+        // earlier in this backend, so both addresses lie inside the shared
+        // buffer arrays; a prefetch never dereferences anyway.
+        unsafe {
+            prefetch(pg_sys::BufferDescriptors.add(buf as usize - 1) as *const u8);
+            prefetch(pg_sys::BufferBlocks.add((buf as usize - 1) * BLCKSZ) as *const u8);
         }
     }
 
@@ -441,6 +448,8 @@ pub struct PageStore {
     vectors: FxHashMap<ItemPointer, Vec<f32>>,
     /// Scratch for `visit_many`: pinned buffer, its page, item offset.
     pinned: Vec<(pg_sys::Buffer, *const u8, std::ops::Range<usize>)>,
+    /// Scratch for `visit_many`: each key's buffer hint.
+    hints: Vec<Option<pg_sys::Buffer>>,
 }
 
 /// Hints the CPU to load the cache line at `p` (never faults).
@@ -456,7 +465,7 @@ fn prefetch(p: *const u8) {
 impl PageStore {
     /// A store over `rel` described by `meta`.
     pub fn new(rel: IndexRel, meta: Meta) -> PageStore {
-        PageStore { rel, meta, vectors: FxHashMap::default(), pinned: Vec::new() }
+        PageStore { rel, meta, vectors: FxHashMap::default(), pinned: Vec::new(), hints: Vec::new() }
     }
 
     /// Construction parameters from the meta page.
@@ -571,11 +580,12 @@ impl GraphStore for PageStore {
         let (dims, m, metric) = (self.dims(), self.meta.m as usize, self.meta.metric);
         let mut pinned = std::mem::take(&mut self.pinned);
         pinned.clear();
-        for k in keys {
-            self.rel.prefetch_block(k.block);
-        }
-        for k in keys {
-            let buf = self.rel.read_buffer(k.block);
+        let mut hints = std::mem::take(&mut self.hints);
+        hints.clear();
+        hints.extend(keys.iter().map(|k| self.rel.recent_buffer(k.block)));
+        hints.iter().flatten().for_each(|&b| IndexRel::prefetch_buffer(b));
+        for (k, &hint) in keys.iter().zip(hints.iter()) {
+            let buf = self.rel.pin(k.block, hint);
             // SAFETY: `buf` is pinned, so its page stays at this address.
             let page = unsafe { pg_sys::BufferGetPage(buf) } as *const u8;
             prefetch(page);
@@ -601,6 +611,7 @@ impl GraphStore for PageStore {
             unsafe { pg_sys::ReleaseBuffer(*buf) };
         }
         self.pinned = pinned;
+        self.hints = hints;
     }
 
     fn neighbors(&mut self, node: &ElementNode, layer: usize, out: &mut Vec<ItemPointer>) {
@@ -612,7 +623,9 @@ impl GraphStore for PageStore {
     }
 
     fn prefetch_neighbors(&self, node: &ElementNode) {
-        self.rel.prefetch_block(node.neighbors.block);
+        if let Some(buf) = self.rel.recent_buffer(node.neighbors.block) {
+            IndexRel::prefetch_buffer(buf);
+        }
     }
 
     fn distance_between(&mut self, a: &ElementNode, b: &ElementNode) -> f32 {
