@@ -4,6 +4,11 @@
 //! dimensions) and accumulates in `f32`, as pgvector does, so SQL results
 //! match pgvector's to the last printed digit on ordinary inputs.
 //!
+//! Index pages store vectors in half precision ([`HalfVector`]): the
+//! `*_half` kernels compare an `f32` query with such a stored vector, and
+//! [`lower_bound`] turns their result into a value never above the exact
+//! distance, for the executor's ORDER BY recheck.
+//!
 //! The loops keep [`LANES`] independent partial sums so the compiler can
 //! vectorise them without reassociating floating-point additions itself. On
 //! x86-64 the same code is also compiled with AVX2+FMA enabled and chosen at
@@ -91,6 +96,261 @@ kernel!(
     l1_distance, |x, y| (x - y).abs()
 );
 
+/// The value of IEEE 754 half-precision bits `h` (finite codes only: the
+/// encoder never writes infinities or NaNs, and a damaged code just reads
+/// as some finite number).
+///
+/// Written without branches or `f32` subnormals (which cost microcode
+/// assists on x86), so the kernels' loops vectorise: normal codes rebias
+/// the exponent; subnormal codes are placed on top of `2^-14` and that is
+/// subtracted again.
+#[inline(always)]
+pub fn half_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let shifted = (h & 0x7FFF) << 13;
+    let normal = f32::from_bits(shifted + (112 << 23));
+    let subnormal = f32::from_bits(shifted + (113 << 23)) - f32::from_bits(113 << 23);
+    let magnitude = if h & 0x7C00 == 0 { subnormal } else { normal };
+    f32::from_bits(magnitude.to_bits() | ((h & 0x8000) << 16))
+}
+
+/// The three half-precision kernels differ only in the term they sum.
+#[derive(Clone, Copy)]
+enum HalfTerm {
+    L2,
+    Dot,
+    L1,
+}
+
+/// Portable half-precision kernel: same lanes and summation order as the
+/// `f32` kernels, decoding each code with [`half_to_f32`].
+#[inline(always)]
+fn half_portable(term: HalfTerm, q: &[f32], codes: &[u16], scale: f32) -> f32 {
+    let n = q.len().min(codes.len());
+    let (q, codes) = (&q[..n], &codes[..n]);
+    let f = |x: f32, c: u16| {
+        let y = half_to_f32(c) * scale;
+        match term {
+            HalfTerm::L2 => (x - y) * (x - y),
+            HalfTerm::Dot => x * y,
+            HalfTerm::L1 => (x - y).abs(),
+        }
+    };
+    let mut acc = [0.0f32; LANES];
+    let chunks = n / LANES;
+    for c in 0..chunks {
+        for i in 0..LANES {
+            acc[i] += f(q[c * LANES + i], codes[c * LANES + i]);
+        }
+    }
+    let mut tail = 0.0f32;
+    for i in chunks * LANES..n {
+        tail += f(q[i], codes[i]);
+    }
+    reduce(acc) + tail
+}
+
+/// The same kernel with the CPU's half→single conversion (`vcvtph2ps`, F16C)
+/// and fused multiply-adds: two 8-lane accumulators (16 lanes, as the
+/// portable one), then the same pairwise reduction.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_f16c(term: HalfTerm, q: &[f32], codes: &[u16], scale: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let n = q.len().min(codes.len());
+    let chunks = n / LANES;
+    let scale8 = _mm256_set1_ps(scale);
+    let sign = _mm256_set1_ps(-0.0);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for c in 0..chunks {
+        for (half, a) in acc.iter_mut().enumerate() {
+            let i = c * LANES + 8 * half;
+            // SAFETY: i + 8 <= chunks * LANES <= n, the length of both slices;
+            // unaligned loads.
+            let (h, x) = unsafe {
+                (_mm_loadu_si128(codes.as_ptr().add(i) as *const __m128i), _mm256_loadu_ps(q.as_ptr().add(i)))
+            };
+            let y = _mm256_mul_ps(_mm256_cvtph_ps(h), scale8);
+            *a = match term {
+                HalfTerm::L2 => {
+                    let d = _mm256_sub_ps(x, y);
+                    _mm256_fmadd_ps(d, d, *a)
+                }
+                HalfTerm::Dot => _mm256_fmadd_ps(x, y, *a),
+                HalfTerm::L1 => _mm256_add_ps(*a, _mm256_andnot_ps(sign, _mm256_sub_ps(x, y))),
+            };
+        }
+    }
+    let mut lanes = [0.0f32; LANES];
+    // SAFETY: `lanes` holds 16 f32s, two unaligned 8-lane stores.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
+    }
+    let mut tail = 0.0f32;
+    for i in chunks * LANES..n {
+        let y = half_to_f32(codes[i]) * scale;
+        tail += match term {
+            HalfTerm::L2 => (q[i] - y) * (q[i] - y),
+            HalfTerm::Dot => q[i] * y,
+            HalfTerm::L1 => (q[i] - y).abs(),
+        };
+    }
+    reduce(lanes) + tail
+}
+
+/// Whether the running CPU can run [`half_f16c`] (cached by the std macro).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn has_f16c() -> bool {
+    has_avx2() && std::arch::is_x86_feature_detected!("f16c")
+}
+
+#[inline(always)]
+fn half_kernel(term: HalfTerm, q: &[f32], codes: &[u16], scale: f32) -> f32 {
+    debug_assert_eq!(q.len(), codes.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: `has_f16c` checked at run time that this CPU supports
+        // AVX2, FMA and F16C.
+        return unsafe { half_f16c(term, q, codes, scale) };
+    }
+    half_portable(term, q, codes, scale)
+}
+
+/// Squared Euclidean distance between `q` and the half-precision vector
+/// `codes · scale` (same length).
+#[inline]
+pub fn l2_squared_distance_half(q: &[f32], codes: &[u16], scale: f32) -> f32 {
+    half_kernel(HalfTerm::L2, q, codes, scale)
+}
+
+/// Inner product of `q` and the half-precision vector `codes · scale`.
+#[inline]
+pub fn inner_product_half(q: &[f32], codes: &[u16], scale: f32) -> f32 {
+    half_kernel(HalfTerm::Dot, q, codes, scale)
+}
+
+/// Manhattan distance between `q` and the half-precision vector
+/// `codes · scale`.
+#[inline]
+pub fn l1_distance_half(q: &[f32], codes: &[u16], scale: f32) -> f32 {
+    half_kernel(HalfTerm::L1, q, codes, scale)
+}
+
+/// A vector as index pages store it: IEEE half-precision codes times a
+/// power-of-two `scale`, with the exact size of the rounding error, so a
+/// distance computed from it can be turned into a bound on the exact one.
+///
+/// Half precision halves the bytes a search reads per visited element (the
+/// scan is bound by memory traffic, not arithmetic); the rounding error is at
+/// most `2^-11` of each component, far below the distance gaps an
+/// approximate search can resolve.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HalfVector {
+    /// Power of two with every `|x_i| / scale < 2` (so nothing overflows the
+    /// half range), clamped to `2^-100 ..= 2^127`.
+    pub scale: f32,
+    /// `half(x_i / scale)` bits, one per dimension.
+    pub codes: Vec<u16>,
+    /// `‖x − codes·scale‖₂`, rounded up: bounds the error of L2, inner
+    /// product and cosine distances.
+    pub err_l2: f32,
+    /// `‖x − codes·scale‖₁`, rounded up: bounds the error of L1 distances.
+    pub err_l1: f32,
+    /// `‖x‖₂`, rounded up (scales the floating-point slack of inner products).
+    pub norm: f32,
+}
+
+/// Rounds a non-negative `f64` up to an `f32` that is not smaller.
+fn f32_at_least(v: f64) -> f32 {
+    let r = v as f32;
+    if (r as f64) < v {
+        f32::from_bits(r.to_bits() + 1)
+    } else {
+        r
+    }
+}
+
+impl HalfVector {
+    /// Encodes `x` (finite values, as the `vector` type guarantees), rounding
+    /// each component to the nearest half-precision value.
+    pub fn encode(x: &[f32]) -> HalfVector {
+        let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let exponent = if max > 0.0 && max.is_finite() { max.log2().floor() as i32 } else { 0 };
+        // `log2` may round up for values just below a power of two.
+        let exponent = if max > 0.0 && max / 2f32.powi(exponent) < 1.0 { exponent - 1 } else { exponent };
+        let scale = 2f32.powi(exponent.clamp(-100, 127));
+        let codes: Vec<u16> = x.iter().map(|&v| half::f16::from_f32(v / scale).to_bits()).collect();
+        let (mut l2, mut l1, mut norm) = (0.0f64, 0.0f64, 0.0f64);
+        for (&v, &c) in x.iter().zip(&codes) {
+            let e = v as f64 - (half_to_f32(c) * scale) as f64;
+            l2 += e * e;
+            l1 += e.abs();
+            norm += v as f64 * v as f64;
+        }
+        // The sums carry their own rounding: a relative 1e-9 covers it.
+        let up = 1.0 + 1e-9;
+        HalfVector {
+            scale,
+            codes,
+            err_l2: f32_at_least(l2.sqrt() * up),
+            err_l1: f32_at_least(l1 * up),
+            norm: f32_at_least(norm.sqrt() * up),
+        }
+    }
+
+    /// The stored vector as `f32` (`codes · scale`).
+    pub fn decode(codes: &[u16], scale: f32, out: &mut Vec<f32>) {
+        out.clear();
+        out.extend(codes.iter().map(|&c| half_to_f32(c) * scale));
+    }
+}
+
+/// Relative slack for the rounding of `f32` sums. The kernels' summation
+/// order is fixed (16 lanes, then a pairwise reduction), so a sum of `n`
+/// terms is within `(n/16 + 5) · 2^-24` of exact relative to the sum of the
+/// terms' magnitudes: at most `1.3e-4 / 16 ≈ 8e-6` for 2,000 dimensions. A
+/// distance involves up to three such sums, and both the index's value and
+/// the executor's exact one carry them, so `5e-5` covers every case.
+const SUM_SLACK: f64 = 5e-5;
+
+/// A value never above the exact SQL distance (`<->`, `<#>`, `<=>`, `<+>`)
+/// between the query and the element whose stored [`HalfVector`] gave
+/// `approx`, the graph distance ([`Metric::distance_half`]) to it.
+///
+/// `query_norm` is `‖q‖₂` of the query as searched (unit for cosine);
+/// `err_l2`, `err_l1`, `norm` are the element's stored fields. The bound is
+/// the triangle inequality with the stored rounding error (`|‖q−x‖ − ‖q−y‖|
+/// ≤ ‖x−y‖`, `|q·x − q·y| ≤ ‖q‖ ‖x−y‖`, and the same in L1), less a slack for
+/// `f32` summation (relative, and a tiny absolute term for subnormal sums).
+/// Never `NaN`: anything not finite becomes `−∞`, which is
+/// always a valid bound.
+pub fn lower_bound(metric: Metric, approx: f32, query_norm: f64, err_l2: f32, err_l1: f32, norm: f32) -> f64 {
+    let (approx, err_l2, err_l1, norm) = (approx as f64, err_l2 as f64, err_l1 as f64, norm as f64);
+    let bound = match metric {
+        // The f32 sum may exceed the exact one by subnormal rounding
+        // (absolute, at most 2000 · 2^-150 ≈ 1.4e-42): taken off before the root.
+        Metric::L2 => (approx - 1e-41).max(0.0).sqrt() * (1.0 - SUM_SLACK) - err_l2 * (1.0 + SUM_SLACK),
+        Metric::L1 => approx * (1.0 - SUM_SLACK) - err_l1 * (1.0 + SUM_SLACK),
+        Metric::InnerProduct => {
+            approx - query_norm * err_l2 * (1.0 + SUM_SLACK) - SUM_SLACK * query_norm * (norm + err_l2)
+        }
+        // approx = −q̂·ŷ for unit q̂ and the normalised stored vector.
+        Metric::Cosine => 1.0 + approx - query_norm * err_l2 * (1.0 + SUM_SLACK) - SUM_SLACK * (1.0 + err_l2),
+    };
+    if bound.is_finite() {
+        // Absolute slack for sums whose terms fall in `f32`'s subnormal
+        // range, where rounding is absolute (2^-150 per operation).
+        bound - 1e-40
+    } else {
+        f64::NEG_INFINITY
+    }
+}
+
 /// Hints the CPU to start loading `data` into its cache, every 64-byte line
 /// of it (a hint only: never faults, never reads).
 #[inline(always)]
@@ -119,13 +379,93 @@ pub fn norm(a: &[f32]) -> f64 {
     a.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt()
 }
 
-/// Cosine distance `1 − a·b / (‖a‖ ‖b‖)`, clamped to `[0, 2]`.
+/// `(a·b, ‖a‖², ‖b‖²)` in one pass over both vectors, each sum with the
+/// lanes and summation order of the other kernels.
+#[inline]
+fn cosine_sums(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
+    #[inline(always)]
+    fn portable(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let (mut dot, mut na, mut nb) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+        let chunks = n / LANES;
+        for c in 0..chunks {
+            for i in 0..LANES {
+                let (x, y) = (a[c * LANES + i], b[c * LANES + i]);
+                dot[i] += x * y;
+                na[i] += x * x;
+                nb[i] += y * y;
+            }
+        }
+        let (mut tdot, mut tna, mut tnb) = (0.0f32, 0.0f32, 0.0f32);
+        for i in chunks * LANES..n {
+            tdot += a[i] * b[i];
+            tna += a[i] * a[i];
+            tnb += b[i] * b[i];
+        }
+        (reduce(dot) + tdot, reduce(na) + tna, reduce(nb) + tnb)
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
+            portable(a, b)
+        }
+        if has_avx2() {
+            // SAFETY: `has_avx2` checked at run time that this CPU supports
+            // the AVX2 and FMA instructions `avx2` uses.
+            return unsafe { avx2(a, b) };
+        }
+    }
+    portable(a, b)
+}
+
+/// Sums below this may have lost precision to `f32` subnormals (whose
+/// rounding is absolute); the SQL distances recompute them in `f64`.
+const F32_SUM_TINY: f32 = 1e-30;
+
+/// `Σ` of `term(a_i, b_i)` in `f64`: the fallback of the SQL distances when
+/// the `f32` sum overflowed or fell into the subnormal range.
+fn sum_f64(a: &[f32], b: &[f32], term: impl Fn(f64, f64) -> f64) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| term(x as f64, y as f64)).sum()
+}
+
+/// Euclidean distance as the SQL operator `<->` returns it: accumulated in
+/// `f32` like pgvector, recomputed in `f64` when that sum overflowed or
+/// underflowed, so the result is always close to the exact value (which the
+/// index's lower bounds rely on).
+pub fn l2_distance(a: &[f32], b: &[f32]) -> f64 {
+    let s = l2_squared_distance(a, b);
+    if s.is_finite() && s >= F32_SUM_TINY {
+        return (s as f64).sqrt();
+    }
+    sum_f64(a, b, |x, y| (x - y) * (x - y)).sqrt()
+}
+
+/// Negative inner product as the SQL operator `<#>` returns it (`f32`
+/// accumulation, `f64` when the `f32` sum overflowed).
+pub fn negative_inner_product(a: &[f32], b: &[f32]) -> f64 {
+    let s = inner_product(a, b);
+    if s.is_finite() {
+        return -(s as f64);
+    }
+    -sum_f64(a, b, |x, y| x * y)
+}
+
+/// Cosine distance `1 − a·b / (‖a‖ ‖b‖)`, clamped to `[0, 2]`, as the SQL
+/// operator `<=>` returns it: `f32` sums like pgvector's, recomputed in `f64`
+/// when a norm overflowed `f32` or fell into its subnormal range (pgvector
+/// returns `1` or `NaN` there).
 ///
 /// Returns `NaN` when either vector has zero norm, as pgvector does.
 pub fn cosine_distance(a: &[f32], b: &[f32]) -> f64 {
-    let dot = inner_product(a, b) as f64;
-    let na = squared_norm(a) as f64;
-    let nb = squared_norm(b) as f64;
+    let (dot, na, nb) = cosine_sums(a, b);
+    let reliable = |v: f32| v.is_finite() && v >= F32_SUM_TINY;
+    let (dot, na, nb) = if reliable(na) && reliable(nb) && dot.is_finite() {
+        (dot as f64, na as f64, nb as f64)
+    } else {
+        (sum_f64(a, b, |x, y| x * y), sum_f64(a, a, |x, y| x * y), sum_f64(b, b, |x, y| x * y))
+    };
     let similarity = dot / (na * nb).sqrt();
     if similarity.is_nan() {
         return f64::NAN;
@@ -190,6 +530,17 @@ impl Metric {
             Metric::L1 => l1_distance(a, b),
         }
     }
+
+    /// [`Metric::distance`] between `query` and a stored half-precision
+    /// vector (`codes · scale`, see [`HalfVector`]).
+    #[inline]
+    pub fn distance_half(self, query: &[f32], codes: &[u16], scale: f32) -> f32 {
+        match self {
+            Metric::L2 => l2_squared_distance_half(query, codes, scale),
+            Metric::InnerProduct | Metric::Cosine => -inner_product_half(query, codes, scale),
+            Metric::L1 => l1_distance_half(query, codes, scale),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -239,6 +590,132 @@ mod tests {
         let mut v = [3.0f32, 4.0];
         assert!(normalize_in_place(&mut v));
         assert!((norm(&v) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn half_decoding_matches_ieee_for_every_finite_code() {
+        for h in 0..=u16::MAX {
+            let reference = half::f16::from_bits(h);
+            if reference.is_finite() {
+                assert_eq!(half_to_f32(h).to_bits(), reference.to_f32().to_bits(), "code {h:#06x}");
+            }
+        }
+    }
+
+    #[test]
+    fn half_kernels_match_the_decoded_vector() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for n in [1usize, 15, 16, 17, 384, 1000] {
+            let q: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-300.0..300.0)).collect();
+            let h = HalfVector::encode(&x);
+            let mut y = Vec::new();
+            HalfVector::decode(&h.codes, h.scale, &mut y);
+            let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(h.scale <= max && max < 2.0 * h.scale, "scale {} for largest |x_i| {max}", h.scale);
+            for m in [Metric::L2, Metric::InnerProduct, Metric::L1] {
+                assert!(close(m.distance_half(&q, &h.codes, h.scale) as f64, m.distance(&q, &y) as f64), "{m:?} n={n}");
+            }
+            for term in [HalfTerm::L2, HalfTerm::Dot, HalfTerm::L1] {
+                let portable = half_portable(term, &q, &h.codes, h.scale) as f64;
+                #[cfg(target_arch = "x86_64")]
+                if has_f16c() {
+                    // SAFETY: checked just above.
+                    let f16c = unsafe { half_f16c(term, &q, &h.codes, h.scale) } as f64;
+                    assert!(close(portable, f16c), "n={n}: {portable} vs {f16c}");
+                }
+                let reference = match term {
+                    HalfTerm::L2 => l2_squared_distance(&q, &y),
+                    HalfTerm::Dot => inner_product(&q, &y),
+                    HalfTerm::L1 => l1_distance(&q, &y),
+                } as f64;
+                assert!(close(portable, reference), "n={n}");
+            }
+        }
+    }
+
+    #[test]
+    fn half_encoding_scales_and_records_its_error() {
+        let x = [1e-30f32, -3e-30, 2.5e-31];
+        let h = HalfVector::encode(&x);
+        let mut y = Vec::new();
+        HalfVector::decode(&h.codes, h.scale, &mut y);
+        assert!(h.scale <= 3e-30 && 3e-30 < 2.0 * h.scale);
+        let e: f64 = x.iter().zip(&y).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>().sqrt();
+        assert!(e <= h.err_l2 as f64 && h.err_l2 as f64 <= e * 1.001 + 1e-45);
+        assert!((e / 3e-30) < 1e-3, "relative error of a half is about 2^-11");
+        let big = HalfVector::encode(&[3e38, -1.0, 0.0]);
+        assert!(big.scale.is_finite() && big.err_l2.is_finite());
+        HalfVector::decode(&big.codes, big.scale, &mut y);
+        assert!((y[0] - 3e38).abs() <= 3e38 / 1024.0 && y[2] == 0.0);
+        assert_eq!(HalfVector::encode(&[0.0, 0.0]).codes, vec![0, 0]);
+    }
+
+    /// The scan's promise to the executor: the bound never exceeds the exact
+    /// SQL distance, computed as the SQL operators compute it, and it is
+    /// close (within a few rounding errors).
+    #[test]
+    fn lower_bound_never_exceeds_the_exact_distance() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut checked = 0;
+        for &(n, magnitude) in
+            &[(3usize, 1.0f32), (384, 0.1), (384, 1000.0), (2000, 1.0), (17, 1e-20), (5, 1e30), (4, 1e-38)]
+        {
+            for round in 0..200 {
+                let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-magnitude..magnitude)).collect();
+                // Queries far away, near, and equal to the element.
+                let q: Vec<f32> = match round % 3 {
+                    0 => (0..n).map(|_| rng.gen_range(-magnitude..magnitude)).collect(),
+                    1 => x.iter().map(|&v| v + rng.gen_range(-1e-3..1e-3) * magnitude).collect(),
+                    _ => x.clone(),
+                };
+                for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine, Metric::L1] {
+                    let (mut xs, mut qs) = (x.clone(), q.clone());
+                    if metric.normalizes() && !(normalize_in_place(&mut xs) && normalize_in_place(&mut qs)) {
+                        continue;
+                    }
+                    let h = HalfVector::encode(&xs);
+                    let approx = metric.distance_half(&qs, &h.codes, h.scale);
+                    let bound = lower_bound(metric, approx, norm(&qs), h.err_l2, h.err_l1, h.norm);
+                    let exact = match metric {
+                        Metric::L2 => l2_distance(&q, &x),
+                        Metric::InnerProduct => negative_inner_product(&q, &x),
+                        Metric::Cosine => cosine_distance(&q, &x),
+                        Metric::L1 => l1_distance(&q, &x) as f64,
+                    };
+                    assert!(bound <= exact, "{metric:?} n={n} round={round}: bound {bound} > exact {exact}");
+                    let scale = match metric {
+                        Metric::L2 => exact.abs() + norm(&x),
+                        Metric::L1 => exact.abs() + x.iter().map(|v| v.abs() as f64).sum::<f64>(),
+                        Metric::InnerProduct => norm(&q) * norm(&x),
+                        Metric::Cosine => 1.0,
+                    };
+                    // Sums past f32's range give up on the bound (−∞ is valid).
+                    let overflows = bound == f64::NEG_INFINITY && magnitude > 1e18;
+                    assert!(
+                        overflows || exact - bound <= 2e-3 * scale + 1e-20,
+                        "{metric:?} n={n}: bound {bound} too loose for {exact}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 4500);
+        assert_eq!(lower_bound(Metric::L2, f32::INFINITY, 1.0, f32::INFINITY, 0.0, 1.0), f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn sql_distances_survive_f32_overflow_and_underflow() {
+        let big = [1e30f32, -1e30, 1.0];
+        let q = [0.1f32, 0.2, 0.3];
+        // Exact: 1 − (0.1e30 − 0.2e30 + 0.3) / (‖q‖ · √2e30) ≈ 1.189.
+        let expected = 1.0 - (-0.1e30f64 + 0.3) / (norm(&q) * 2f64.sqrt() * 1e30);
+        assert!((cosine_distance(&q, &big) - expected).abs() < 1e-6, "{} vs {expected}", cosine_distance(&q, &big));
+        assert!((negative_inner_product(&big, &[1e30, -1e30, 0.0]) / -2e60 - 1.0).abs() < 1e-6);
+        assert!((l2_distance(&[1e-30, 0.0], &[0.0, 1e-30]) / (2f64.sqrt() * 1e-30) - 1.0).abs() < 1e-6);
+        assert_eq!(l2_distance(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+        assert!(cosine_distance(&[0.0, 0.0], &[1.0, 1.0]).is_nan(), "zero vector still NaN");
+        assert!((cosine_distance(&[1e-30, 0.0], &[1e-30, 1e-30]) - (1.0 - 0.5f64.sqrt())).abs() < 1e-9);
     }
 
     #[test]

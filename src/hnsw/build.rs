@@ -21,7 +21,7 @@ use super::page::{
 };
 use super::storage::{from_pg_tid, IndexRel};
 use super::{index_dims, index_metric, insert, options, PROGRESS_PHASE_LOAD, PROGRESS_PHASE_WRITE};
-use crate::distance::{self, Metric};
+use crate::distance::{self, HalfVector, Metric};
 use crate::error::raise;
 use crate::vector::Vector;
 
@@ -249,7 +249,7 @@ pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph, metric: Metric) {
     for id in 0..graph.len() as u32 {
         let (etid, ntid) = placement[id as usize];
         let tids: Vec<ItemPointer> = graph.heap_tids(id).iter().map(|&t| ItemPointer::unpack(t)).collect();
-        add(etid, &encode_element(graph.level(id), &tids, ntid, graph.vector(id)));
+        add(etid, &encode_element(graph.level(id), &tids, ntid, &HalfVector::encode(graph.vector(id))));
         let lists: Vec<Vec<ItemPointer>> = (0..=graph.level(id))
             .map(|layer| graph.neighbor_ids(id, layer).iter().map(|&n| placement[n as usize].0).collect())
             .collect();

@@ -11,8 +11,11 @@ use pgrx::prelude::*;
 
 use super::options;
 
-/// What the planner treats as "never use this path" (`disable_cost`).
-const DISABLE_COST: f64 = 1.0e10;
+/// The cost of a path the index cannot serve (no ORDER BY distance): infinite,
+/// as pgvector does, so it loses even to a sequential scan that
+/// `enable_seqscan = off` penalised with `disable_cost` (a scan without an
+/// ORDER BY key returns no rows, so choosing it would lose rows).
+const DISABLE_COST: f64 = f64::INFINITY;
 
 /// `amcostestimate`.
 #[pg_guard]

@@ -5,7 +5,9 @@
 //!    the new entry point, or the graph is empty) and read the meta page;
 //! 2. find the new element's neighbors on each layer with the same search and
 //!    heuristic as the build ([`Searcher::find_insert_neighbors`]);
-//! 3. an identical vector with a free heap-TID slot takes the TID instead;
+//! 3. a vector with the same half-precision codes as its nearest element
+//!    (in practice: an identical one) takes a free heap-TID slot there
+//!    instead, widening the element's stored error bounds to cover it;
 //! 4. otherwise write the neighbor item, then the element item pointing at it
 //!    (on the last page if they fit, else on a new page);
 //! 5. add the reverse links one neighbor at a time, pruning a full list with
@@ -22,7 +24,7 @@ use pgrx::prelude::*;
 use super::graph::{prune_neighbors, random_level, Searcher};
 use super::page::{self, encode_element, encode_neighbors, ElementMut, ItemPointer, NeighborsRef, PageKind, PageRef};
 use super::storage::{from_pg_tid, ElementNode, IndexRel, PageStore, EXCLUSIVE_LOCK, SHARE_LOCK};
-use crate::distance;
+use crate::distance::{self, HalfVector};
 use crate::hnsw::graph::GraphStore;
 use crate::vector::Vector;
 
@@ -65,6 +67,7 @@ pub unsafe extern "C-unwind" fn aminsert(
 /// Inserts an already normalised `vector` for heap row `heap_tid` with top
 /// layer `level` into the on-disk graph.
 pub fn insert_prepared(rel: &IndexRel, vector: &[f32], heap_tid: ItemPointer, level: usize) {
+    let stored = HalfVector::encode(vector);
     let mut mode = SHARE_LOCK;
     rel.lock_graph(mode);
     let mut meta = rel.read_meta();
@@ -76,7 +79,7 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[f32], heap_tid: ItemPointer, le
     }
     let mut store = PageStore::new(*rel, meta);
     let Some((entry, entry_level)) = meta.entry else {
-        let (etid, _) = write_element(&store, level, heap_tid, &vec![Vec::new(); level + 1], vector);
+        let (etid, _) = write_element(&store, level, heap_tid, &vec![Vec::new(); level + 1], &stored);
         rel.set_entry(Some((etid, level as u16)));
         rel.unlock_graph(mode);
         return;
@@ -86,13 +89,13 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[f32], heap_tid: ItemPointer, le
     let lists = searcher.find_insert_neighbors(&mut store, vector, level, entry, entry_level as usize, &params);
     let nearest = lists[0].first().map_or(f32::NAN, |c| c.distance);
     for c in lists[0].iter().take_while(|c| c.distance == nearest) {
-        if !c.node.deleted && add_duplicate(&mut store, c.node.tid, vector, heap_tid) {
+        if !c.node.deleted && add_duplicate(&store, c.node.tid, &stored, heap_tid) {
             rel.unlock_graph(mode);
             return;
         }
     }
     let tids: Vec<Vec<ItemPointer>> = lists.iter().map(|l| l.iter().map(|c| c.node.tid).collect()).collect();
-    let (etid, ntid) = write_element(&store, level, heap_tid, &tids, vector);
+    let (etid, ntid) = write_element(&store, level, heap_tid, &tids, &stored);
     let new = ElementNode { tid: etid, neighbors: ntid, level: level as u8, deleted: false, heap_tids: 1 };
     let mut linked = false;
     for (layer, list) in lists.iter().enumerate() {
@@ -111,10 +114,10 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[f32], heap_tid: ItemPointer, le
     rel.unlock_graph(mode);
 }
 
-/// Adds `heap_tid` to element `tid` if its vector equals `vector` and it has
-/// a free slot. Returns whether it did.
-fn add_duplicate(store: &mut PageStore, tid: ItemPointer, vector: &[f32], heap_tid: ItemPointer) -> bool {
-    if store.vector(tid) != vector {
+/// Adds `heap_tid` to element `tid` if it stores the same half-precision
+/// codes as `vector` and has a free slot. Returns whether it did.
+fn add_duplicate(store: &PageStore, tid: ItemPointer, vector: &HalfVector, heap_tid: ItemPointer) -> bool {
+    if !store.with_element(tid, |e| e.same_codes(vector)) {
         return false;
     }
     let (dims, m) = (store.meta.dims as usize, store.meta.m as usize);
@@ -122,7 +125,7 @@ fn add_duplicate(store: &mut PageStore, tid: ItemPointer, vector: &[f32], heap_t
     rel.modify(tid.block, |p| {
         let range = rel.item_range(tid.block, p, tid.offset);
         let mut e = ElementMut::new(&mut p[range], dims, m).unwrap_or_else(|e| rel.corrupt(tid.block, e));
-        (!e.is_deleted() && e.push_heap_tid(heap_tid)).then_some(())
+        (!e.is_deleted() && e.push_duplicate(heap_tid, vector)).then_some(())
     })
     .is_some()
 }
@@ -164,7 +167,7 @@ fn reuse_free_element(
     level: usize,
     heap_tid: ItemPointer,
     lists: &[Vec<ItemPointer>],
-    vector: &[f32],
+    vector: &HalfVector,
 ) -> Option<(ItemPointer, ItemPointer)> {
     let hint = store.meta.free_hint?;
     let rel = store.rel;
@@ -224,7 +227,7 @@ fn write_element(
     level: usize,
     heap_tid: ItemPointer,
     lists: &[Vec<ItemPointer>],
-    vector: &[f32],
+    vector: &HalfVector,
 ) -> (ItemPointer, ItemPointer) {
     if let Some(at) = reuse_free_element(store, level, heap_tid, lists, vector) {
         return at;

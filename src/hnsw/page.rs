@@ -10,7 +10,8 @@
 //! - Other blocks are **graph pages** holding two kinds of items:
 //!   - an **element item**: level, deleted flag, up to
 //!     [`MAX_HEAP_TIDS`] heap TIDs, the address of its neighbor item and the
-//!     vector (`72 + 4·dims` bytes);
+//!     vector in half precision with its scale and rounding error
+//!     ([`HalfVector`], `88 + 2·dims` bytes);
 //!   - a **neighbor item**: `2·M` slots for layer 0 and `M` for each layer
 //!     above (`4 + 6·M·(level + 2)` bytes), updated in place so a new link
 //!     never rewrites the vector.
@@ -19,7 +20,7 @@
 //! [`NeighborsRef::new`]) before any field is used; a bad page is a
 //! [`PageError`], never a panic or an out-of-bounds read.
 
-use crate::distance::Metric;
+use crate::distance::{HalfVector, Metric};
 pub use crate::hnsw::graph::MAX_HEAP_TIDS;
 
 /// PostgreSQL block size this format is laid out for.
@@ -42,14 +43,16 @@ pub const META_BLOCK: u32 = 0;
 /// Meta page magic number ("HNSW").
 pub const MAGIC: u32 = 0x484E_5357;
 /// Version of this format, checked on every open.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Tag in every page's special space identifying an `hnsw` page.
 pub const PAGE_ID: u16 = 0xFF91;
 /// Most dimensions an indexed vector may have: an element item must fit a page.
 pub const MAX_INDEX_DIMS: usize = 2000;
 
 /// Bytes of an element item before its vector.
-pub const ELEMENT_HEADER_SIZE: usize = 72;
+pub const ELEMENT_HEADER_SIZE: usize = 88;
+/// Where the element header's vector fields begin (after the heap TIDs).
+const VECTOR_FIELDS: usize = 72;
 /// Bytes of a neighbor item before its slots.
 pub const NEIGHBORS_HEADER_SIZE: usize = 4;
 /// Bytes per neighbor slot (block u32, offset u16).
@@ -348,7 +351,7 @@ impl Meta {
 
 /// Size of an element item for `dims`-dimensional vectors.
 pub const fn element_item_size(dims: usize) -> usize {
-    ELEMENT_HEADER_SIZE + 4 * dims
+    ELEMENT_HEADER_SIZE + 2 * dims
 }
 
 /// Size of a neighbor item for an element of top layer `level`.
@@ -364,11 +367,12 @@ pub fn max_level(m: usize) -> usize {
 
 /// Encodes an element item: `kind u8 | level u8 | flags u8 | ntids u8 |
 /// neighbors ItemPointer (6) | capacity u8 | reserved u8 | heap_tids [10 × 6] |
-/// f32[dims]`. `capacity` is the level its neighbor item was sized for (a
-/// reused element may have a lower level).
-pub fn encode_element(level: usize, heap_tids: &[ItemPointer], neighbors: ItemPointer, vector: &[f32]) -> Vec<u8> {
+/// scale f32 | err_l2 f32 | err_l1 f32 | norm f32 | half codes u16[dims]`.
+/// `capacity` is the level its neighbor item was sized for (a reused element
+/// may have a lower level).
+pub fn encode_element(level: usize, heap_tids: &[ItemPointer], neighbors: ItemPointer, vector: &HalfVector) -> Vec<u8> {
     assert!(heap_tids.len() <= MAX_HEAP_TIDS && level <= 255);
-    let mut b = vec![0u8; element_item_size(vector.len())];
+    let mut b = vec![0u8; element_item_size(vector.codes.len())];
     b[0] = KIND_ELEMENT;
     b[1] = level as u8;
     b[3] = heap_tids.len() as u8;
@@ -377,10 +381,21 @@ pub fn encode_element(level: usize, heap_tids: &[ItemPointer], neighbors: ItemPo
     for (i, t) in heap_tids.iter().enumerate() {
         t.write(&mut b, 12 + SLOT_SIZE * i);
     }
-    for (i, x) in vector.iter().enumerate() {
-        b[ELEMENT_HEADER_SIZE + 4 * i..ELEMENT_HEADER_SIZE + 4 * i + 4].copy_from_slice(&x.to_ne_bytes());
+    put_vector_fields(&mut b, vector.scale, vector.err_l2, vector.err_l1, vector.norm);
+    for (i, c) in vector.codes.iter().enumerate() {
+        put_u16(&mut b, ELEMENT_HEADER_SIZE + 2 * i, *c);
     }
     b
+}
+
+fn put_vector_fields(b: &mut [u8], scale: f32, err_l2: f32, err_l1: f32, norm: f32) {
+    for (i, v) in [scale, err_l2, err_l1, norm].into_iter().enumerate() {
+        put_u32(b, VECTOR_FIELDS + 4 * i, v.to_bits());
+    }
+}
+
+fn f32_at(b: &[u8], at: usize) -> f32 {
+    f32::from_bits(u32_at(b, at))
 }
 
 /// Whether an item (already bounds-checked by [`PageRef::item`]) is an
@@ -408,7 +423,7 @@ impl<'a> ElementRef<'a> {
         if bytes[1] as usize > max_level(m) || bytes[1] > bytes[10] || bytes[3] as usize > MAX_HEAP_TIDS {
             return err(format!("bad element header level={} ntids={}", bytes[1], bytes[3]));
         }
-        if (bytes.as_ptr() as usize + ELEMENT_HEADER_SIZE) % 4 != 0 {
+        if (bytes.as_ptr() as usize + ELEMENT_HEADER_SIZE) % 2 != 0 {
             return err("misaligned element item");
         }
         Ok(ElementRef { bytes })
@@ -449,10 +464,46 @@ impl<'a> ElementRef<'a> {
         ItemPointer::read(self.bytes, 12 + SLOT_SIZE * i)
     }
 
-    /// The vector, read in place (length `dims`).
-    pub fn vector(&self) -> &'a [f32] {
-        // Alignment was checked in `new`, and the length is a multiple of 4.
+    /// The vector's half-precision codes, read in place (length `dims`).
+    pub fn codes(&self) -> &'a [u16] {
+        // Alignment was checked in `new`, and the length is even.
         bytemuck::cast_slice(&self.bytes[ELEMENT_HEADER_SIZE..])
+    }
+
+    /// The power of two the codes are multiplied by.
+    pub fn scale(&self) -> f32 {
+        f32_at(self.bytes, VECTOR_FIELDS)
+    }
+
+    /// Upper bound of `‖x − stored‖₂` over the element's heap rows.
+    pub fn err_l2(&self) -> f32 {
+        f32_at(self.bytes, VECTOR_FIELDS + 4)
+    }
+
+    /// Upper bound of `‖x − stored‖₁` over the element's heap rows.
+    pub fn err_l1(&self) -> f32 {
+        f32_at(self.bytes, VECTOR_FIELDS + 8)
+    }
+
+    /// Upper bound of `‖x‖₂` over the element's heap rows.
+    pub fn norm(&self) -> f32 {
+        f32_at(self.bytes, VECTOR_FIELDS + 12)
+    }
+
+    /// The graph distance from `query` to the stored vector.
+    #[inline]
+    pub fn distance(&self, metric: Metric, query: &[f32]) -> f32 {
+        metric.distance_half(query, self.codes(), self.scale())
+    }
+
+    /// The stored vector as `f32`, into `out`.
+    pub fn decode(&self, out: &mut Vec<f32>) {
+        HalfVector::decode(self.codes(), self.scale(), out)
+    }
+
+    /// Whether `v` encodes to exactly the stored codes and scale.
+    pub fn same_codes(&self, v: &HalfVector) -> bool {
+        self.scale() == v.scale && self.codes() == &v.codes[..]
     }
 }
 
@@ -532,9 +583,22 @@ impl<'a> ElementMut<'a> {
         self.bytes[3] = 0;
     }
 
+    /// Adds heap row `heap_tid`, whose vector `v` has the element's codes
+    /// ([`ElementRef::same_codes`]), widening the stored error bounds to
+    /// cover it; `false` if all heap-TID slots are used.
+    pub fn push_duplicate(&mut self, heap_tid: ItemPointer, v: &HalfVector) -> bool {
+        if !self.push_heap_tid(heap_tid) {
+            return false;
+        }
+        let old = |i: usize| f32_at(self.bytes, VECTOR_FIELDS + 4 * i);
+        let (scale, err_l2, err_l1, norm) = (old(0), old(1).max(v.err_l2), old(2).max(v.err_l1), old(3).max(v.norm));
+        put_vector_fields(self.bytes, scale, err_l2, err_l1, norm);
+        true
+    }
+
     /// Rewrites a free element for a new vector at `level`, which must not
     /// exceed [`ElementMut::capacity`] (the neighbor item keeps its size).
-    pub fn reuse(&mut self, level: usize, heap_tid: ItemPointer, vector: &[f32]) {
+    pub fn reuse(&mut self, level: usize, heap_tid: ItemPointer, vector: &HalfVector) {
         assert!(level <= self.capacity(), "reused element level above its capacity");
         let (neighbors, capacity) = (ItemPointer::read(self.bytes, 4), self.bytes[10]);
         let fresh = encode_element(level, &[heap_tid], neighbors, vector);
@@ -691,19 +755,22 @@ mod tests {
     fn items_are_added_until_full_and_read_back() {
         let mut page = PageImage::new(PageKind::Graph);
         let vector: Vec<f32> = (0..384).map(|i| i as f32 * 0.5).collect();
-        let item = encode_element(1, &[tid(7, 1)], tid(1, 2), &vector);
+        let item = encode_element(1, &[tid(7, 1)], tid(1, 2), &HalfVector::encode(&vector));
         let mut offsets = Vec::new();
         while let Some(off) = add_item(&mut page.0, &item) {
             offsets.push(off);
         }
-        assert_eq!(offsets, vec![1, 2, 3, 4, 5], "5 elements of 1608 bytes fit an 8 KB page");
+        assert_eq!(offsets, (1..=9).collect::<Vec<u16>>(), "9 elements of 856 bytes fit an 8 KB page");
         let p = PageRef::new(&page.0, PageKind::Graph).unwrap();
         let e = ElementRef::new(p.item(3).unwrap(), 384, 16).unwrap();
         assert_eq!(e.level(), 1);
         assert_eq!(e.heap_tid(0), tid(7, 1));
         assert_eq!(e.neighbors(), tid(1, 2));
-        assert_eq!(e.vector(), &vector[..]);
-        assert!(p.item(6).is_err());
+        let mut decoded = Vec::new();
+        e.decode(&mut decoded);
+        assert_eq!(decoded, vector, "i/2 for i < 384 is exact in half precision with scale 128");
+        assert_eq!((e.scale(), e.err_l2(), e.err_l1()), (128.0, 0.0, 0.0));
+        assert!(p.item(10).is_err());
         assert!(p.item(0).is_err());
         assert!(ElementRef::new(p.item(1).unwrap(), 383, 16).is_err(), "wrong dims");
     }
@@ -732,7 +799,7 @@ mod tests {
     #[test]
     fn corrupt_line_pointers_and_items_are_errors_not_panics() {
         let mut page = PageImage::new(PageKind::Graph);
-        let item = encode_element(0, &[tid(1, 1)], tid(1, 2), &[1.0, 2.0]);
+        let item = encode_element(0, &[tid(1, 1)], tid(1, 2), &HalfVector::encode(&[1.0, 2.0]));
         add_item(&mut page.0, &item).unwrap();
         // Line pointer pointing past the special space.
         let mut bad = page.clone();
@@ -764,7 +831,8 @@ mod tests {
             if let Ok(p) = PageRef::new(&junk, PageKind::Graph) {
                 for off in 0..=p.max_offset().min(50) {
                     if let Ok(bytes) = p.item(off) {
-                        let _ = ElementRef::new(bytes, 2, 16).map(|e| (e.vector().len(), e.neighbors()));
+                        let _ = ElementRef::new(bytes, 2, 16)
+                            .map(|e| (e.distance(Metric::L2, &[1.0, 2.0]), e.codes().len(), e.neighbors()));
                         let _ = NeighborsRef::new(bytes, 16);
                     }
                 }
@@ -775,7 +843,7 @@ mod tests {
 
     #[test]
     fn heap_tids_push_retain_and_reuse() {
-        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &[1.0]);
+        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &HalfVector::encode(&[1.0]));
         let mut e = ElementMut::new(&mut item, 1, 16).unwrap();
         for i in 2..=10 {
             assert!(e.push_heap_tid(tid(1, i)));
@@ -790,13 +858,30 @@ mod tests {
         e.set_free();
         assert!(ElementRef::new(&item, 1, 16).unwrap().is_free());
         let mut e = ElementMut::new(&mut item, 1, 16).unwrap();
-        e.reuse(0, tid(4, 4), &[2.0]);
+        e.reuse(0, tid(4, 4), &HalfVector::encode(&[2.0]));
         let r = ElementRef::new(&item, 1, 16).unwrap();
         assert!(!r.is_deleted() && !r.is_free());
-        assert_eq!(
-            (r.heap_tid_count(), r.heap_tid(0), r.neighbors(), r.vector()),
-            (1, tid(4, 4), tid(9, 9), &[2.0f32][..])
-        );
+        let mut decoded = Vec::new();
+        r.decode(&mut decoded);
+        assert_eq!((r.heap_tid_count(), r.heap_tid(0), r.neighbors(), decoded), (1, tid(4, 4), tid(9, 9), vec![2.0]));
+    }
+
+    #[test]
+    fn duplicates_widen_the_error_bounds() {
+        let x = [0.1f32, 0.2, 0.3];
+        let near = [0.1f32 + 1e-6, 0.2, 0.3];
+        let (hx, hn) = (HalfVector::encode(&x), HalfVector::encode(&near));
+        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &hx);
+        assert!(ElementRef::new(&item, 3, 16).unwrap().same_codes(&hn), "both round to the same codes");
+        assert!(hn.err_l2 > hx.err_l2 || hn.err_l1 > hx.err_l1);
+        let mut e = ElementMut::new(&mut item, 3, 16).unwrap();
+        assert!(e.push_duplicate(tid(1, 2), &hn));
+        let r = ElementRef::new(&item, 3, 16).unwrap();
+        assert_eq!(r.heap_tid_count(), 2);
+        assert_eq!(r.err_l2(), hx.err_l2.max(hn.err_l2));
+        assert_eq!(r.err_l1(), hx.err_l1.max(hn.err_l1));
+        assert_eq!(r.norm(), hx.norm.max(hn.norm));
+        assert!(!r.same_codes(&HalfVector::encode(&[0.1, 0.2, 0.31])));
     }
 
     #[test]

@@ -4,10 +4,17 @@
 //! The scan path: on the first `amgettuple`, read the query from the ORDER BY
 //! key, normalise it for cosine, then run the k-NN search (greedy descent
 //! from the entry point, beam of `hnsw.ef_search` on layer 0) over the
-//! buffer pages. Results are returned nearest first; each element's heap TIDs
-//! are read only when it is reached, so `LIMIT 10` touches ten elements more.
-//! A scan returns at most `hnsw.ef_search` elements: raise it for larger
-//! LIMITs. A NULL query, or a zero query under cosine, returns no rows.
+//! buffer pages. A scan returns at most `hnsw.ef_search` elements: raise it
+//! for larger LIMITs. A NULL query, or a zero query under cosine, returns no
+//! rows.
+//!
+//! Exact order: pages store vectors in half precision, so the search's
+//! distances are approximate. Each result is returned with a lower bound of
+//! its exact distance ([`distance::lower_bound`], from the error stored with
+//! the element), in increasing order of that bound, and with
+//! `xs_recheckorderby` set: the executor computes the exact distance from the
+//! heap row and reorders (PostgreSQL's "ORDER BY recheck", as GiST's KNN
+//! scans use), so rows come out in exact distance order.
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgMemoryContexts};
@@ -23,10 +30,16 @@ use crate::vector::Vector;
 #[derive(Default)]
 struct ScanState {
     started: bool,
-    /// Heap TIDs of the results, nearest element first.
-    heap_tids: Vec<ItemPointer>,
+    /// Heap TIDs of the results with the lower bound of their exact
+    /// distance, in increasing order of the bound.
+    heap_tids: Vec<(ItemPointer, f64)>,
     next: usize,
-    searcher: Searcher<ItemPointer, ElementNode>,
+}
+
+thread_local! {
+    /// The backend's search scratch space (visited set, heaps), kept across
+    /// scans so a query allocates nothing once the backend is warm.
+    static SEARCHER: std::cell::RefCell<Searcher<ItemPointer, ElementNode>> = std::cell::RefCell::default();
 }
 
 impl ScanState {
@@ -48,6 +61,13 @@ pub unsafe extern "C-unwind" fn ambeginscan(
     // memory context; our state lives there too and is dropped with it.
     unsafe {
         let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
+        // Where amgettuple returns the ORDER BY values (the lower bounds).
+        if norderbys > 0 {
+            let n = norderbys as usize;
+            (*scan).xs_orderbyvals = pg_sys::palloc0(n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
+            (*scan).xs_orderbynulls = pg_sys::palloc(n) as *mut bool;
+            std::ptr::write_bytes((*scan).xs_orderbynulls, 1, n);
+        }
         let state = PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(ScanState::default());
         (*scan).opaque = state as *mut std::ffi::c_void;
         scan
@@ -113,18 +133,27 @@ unsafe fn search(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     // SAFETY: as above.
     let query = unsafe { query_vector(scan, &store) };
     if let (Some(query), Some((entry, entry_level))) = (query, meta.entry) {
-        let results = state.searcher.search(&mut store, &query, entry, entry_level as usize, options::ef_search());
-        // The search read elements under a pin only; heap TIDs and the
-        // deleted flag can change meanwhile, so they are read again here under
-        // the content lock (the pages were just visited, so this is cheap).
+        let ef_search = options::ef_search();
+        let results = SEARCHER.with(|s| match s.try_borrow_mut() {
+            Ok(mut searcher) => searcher.search(&mut store, &query, entry, entry_level as usize, ef_search),
+            // Only if a search were ever nested in another: use fresh scratch.
+            Err(_) => Searcher::default().search(&mut store, &query, entry, entry_level as usize, ef_search),
+        });
+        let (metric, query_norm) = (store.metric(), distance::norm(&query));
+        // The search read elements under a pin only; heap TIDs, the deleted
+        // flag and the error bounds (widened when a duplicate joins) can
+        // change meanwhile, so they are read again here under the content
+        // lock (the pages were just visited, so this is cheap).
         let tids = &mut state.heap_tids;
         for c in results.iter().filter(|c| !c.node.deleted) {
             store.with_element(c.node.tid, |e| {
                 if !e.is_deleted() {
-                    tids.extend((0..e.heap_tid_count()).map(|i| e.heap_tid(i)));
+                    let bound = distance::lower_bound(metric, c.distance, query_norm, e.err_l2(), e.err_l1(), e.norm());
+                    tids.extend((0..e.heap_tid_count()).map(|i| (e.heap_tid(i), bound)));
                 }
             });
         }
+        tids.sort_by(|a, b| a.1.total_cmp(&b.1));
     }
     rel.unlock_scans(SHARE_LOCK);
 }
@@ -142,15 +171,20 @@ pub unsafe extern "C-unwind" fn amgettuple(
         // SAFETY: scan is the active descriptor.
         unsafe { search(scan, state) };
     }
-    let Some(&tid) = state.heap_tids.get(state.next) else {
+    let Some(&(tid, bound)) = state.heap_tids.get(state.next) else {
         return false;
     };
     state.next += 1;
-    // SAFETY: setting the output fields of the active descriptor.
+    // SAFETY: setting the output fields of the active descriptor; the
+    // ORDER BY arrays were allocated by ambeginscan for numberOfOrderBys keys.
     unsafe {
         (*scan).xs_heaptid = to_pg_tid(tid);
         (*scan).xs_recheck = false;
-        (*scan).xs_recheckorderby = false;
+        if (*scan).numberOfOrderBys > 0 && !(*scan).xs_orderbyvals.is_null() {
+            *(*scan).xs_orderbyvals = bound.into_datum().expect("a float8 is never NULL");
+            *(*scan).xs_orderbynulls = false;
+            (*scan).xs_recheckorderby = true;
+        }
     }
     true
 }

@@ -158,6 +158,23 @@ impl IndexRel {
         RECENT.with(|r| r.borrow_mut().get(node, self.fork, block))
     }
 
+    /// [`IndexRel::recent_buffer`] for several blocks at once, appended to
+    /// `out` in order.
+    pub(crate) fn recent_buffers(&self, blocks: impl Iterator<Item = u32>, out: &mut Vec<Option<pg_sys::Buffer>>) {
+        // SAFETY: the relation is open, so rd_node is valid.
+        let node = unsafe { (*self.rel).rd_node };
+        RECENT.with(|r| {
+            let r = r.borrow();
+            match r.slot(node, self.fork) {
+                Some(at) => {
+                    let hints = &r.rels[at].1;
+                    out.extend(blocks.map(|b| hints.get(b as usize).copied().filter(|&buf| buf > 0)))
+                }
+                None => out.extend(blocks.map(|_| None)),
+            }
+        })
+    }
+
     /// [`IndexRel::read_buffer`] with the hint already looked up.
     pub(crate) fn pin(&self, block: u32, hint: Option<pg_sys::Buffer>) -> pg_sys::Buffer {
         // SAFETY: the relation is open, so rd_node is valid.
@@ -452,6 +469,11 @@ pub struct PageStore {
     hints: Vec<Option<pg_sys::Buffer>>,
 }
 
+/// Most buffers [`PageStore::visit_many`] keeps pinned at once: below
+/// PostgreSQL's `REFCOUNT_ARRAY_ENTRIES` (8), leaving room for a pin the
+/// caller holds.
+const PIN_WINDOW: usize = 6;
+
 /// Hints the CPU to load the cache line at `p` (never faults).
 #[inline(always)]
 fn prefetch(p: *const u8) {
@@ -517,12 +539,14 @@ impl PageStore {
     /// Makes sure element `tid`'s vector is in the cache.
     fn cache_vector(&mut self, tid: ItemPointer) {
         if !self.vectors.contains_key(&tid) {
-            let v = self.with_element(tid, |e| e.vector().to_vec());
+            let mut v = Vec::new();
+            self.with_element(tid, |e| e.decode(&mut v));
             self.vectors.insert(tid, v);
         }
     }
 
-    /// A copy of element `tid`'s vector (cached).
+    /// A copy of element `tid`'s vector as stored (decoded from half
+    /// precision; cached).
     pub fn vector(&mut self, tid: ItemPointer) -> &[f32] {
         self.cache_vector(tid);
         &self.vectors[&tid]
@@ -555,26 +579,30 @@ impl GraphStore for PageStore {
 
     fn visit(&mut self, query: &[f32], key: ItemPointer) -> Option<(f32, ElementNode)> {
         let metric = self.meta.metric;
-        Some(self.with_element(key, |e| (metric.distance(query, e.vector()), ElementNode::read(key, &e))))
+        Some(self.with_element(key, |e| (e.distance(metric, query), ElementNode::read(key, &e))))
     }
 
-    /// Visits `keys` in four passes so their cache misses overlap: prefetch
-    /// the buffer and page headers where each block was last found; pin
-    /// every buffer; find each element item and prefetch it; then compute
-    /// each distance and unpin.
+    /// Visits `keys` so their cache misses overlap: first prefetch the
+    /// buffer and page headers where each block was last found; then pin
+    /// the buffers one by one, find each element item and prefetch it, and
+    /// compute the distance of the element pinned [`PIN_WINDOW`]` − 1` keys
+    /// earlier before unpinning it. At most [`PIN_WINDOW`] buffers are pinned
+    /// at once, so the backend's pin bookkeeping stays in its small array
+    /// (eight entries) instead of spilling into a hash table.
     ///
     /// Elements are read under a pin only, without the content lock, by the
     /// rule PostgreSQL's heap follows for tuple data (see
     /// `src/backend/storage/buffer/README`, "Buffer access rules"): the bytes
     /// read here — the item's line pointer, the element's level, its
-    /// neighbor-item address and its vector — are never changed while the
-    /// element is reachable from the graph. Writers of the same page (new
-    /// items, neighbor lists, heap TIDs, the deleted flag) copy the page image
-    /// back with the same values for those bytes; an element's vector is
-    /// rewritten only when an insert reuses a free element, which VACUUM freed
-    /// with scans locked out after dropping every link to it. Fields that do
-    /// change (heap TIDs, the deleted flag) are read again under the content
-    /// lock before a result is returned.
+    /// neighbor-item address, its vector codes and scale — are never changed
+    /// while the element is reachable from the graph. Writers of the same
+    /// page (new items, neighbor lists, heap TIDs, the deleted flag, the
+    /// error bounds) copy the page image back with the same values for those
+    /// bytes; an element's vector is rewritten only when an insert reuses a
+    /// free element, which VACUUM freed with scans locked out after dropping
+    /// every link to it. Fields that do change (heap TIDs, the deleted flag,
+    /// the error bounds) are read again under the content lock before a
+    /// result is returned.
     fn visit_many(&mut self, query: &[f32], keys: &[ItemPointer], out: &mut Vec<Option<(f32, ElementNode)>>) {
         out.clear();
         let (dims, m, metric) = (self.dims(), self.meta.m as usize, self.meta.metric);
@@ -582,33 +610,36 @@ impl GraphStore for PageStore {
         pinned.clear();
         let mut hints = std::mem::take(&mut self.hints);
         hints.clear();
-        hints.extend(keys.iter().map(|k| self.rel.recent_buffer(k.block)));
+        self.rel.recent_buffers(keys.iter().map(|k| k.block), &mut hints);
         hints.iter().flatten().for_each(|&b| IndexRel::prefetch_buffer(b));
+        let finish = |(buf, page, item): &(pg_sys::Buffer, *const u8, std::ops::Range<usize>), k: &ItemPointer| {
+            // SAFETY: still pinned; `item` lies inside the page (checked when
+            // it was pinned).
+            let bytes = unsafe { std::slice::from_raw_parts(*page, BLCKSZ) };
+            let e = ElementRef::new(&bytes[item.clone()], dims, m).unwrap_or_else(|e| self.rel.corrupt(k.block, e));
+            let visited = (e.distance(metric, query), ElementNode::read(*k, &e));
+            // SAFETY: releasing the pin taken when it was pinned.
+            unsafe { pg_sys::ReleaseBuffer(*buf) };
+            visited
+        };
         for (k, &hint) in keys.iter().zip(hints.iter()) {
             let buf = self.rel.pin(k.block, hint);
-            // SAFETY: `buf` is pinned, so its page stays at this address.
+            // SAFETY: `buf` is pinned, so its page stays at this address and
+            // the bytes read are stable while pinned (see above).
             let page = unsafe { pg_sys::BufferGetPage(buf) } as *const u8;
-            prefetch(page);
-            pinned.push((buf, page, 0..0));
-        }
-        for (k, (_, page, item)) in keys.iter().zip(pinned.iter_mut()) {
-            // SAFETY: pinned, BLCKSZ bytes; the bytes read are stable while
-            // pinned (see above).
-            let bytes = unsafe { std::slice::from_raw_parts(*page, BLCKSZ) };
+            let bytes = unsafe { std::slice::from_raw_parts(page, BLCKSZ) };
             let range = PageRef::graph_header_only(bytes)
                 .and_then(|p| p.item_range(k.offset))
                 .unwrap_or_else(|e| self.rel.corrupt(k.block, e));
             distance::prefetch(&bytes[range.clone()]);
-            *item = range;
+            pinned.push((buf, page, range));
+            if pinned.len() - out.len() == PIN_WINDOW {
+                let i = out.len();
+                out.push(Some(finish(&pinned[i], &keys[i])));
+            }
         }
-        for (k, (buf, page, item)) in keys.iter().zip(pinned.iter()) {
-            // SAFETY: still pinned from the first pass; `item` lies inside
-            // the page (checked above).
-            let bytes = unsafe { std::slice::from_raw_parts(*page, BLCKSZ) };
-            let e = ElementRef::new(&bytes[item.clone()], dims, m).unwrap_or_else(|e| self.rel.corrupt(k.block, e));
-            out.push(Some((metric.distance(query, e.vector()), ElementNode::read(*k, &e))));
-            // SAFETY: releasing the pin taken above.
-            unsafe { pg_sys::ReleaseBuffer(*buf) };
+        for i in out.len()..pinned.len() {
+            out.push(Some(finish(&pinned[i], &keys[i])));
         }
         self.pinned = pinned;
         self.hints = hints;

@@ -15,7 +15,7 @@ use crate::error::raise;
 #[pg_extern(immutable, strict, parallel_safe)]
 fn l2_distance(a: Vector, b: Vector) -> f64 {
     check_same_dims(&a, &b);
-    (distance::l2_squared_distance(a.as_slice(), b.as_slice()) as f64).sqrt()
+    distance::l2_distance(a.as_slice(), b.as_slice())
 }
 
 /// Squared Euclidean distance (what the index uses internally for `<->`).
@@ -36,7 +36,7 @@ fn inner_product(a: Vector, b: Vector) -> f64 {
 #[pg_extern(immutable, strict, parallel_safe)]
 fn vector_negative_inner_product(a: Vector, b: Vector) -> f64 {
     check_same_dims(&a, &b);
-    -(distance::inner_product(a.as_slice(), b.as_slice()) as f64)
+    distance::negative_inner_product(a.as_slice(), b.as_slice())
 }
 
 /// Cosine distance `1 − cos θ`, operator `<=>`; `NaN` if either vector is zero
