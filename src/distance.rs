@@ -122,20 +122,25 @@ enum HalfTerm {
     L1,
 }
 
+impl HalfTerm {
+    /// One term of the sum, for query value `x` and stored value `y`.
+    #[inline(always)]
+    fn apply(self, x: f32, y: f32) -> f32 {
+        match self {
+            HalfTerm::L2 => (x - y) * (x - y),
+            HalfTerm::Dot => x * y,
+            HalfTerm::L1 => (x - y).abs(),
+        }
+    }
+}
+
 /// Portable half-precision kernel: same lanes and summation order as the
 /// `f32` kernels, decoding each code with [`half_to_f32`].
 #[inline(always)]
 fn half_portable(term: HalfTerm, q: &[f32], codes: &[u16], scale: f32) -> f32 {
     let n = q.len().min(codes.len());
     let (q, codes) = (&q[..n], &codes[..n]);
-    let f = |x: f32, c: u16| {
-        let y = half_to_f32(c) * scale;
-        match term {
-            HalfTerm::L2 => (x - y) * (x - y),
-            HalfTerm::Dot => x * y,
-            HalfTerm::L1 => (x - y).abs(),
-        }
-    };
+    let f = |x: f32, c: u16| term.apply(x, half_to_f32(c) * scale);
     let mut acc = [0.0f32; LANES];
     let chunks = n / LANES;
     for c in 0..chunks {
@@ -192,12 +197,7 @@ unsafe fn half_f16c(term: HalfTerm, q: &[f32], codes: &[u16], scale: f32) -> f32
     }
     let mut tail = 0.0f32;
     for i in chunks * LANES..n {
-        let y = half_to_f32(codes[i]) * scale;
-        tail += match term {
-            HalfTerm::L2 => (q[i] - y) * (q[i] - y),
-            HalfTerm::Dot => q[i] * y,
-            HalfTerm::L1 => (q[i] - y).abs(),
-        };
+        tail += term.apply(q[i], half_to_f32(codes[i]) * scale);
     }
     reduce(lanes) + tail
 }

@@ -627,6 +627,7 @@ impl GraphStore for PageStore {
             // SAFETY: `buf` is pinned, so its page stays at this address and
             // the bytes read are stable while pinned (see above).
             let page = unsafe { pg_sys::BufferGetPage(buf) } as *const u8;
+            // SAFETY: a pinned page is BLCKSZ bytes of shared memory.
             let bytes = unsafe { std::slice::from_raw_parts(page, BLCKSZ) };
             let range = PageRef::graph_header_only(bytes)
                 .and_then(|p| p.item_range(k.offset))
