@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config >target/bench-install.log 2>&1 || { tail -30 target/bench-install.log; exit 1; }
+cargo pgrx install --release --pg-config "${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" >target/bench-install.log 2>&1 || { tail -30 target/bench-install.log; exit 1; }
 cargo run --quiet --release --manifest-path bench/Cargo.toml --bin bench -- "${@:-sweep}"

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "Building and installing pg_hnsw (release; log in target/demo-install.log) ..."
 mkdir -p target
-if ! cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config >target/demo-install.log 2>&1; then
+if ! cargo pgrx install --release --pg-config "${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" >target/demo-install.log 2>&1; then
   tail -30 target/demo-install.log
   echo "error: building pg_hnsw failed — fix: see target/demo-install.log" >&2
   exit 1

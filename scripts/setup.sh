@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
 missing=()
 for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -13,5 +13,5 @@ export CARGO_PGRX_TEST_RUNAS=postgres
 export CARGO_PGRX_TEST_PGDATA="$(pwd)/target/test-pgdata"
 cargo pgrx test pg15
 
-cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config
+cargo pgrx install --pg-config "${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
 (cd pgrx-tests && cargo test -- --test-threads=2)

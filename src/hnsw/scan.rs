@@ -37,6 +37,9 @@ struct ScanState {
 }
 
 thread_local! {
+    /// Elements visited (distances computed) by this backend's most recent
+    /// index scan; see [`visited_in_last_scan`].
+    static LAST_SCAN_VISITS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// The backend's search scratch space (visited set, heaps), kept across
     /// scans so a query allocates nothing once the backend is warm.
     static SEARCHER: std::cell::RefCell<Searcher<ItemPointer, ElementNode>> = std::cell::RefCell::default();
@@ -155,7 +158,14 @@ unsafe fn search(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
         }
         tids.sort_by(|a, b| a.1.total_cmp(&b.1));
     }
+    LAST_SCAN_VISITS.with(|v| v.set(store.visits));
     rel.unlock_scans(SHARE_LOCK);
+}
+
+/// Number of elements whose distance the most recent index scan in this
+/// backend computed (its work, for tuning reports such as `hnsw_recall`).
+pub fn visited_in_last_scan() -> u64 {
+    LAST_SCAN_VISITS.with(|v| v.get())
 }
 
 /// `amgettuple`: the next heap TID, nearest first.

@@ -467,6 +467,8 @@ pub struct PageStore {
     pinned: Vec<(pg_sys::Buffer, *const u8, std::ops::Range<usize>)>,
     /// Scratch for `visit_many`: each key's buffer hint.
     hints: Vec<Option<pg_sys::Buffer>>,
+    /// Elements whose distance was computed so far (visits), for statistics.
+    pub visits: u64,
 }
 
 /// Most buffers [`PageStore::visit_many`] keeps pinned at once: below
@@ -487,7 +489,7 @@ fn prefetch(p: *const u8) {
 impl PageStore {
     /// A store over `rel` described by `meta`.
     pub fn new(rel: IndexRel, meta: Meta) -> PageStore {
-        PageStore { rel, meta, vectors: FxHashMap::default(), pinned: Vec::new(), hints: Vec::new() }
+        PageStore { rel, meta, vectors: FxHashMap::default(), pinned: Vec::new(), hints: Vec::new(), visits: 0 }
     }
 
     /// Construction parameters from the meta page.
@@ -579,6 +581,7 @@ impl GraphStore for PageStore {
 
     fn visit(&mut self, query: &[f32], key: ItemPointer) -> Option<(f32, ElementNode)> {
         let metric = self.meta.metric;
+        self.visits += 1;
         Some(self.with_element(key, |e| (e.distance(metric, query), ElementNode::read(key, &e))))
     }
 
@@ -605,6 +608,7 @@ impl GraphStore for PageStore {
     /// result is returned.
     fn visit_many(&mut self, query: &[f32], keys: &[ItemPointer], out: &mut Vec<Option<(f32, ElementNode)>>) {
         out.clear();
+        self.visits += keys.len() as u64;
         let (dims, m, metric) = (self.dims(), self.meta.m as usize, self.meta.metric);
         let mut pinned = std::mem::take(&mut self.pinned);
         pinned.clear();
