@@ -18,6 +18,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgRelation, PgSqlErrorCode};
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use super::codec::{Codec, Kind};
 use super::page::{self, ElementRef, ItemPointer, Meta, NeighborsRef, PageKind, PageRef};
 use super::storage::{IndexRel, EXCLUSIVE_LOCK, SHARE_LOCK};
 use crate::error::raise;
@@ -87,7 +88,7 @@ fn check_graph(rel: &IndexRel) -> (Vec<Row>, Option<FxHashMap<ItemPointer, Eleme
             rows.push((
                 "meta page".into(),
                 true,
-                format!("dims {} m {} ef_construction {} {:?}", m.dims, m.m, m.ef_construction, m.metric),
+                format!("{:?} m {} ef_construction {}", m.codec, m.m, m.ef_construction),
             ));
             m
         }
@@ -96,7 +97,7 @@ fn check_graph(rel: &IndexRel) -> (Vec<Row>, Option<FxHashMap<ItemPointer, Eleme
             return (rows, None);
         }
     };
-    let (dims, m) = (meta.dims as usize, meta.m as usize);
+    let (codec, m) = (meta.codec, meta.m as usize);
     let mut elements: FxHashMap<ItemPointer, Element> = FxHashMap::default();
     let mut neighbor_items: FxHashMap<ItemPointer, Vec<Vec<ItemPointer>>> = FxHashMap::default();
     let mut pages = Problems::default();
@@ -120,7 +121,9 @@ fn check_graph(rel: &IndexRel) -> (Vec<Row>, Option<FxHashMap<ItemPointer, Eleme
                     }
                 };
                 if page::is_element_item(item) {
-                    match ElementRef::new(item, dims, m) {
+                    match ElementRef::new(item, &codec, m).and_then(|e| {
+                        codec.validate_deep(e.payload()).map(|_| e).map_err(|x| page::PageError(format!("{x:?}")))
+                    }) {
                         Ok(e) => {
                             let heap_tids = (0..e.heap_tid_count()).map(|i| e.heap_tid(i)).collect();
                             let (level, deleted, free, neighbors) =
@@ -226,7 +229,7 @@ fn check_graph(rel: &IndexRel) -> (Vec<Row>, Option<FxHashMap<ItemPointer, Eleme
     (rows, Some(elements))
 }
 
-fn check_heap(index_oid: pg_sys::Oid, metric_normalizes: bool, elements: &FxHashMap<ItemPointer, Element>) -> Row {
+fn check_heap(index_oid: pg_sys::Oid, codec: &Codec, elements: &FxHashMap<ItemPointer, Element>) -> Row {
     let name = "heap rows indexed once".to_string();
     let Some((table, column)) = heap_target(index_oid) else {
         return (name, true, "skipped: expression index".into());
@@ -237,7 +240,12 @@ fn check_heap(index_oid: pg_sys::Oid, metric_normalizes: bool, elements: &FxHash
             *count.entry(*t).or_default() += 1;
         }
     }
-    let filter = if metric_normalizes { format!(" AND vector_norm({column}) > 0") } else { String::new() };
+    // Zero vectors are not indexed under cosine distance.
+    let filter = match (codec.kind(), codec.normalizes()) {
+        (_, false) => String::new(),
+        (Kind::Vector, true) => format!(" AND vector_norm({column}) > 0"),
+        (_, true) => format!(" AND l2_norm({column}) > 0"),
+    };
     let sql = format!("SELECT ctid::text FROM {table} WHERE {column} IS NOT NULL{filter}");
     let heap: Vec<ItemPointer> = Spi::connect(|c| {
         c.select(&sql, None, &[])
@@ -283,8 +291,9 @@ fn hnsw_index_check(
     rel.unlock_scans(SHARE_LOCK);
     rel.unlock_graph(EXCLUSIVE_LOCK);
     if let Some(elements) = elements {
-        let normalizes = rel.read(page::META_BLOCK, Meta::read_page).map(|m| m.metric.normalizes()).unwrap_or(false);
-        rows.push(check_heap(index.oid(), normalizes, &elements));
+        if let Ok(meta) = rel.read(page::META_BLOCK, Meta::read_page) {
+            rows.push(check_heap(index.oid(), &meta.codec, &elements));
+        }
     }
     TableIterator::new(rows)
 }

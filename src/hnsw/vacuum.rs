@@ -41,13 +41,13 @@ fn vacuum_delay() {
 /// elements deleted.
 fn remove_dead_tids(rel: &IndexRel, mut dead: impl FnMut(ItemPointer) -> bool) -> Removal {
     let meta = rel.read_meta();
-    let (dims, m) = (meta.dims as usize, meta.m as usize);
+    let (codec, m) = (meta.codec, meta.m as usize);
     let mut out = Removal::default();
     for block in 1..rel.nblocks() {
         vacuum_delay();
         rel.modify(block, |p| {
             let mut changed = false;
-            rel.for_each_element_mut(block, p, dims, m, |offset, e| {
+            rel.for_each_element_mut(block, p, &codec, m, |offset, e| {
                 if e.is_free() {
                     return;
                 }
@@ -84,7 +84,7 @@ fn count_live_tids(rel: &IndexRel) -> f64 {
 
 /// Calls `f` with every live (not deleted, not free) element of `block`.
 fn for_each_live_element(store: &PageStore, block: u32, mut f: impl FnMut(ElementNode)) {
-    let (rel, dims, m) = (store.rel, store.meta.dims as usize, store.meta.m as usize);
+    let (rel, codec, m) = (store.rel, store.meta.codec, store.meta.m as usize);
     rel.read(block, |p| {
         if page::page_is_new(p) {
             return;
@@ -95,7 +95,7 @@ fn for_each_live_element(store: &PageStore, block: u32, mut f: impl FnMut(Elemen
             if !page::is_element_item(item) {
                 continue;
             }
-            let e = ElementRef::new(item, dims, m).unwrap_or_else(|e| rel.corrupt(block, e));
+            let e = ElementRef::new(item, &codec, m).unwrap_or_else(|e| rel.corrupt(block, e));
             if !e.is_deleted() {
                 f(ElementNode::read(ItemPointer { block, offset }, &e));
             }
@@ -292,7 +292,7 @@ fn free_deleted(rel: &IndexRel, deleted: &FxHashSet<ItemPointer>) {
     rel.lock_scans(EXCLUSIVE_LOCK);
     let meta = rel.read_meta();
     let store = PageStore::new(*rel, meta);
-    let (dims, m) = (meta.dims as usize, meta.m as usize);
+    let (codec, m) = (meta.codec, meta.m as usize);
     let entry = drop_links_and_heal(rel, &store, meta.entry, deleted);
     if entry != meta.entry {
         rel.set_entry(entry);
@@ -301,7 +301,7 @@ fn free_deleted(rel: &IndexRel, deleted: &FxHashSet<ItemPointer>) {
     for &t in deleted {
         let neighbors = rel.modify(t.block, |p| {
             let range = rel.item_range(t.block, p, t.offset);
-            let mut e = ElementMut::new(&mut p[range], dims, m).unwrap_or_else(|e| rel.corrupt(t.block, e));
+            let mut e = ElementMut::new(&mut p[range], &codec, m).unwrap_or_else(|e| rel.corrupt(t.block, e));
             e.set_free();
             Some(e.neighbors())
         });
