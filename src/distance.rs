@@ -553,6 +553,128 @@ impl Metric {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Sparse vectors (`sparsevec`) and bit strings (`bit`).
+//
+// Kept apart from the dense kernels above. SQL functions of `sparsevec` and
+// `bit` and the index codecs of those types call these.
+// ---------------------------------------------------------------------------
+
+/// Runs `term(a_value, b_value)` over the union of two sparse index lists in
+/// increasing index order (a missing entry counts as `0.0`) and sums in `f32`
+/// in that order, as pgvector's sparse loops do, so results match it bit for
+/// bit. `both` is the term where both vectors have an entry, `one` the term
+/// where only one of them has (given that value).
+#[inline(always)]
+fn sparse_merge(
+    ai: &[i32],
+    av: &[f32],
+    bi: &[i32],
+    bv: &[f32],
+    both: impl Fn(f32, f32) -> f32,
+    one: impl Fn(f32) -> f32,
+) -> f32 {
+    let (na, nb) = (ai.len().min(av.len()), bi.len().min(bv.len()));
+    let (mut i, mut j, mut sum) = (0usize, 0usize, 0.0f32);
+    while i < na && j < nb {
+        match ai[i].cmp(&bi[j]) {
+            std::cmp::Ordering::Less => {
+                sum += one(av[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                sum += one(bv[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                sum += both(av[i], bv[j]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    for &x in &av[i..na] {
+        sum += one(x);
+    }
+    for &y in &bv[j..nb] {
+        sum += one(y);
+    }
+    sum
+}
+
+/// Inner product `Σ a_k b_k` of two sparse vectors given as (indices, values)
+/// pairs: indices 0-based and strictly increasing, values finite, one value
+/// per index (extra entries of the longer slice are ignored). Only indices
+/// present in both contribute; the sum is in `f32` in index order
+/// (pgvector's `sparsevec` inner product), so it can overflow to `±∞`.
+pub fn sparse_inner_product(ai: &[i32], av: &[f32], bi: &[i32], bv: &[f32]) -> f32 {
+    let (na, nb) = (ai.len().min(av.len()), bi.len().min(bv.len()));
+    let (mut i, mut j, mut sum) = (0usize, 0usize, 0.0f32);
+    while i < na && j < nb {
+        let (x, y) = (ai[i], bi[j]);
+        if x == y {
+            sum += av[i] * bv[j];
+        }
+        i += (x <= y) as usize;
+        j += (y <= x) as usize;
+    }
+    sum
+}
+
+/// Squared Euclidean distance `Σ (a_k − b_k)²` of two sparse vectors (same
+/// conventions as [`sparse_inner_product`]; an index present in one vector
+/// only adds its value squared).
+pub fn sparse_l2_squared_distance(ai: &[i32], av: &[f32], bi: &[i32], bv: &[f32]) -> f32 {
+    sparse_merge(ai, av, bi, bv, |x, y| (x - y) * (x - y), |x| x * x)
+}
+
+/// Manhattan distance `Σ |a_k − b_k|` of two sparse vectors (same conventions
+/// as [`sparse_inner_product`]).
+pub fn sparse_l1_distance(ai: &[i32], av: &[f32], bi: &[i32], bv: &[f32]) -> f32 {
+    sparse_merge(ai, av, bi, bv, |x, y| (x - y).abs(), |x| x.abs())
+}
+
+/// Population counts over two equal-length byte strings, eight bytes at a
+/// time: `f(a_word, b_word)` summed over words, then over the tail bytes.
+#[inline(always)]
+fn popcount_pairs(a: &[u8], b: &[u8], f: impl Fn(u64, u64) -> u64) -> u64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut total = 0u64;
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        // chunks_exact(8) yields 8-byte slices, so the conversions succeed.
+        let x = u64::from_ne_bytes(x.try_into().unwrap_or([0; 8]));
+        let y = u64::from_ne_bytes(y.try_into().unwrap_or([0; 8]));
+        total += f(x, y);
+    }
+    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+        total += f(x as u64, y as u64);
+    }
+    total
+}
+
+/// Hamming distance of two equal-length bit strings given as bytes (most
+/// significant bit first, trailing pad bits zero, as PostgreSQL stores `bit`
+/// and `varbit`): the number of positions where they differ. Bytes past the
+/// shorter string are ignored.
+pub fn hamming_distance(a: &[u8], b: &[u8]) -> u64 {
+    popcount_pairs(a, b, |x, y| (x ^ y).count_ones() as u64)
+}
+
+/// Jaccard distance `1 − |a ∧ b| / |a ∨ b|` of two equal-length bit strings
+/// (layout as for [`hamming_distance`]), as pgvector computes it: `1` when the
+/// strings share no set bit, which includes two all-zero strings.
+pub fn jaccard_distance(a: &[u8], b: &[u8]) -> f64 {
+    let common = popcount_pairs(a, b, |x, y| (x & y).count_ones() as u64);
+    if common == 0 {
+        return 1.0;
+    }
+    let union = popcount_pairs(a, b, |x, y| (x | y).count_ones() as u64);
+    1.0 - common as f64 / union as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -752,5 +874,128 @@ mod tests {
             assert_eq!(Metric::from_code(m as u8), Some(m));
         }
         assert_eq!(Metric::from_code(0), None);
+    }
+}
+
+#[cfg(test)]
+mod sparse_bit_tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// A random sparse vector of `dim` dimensions with about `density` of
+    /// them set, as (indices, values), and its dense form.
+    fn random_sparse(rng: &mut rand::rngs::StdRng, dim: usize, density: f64) -> (Vec<i32>, Vec<f32>, Vec<f32>) {
+        let mut dense = vec![0.0f32; dim];
+        let (mut idx, mut val) = (Vec::new(), Vec::new());
+        for (k, d) in dense.iter_mut().enumerate() {
+            if rng.gen_bool(density) {
+                let v = rng.gen_range(-4.0f32..4.0);
+                if v != 0.0 {
+                    *d = v;
+                    idx.push(k as i32);
+                    val.push(v);
+                }
+            }
+        }
+        (idx, val, dense)
+    }
+
+    /// Σ over the dense forms in index order, in f32 (the order the sparse
+    /// kernels promise), skipping positions where both are zero.
+    fn dense_in_order(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
+        let mut s = 0.0f32;
+        for (&x, &y) in a.iter().zip(b) {
+            if x != 0.0 || y != 0.0 {
+                s += term(x, y);
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn sparse_kernels_equal_the_dense_sums_in_index_order() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        for &(dim, density) in &[(1usize, 1.0), (5, 0.5), (100, 0.05), (1000, 0.02), (3000, 0.3), (64, 0.0)] {
+            for _ in 0..20 {
+                let (ai, av, ad) = random_sparse(&mut rng, dim, density);
+                let (bi, bv, bd) = random_sparse(&mut rng, dim, density);
+                let ip = dense_in_order(&ad, &bd, |x, y| x * y);
+                assert_eq!(sparse_inner_product(&ai, &av, &bi, &bv).to_bits(), ip.to_bits(), "dim {dim}");
+                let l2 = dense_in_order(&ad, &bd, |x, y| (x - y) * (x - y));
+                assert_eq!(sparse_l2_squared_distance(&ai, &av, &bi, &bv).to_bits(), l2.to_bits());
+                let l1 = dense_in_order(&ad, &bd, |x, y| (x - y).abs());
+                assert_eq!(sparse_l1_distance(&ai, &av, &bi, &bv).to_bits(), l1.to_bits());
+                // Symmetric, and agree with the dense kernels up to summation order.
+                assert_eq!(
+                    sparse_l2_squared_distance(&bi, &bv, &ai, &av),
+                    sparse_l2_squared_distance(&ai, &av, &bi, &bv)
+                );
+                let dense_l2 = l2_squared_distance(&ad, &bd) as f64;
+                assert!((dense_l2 - l2 as f64).abs() <= 1e-4 * (1.0 + dense_l2));
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_kernels_on_hand_computed_cases() {
+        // a = (1, 0, 3, 0, 5), b = (0, 4, 6, 8, 0)
+        let (ai, av) = ([0, 2, 4], [1.0f32, 3.0, 5.0]);
+        let (bi, bv) = ([1, 2, 3], [4.0f32, 6.0, 8.0]);
+        assert_eq!(sparse_inner_product(&ai, &av, &bi, &bv), 18.0);
+        assert_eq!(sparse_l2_squared_distance(&ai, &av, &bi, &bv), 1.0 + 16.0 + 9.0 + 64.0 + 25.0);
+        assert_eq!(sparse_l1_distance(&ai, &av, &bi, &bv), 1.0 + 4.0 + 3.0 + 8.0 + 5.0);
+        // Empty vectors.
+        assert_eq!(sparse_inner_product(&[], &[], &bi, &bv), 0.0);
+        assert_eq!(sparse_l2_squared_distance(&[], &[], &[], &[]), 0.0);
+        assert_eq!(sparse_l1_distance(&ai, &av, &[], &[]), 9.0);
+        // Disjoint supports: no common index.
+        assert_eq!(sparse_inner_product(&[0, 2], &[1.0, 3.0], &[1, 3], &[2.0, 4.0]), 0.0);
+        // f32 overflow is kept, as in pgvector.
+        assert_eq!(sparse_inner_product(&[0], &[3e38], &[0], &[3e38]), f32::INFINITY);
+        assert_eq!(sparse_l1_distance(&[0], &[3e38], &[0], &[-3e38]), f32::INFINITY);
+        // Indices at the extremes of the i32 range.
+        assert_eq!(sparse_inner_product(&[0, i32::MAX], &[2.0, 3.0], &[i32::MAX], &[5.0]), 15.0);
+    }
+
+    /// Reference: bit by bit.
+    fn bits(a: &[u8]) -> Vec<bool> {
+        a.iter().flat_map(|&byte| (0..8).map(move |k| byte & (0x80 >> k) != 0)).collect()
+    }
+
+    #[test]
+    fn bit_kernels_match_a_bitwise_reference() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for n in [0usize, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 200, 8000] {
+            for density in [0.0, 0.1, 0.5, 1.0] {
+                let a: Vec<u8> =
+                    (0..n).map(|_| (0..8).fold(0u8, |b, k| b | ((rng.gen_bool(density) as u8) << k))).collect();
+                let b: Vec<u8> =
+                    (0..n).map(|_| (0..8).fold(0u8, |b, k| b | ((rng.gen_bool(density) as u8) << k))).collect();
+                let (xa, xb) = (bits(&a), bits(&b));
+                let differ = xa.iter().zip(&xb).filter(|(x, y)| x != y).count() as u64;
+                assert_eq!(hamming_distance(&a, &b), differ, "n={n}");
+                let both = xa.iter().zip(&xb).filter(|(&x, &y)| x && y).count();
+                let either = xa.iter().zip(&xb).filter(|(&x, &y)| x || y).count();
+                let expected = if both == 0 { 1.0 } else { 1.0 - both as f64 / either as f64 };
+                assert_eq!(jaccard_distance(&a, &b), expected, "n={n}");
+                assert_eq!(hamming_distance(&a, &a), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn bit_kernels_on_hand_computed_cases() {
+        assert_eq!(hamming_distance(&[0b1110_0000], &[0b1000_0000]), 2);
+        assert_eq!(hamming_distance(&[], &[]), 0);
+        assert_eq!(jaccard_distance(&[0b1111_0000], &[0b1100_0000]), 0.5);
+        assert_eq!(jaccard_distance(&[0b1111_0000], &[0b1000_0000]), 0.75);
+        assert_eq!(jaccard_distance(&[0], &[0]), 1.0, "two all-zero strings");
+        assert_eq!(jaccard_distance(&[], &[]), 1.0);
+        assert_eq!(jaccard_distance(&[0xFF; 40], &[0xFF; 40]), 0.0);
+        // 20 alternating bits against their complement: all 20 differ.
+        let a = [0b1010_1010, 0b1010_1010, 0b1010_0000];
+        let b = [0b0101_0101, 0b0101_0101, 0b0101_0000];
+        assert_eq!(hamming_distance(&a, &b), 20);
+        assert_eq!(jaccard_distance(&a, &b), 1.0);
     }
 }
