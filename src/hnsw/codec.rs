@@ -593,17 +593,17 @@ fn sparse_parts(p: &[u8]) -> (&[i32], &[f32]) {
 
 fn sparse_distance(metric: Metric, ai: &[i32], av: &[f32], bi: &[i32], bv: &[f32]) -> f32 {
     match metric {
-        Metric::L2 => crate::hnsw::tmp_datums::sparse_l2_squared_distance(ai, av, bi, bv),
-        Metric::InnerProduct | Metric::Cosine => -crate::hnsw::tmp_datums::sparse_inner_product(ai, av, bi, bv),
-        Metric::L1 => crate::hnsw::tmp_datums::sparse_l1_distance(ai, av, bi, bv),
+        Metric::L2 => distance::sparse_l2_squared_distance(ai, av, bi, bv),
+        Metric::InnerProduct | Metric::Cosine => -distance::sparse_inner_product(ai, av, bi, bv),
+        Metric::L1 => distance::sparse_l1_distance(ai, av, bi, bv),
     }
 }
 
 fn bit_distance(metric: BitMetric, a: &[u8], b: &[u8]) -> f32 {
     let n = a.len().min(b.len());
     match metric {
-        BitMetric::Hamming => crate::hnsw::tmp_datums::hamming_distance(&a[..n], &b[..n]) as f32,
-        BitMetric::Jaccard => crate::hnsw::tmp_datums::jaccard_distance(&a[..n], &b[..n]) as f32,
+        BitMetric::Hamming => distance::hamming_distance(&a[..n], &b[..n]) as f32,
+        BitMetric::Jaccard => distance::jaccard_distance(&a[..n], &b[..n]) as f32,
     }
 }
 

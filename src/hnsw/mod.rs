@@ -23,7 +23,6 @@ pub mod options;
 pub mod page;
 pub mod scan;
 pub mod storage;
-pub mod tmp_datums;
 pub mod vacuum;
 
 use pgrx::prelude::*;
@@ -31,9 +30,11 @@ use pgrx::{pg_sys, PgBox, PgSqlErrorCode};
 
 use crate::distance::Metric;
 use crate::error::{raise, raise_detail, raise_hint};
+use crate::vector::bit::VarBit;
+use crate::vector::halfvec::HalfVec;
+use crate::vector::sparsevec::SparseVec;
 use crate::vector::Vector;
 use codec::{Codec, CodecError, Kind};
-use tmp_datums::{HalfVec, SparseVec, VarBit};
 
 /// `pg_stat_progress_create_index.phase` while scanning the heap and
 /// building the graph.
