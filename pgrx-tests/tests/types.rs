@@ -313,12 +313,12 @@ fn bit_through_a_client() {
     assert_eq!(j, 1.0 - 3.0 / 5.0);
     // binary_quantize of a dense vector parameter, read back as a Bit.
     let bits: pgvector::Bit = c
-        .query_one("SELECT binary_quantize($1)", &[&pgvector::Vector::from(vec![0.5, -1.0, 0.0, 2.0])])
+        .query_one("SELECT binary_quantize($1::vector)", &[&pgvector::Vector::from(vec![0.5, -1.0, 0.0, 2.0])])
         .unwrap()
         .get(0);
     assert_eq!((bits.len(), bits.as_bytes()), (4, &[0b1001_0000][..]));
     let bits: pgvector::Bit = c
-        .query_one("SELECT binary_quantize($1)", &[&pgvector::HalfVector::from_f32_slice(&[-0.5, 1.0, 1.0])])
+        .query_one("SELECT binary_quantize($1::halfvec)", &[&pgvector::HalfVector::from_f32_slice(&[-0.5, 1.0, 1.0])])
         .unwrap()
         .get(0);
     assert_eq!((bits.len(), bits.as_bytes()), (3, &[0b0110_0000][..]));
@@ -361,4 +361,32 @@ fn copy_table(c: &mut Client, from: &str, to: &str) {
     let mut w = c.copy_in(&format!("COPY {to} FROM STDIN (FORMAT binary)")).unwrap();
     w.write_all(&data).unwrap();
     w.finish().unwrap();
+}
+
+/// The types, functions and operators live in the schema chosen at CREATE
+/// EXTENSION, and casts work without that schema on the search path.
+#[test]
+fn types_in_the_extension_schema() {
+    let cluster = Cluster::start("types_schema", &[]);
+    let mut c = cluster.connect();
+    c.batch_execute("CREATE SCHEMA vec; CREATE EXTENSION pg_hnsw SCHEMA vec").unwrap();
+    let schemas: Vec<String> = c
+        .query(
+            "SELECT typnamespace::regnamespace::text FROM pg_type WHERE typname IN ('vector', 'halfvec', 'sparsevec') ORDER BY typname",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(schemas, vec!["vec", "vec", "vec"]);
+    let in_public: i64 = one(&mut c, "SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace");
+    assert_eq!(in_public, 0, "nothing of the extension in public");
+    assert_eq!(one::<String>(&mut c, "SELECT '{2:1.5}/3'::vec.sparsevec::vec.halfvec::vec.vector::text"), "[0,1.5,0]");
+    assert_eq!(one::<f64>(&mut c, "SELECT vec.l2_distance('[0,0]'::vec.halfvec, '[3,4]')"), 5.0);
+    assert_eq!(one::<f64>(&mut c, "SELECT B'101' OPERATOR(vec.<~>) B'011'"), 2.0);
+    c.batch_execute("SET search_path = vec; CREATE TABLE public.t (h halfvec(2), s sparsevec(2))").unwrap();
+    c.batch_execute("INSERT INTO public.t VALUES ('[1,2]', '{1:1}/2')").unwrap();
+    assert_eq!(one::<f64>(&mut c, "SELECT h <-> '[1,3]' FROM public.t"), 1.0);
+    assert_eq!(one::<f64>(&mut c, "SELECT s <#> '{1:2}/2' FROM public.t"), -2.0);
 }
