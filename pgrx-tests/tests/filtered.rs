@@ -185,6 +185,10 @@ fn planner_choices_for_filtered_queries() {
     assert!(plan.contains("attribute_idx"), "{plan}");
     // A partial hnsw index matching the filter is used.
     c.batch_execute("CREATE INDEX partial_idx ON tst USING hnsw (v vector_l2_ops) WHERE (c = 7)").unwrap();
+    // Building a partial index records the table's whole row count, not the
+    // rows its predicate admits.
+    let reltuples: f32 = c.query_one("SELECT reltuples FROM pg_class WHERE relname = 'tst'", &[]).unwrap().get(0);
+    assert_eq!(reltuples, 10_000.0);
     let plan = explain(&mut c, &format!("SELECT i FROM tst WHERE c = 7 ORDER BY v <-> {q} LIMIT 20"));
     assert!(plan.contains("Index Scan using partial_idx"), "{plan}");
 

@@ -73,7 +73,8 @@ fn pg_dump_of_a_vector_database_restores_into_pg_hnsw() {
     assert!(ok, "install-as-vector.sh: {err}");
     let cluster = Cluster::start("migration", &[]);
     let mut admin = cluster.connect();
-    admin.batch_execute("CREATE DATABASE src; CREATE DATABASE dst;").unwrap();
+    admin.batch_execute("CREATE DATABASE src").unwrap();
+    admin.batch_execute("CREATE DATABASE dst").unwrap();
 
     let mut src = connect(&cluster, "src");
     src.batch_execute(

@@ -79,8 +79,9 @@ fn halfvec_opclasses_on_real_data() {
     let cluster = Cluster::start("types_halfvec", &[]);
     let mut c = cluster.connect_with_extension();
     let data = Dataset::load(5_000, 30);
-    c.batch_execute("CREATE TABLE staging (id int, v vector(384))").unwrap();
+    c.batch_execute("CREATE TABLE staging (id int, embedding vector(384))").unwrap();
     pg_hnsw_cluster_tests::copy_vectors(&mut c, "staging", 0, &data.base);
+    c.batch_execute("ALTER TABLE staging RENAME embedding TO v").unwrap();
     let queries: Vec<String> = data.queries.iter().map(|q| format!("'{}'::halfvec(384)", text(q))).collect();
     recall_by_opclass(
         &mut c,
@@ -101,8 +102,9 @@ fn bit_opclasses_on_binary_quantized_real_data() {
     let cluster = Cluster::start("types_bit", &[]);
     let mut c = cluster.connect_with_extension();
     let data = Dataset::load(5_000, 30);
-    c.batch_execute("CREATE TABLE staging (id int, v vector(384))").unwrap();
+    c.batch_execute("CREATE TABLE staging (id int, embedding vector(384))").unwrap();
     pg_hnsw_cluster_tests::copy_vectors(&mut c, "staging", 0, &data.base);
+    c.batch_execute("ALTER TABLE staging RENAME embedding TO v").unwrap();
     c.batch_execute("CREATE TABLE bq AS SELECT id, binary_quantize(v)::bit(384) AS v FROM staging").unwrap();
     let queries: Vec<String> =
         data.queries.iter().map(|q| format!("binary_quantize('{}'::vector)::bit(384)", text(q))).collect();
@@ -195,7 +197,8 @@ fn duplicates_and_vacuum_per_type() {
             c.query_one(&format!("SELECT count(*) FROM (SELECT id FROM d ORDER BY v {op} {q}) t"), &[]).unwrap().get(0)
         };
         assert_eq!(count(&mut c), 3000, "{opclass}: every duplicate is reachable through the index");
-        c.batch_execute("DELETE FROM d WHERE id % 3 = 0; VACUUM d;").unwrap();
+        c.batch_execute("DELETE FROM d WHERE id % 3 = 0").unwrap();
+        c.batch_execute("VACUUM d").unwrap();
         check_passes(&mut c, "d_idx");
         assert_eq!(count(&mut c), 2000, "{opclass}: after VACUUM");
         c.batch_execute(&format!("INSERT INTO d SELECT i, {expr} FROM generate_series(3001, 4000) i;")).unwrap();

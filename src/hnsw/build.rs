@@ -38,7 +38,6 @@ struct BuildState {
     graph: Option<MemoryGraph<Codec>>,
     memory_limit: usize,
     rng: SmallRng,
-    heap_tuples: f64,
     index_tuples: f64,
     tmp: PgMemoryContexts,
 }
@@ -77,14 +76,16 @@ pub unsafe extern "C-unwind" fn ambuild(
         graph: Some(MemoryGraph::new(codec, params, max_level)),
         memory_limit,
         rng: SmallRng::seed_from_u64(BUILD_SEED),
-        heap_tuples: 0.0,
         index_tuples: 0.0,
         tmp: PgMemoryContexts::new("hnsw build tuple"),
     };
     progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PROGRESS_PHASE_LOAD);
     // SAFETY: heap and index are open and locked by CREATE INDEX; the
-    // callback receives `state` back as its last argument.
-    unsafe {
+    // callback receives `state` back as its last argument. The scan returns
+    // the number of live heap tuples it saw (all of them, not only those a
+    // partial index's predicate admits): what PostgreSQL records as the
+    // table's reltuples.
+    let heap_tuples = unsafe {
         let am = (*heap).rd_tableam;
         let scan = (*am).index_build_range_scan.expect("table AM without index_build_range_scan");
         scan(
@@ -99,8 +100,8 @@ pub unsafe extern "C-unwind" fn ambuild(
             Some(build_callback),
             &mut state as *mut BuildState as *mut std::ffi::c_void,
             std::ptr::null_mut(),
-        );
-    }
+        )
+    };
     if let Some(graph) = state.graph.take() {
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PROGRESS_PHASE_WRITE);
         write_graph(&state.rel, &graph);
@@ -108,7 +109,7 @@ pub unsafe extern "C-unwind" fn ambuild(
     // SAFETY: palloc0 returns zeroed memory for the result struct.
     unsafe {
         let result = pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBuildResult>()) as *mut pg_sys::IndexBuildResult;
-        (*result).heap_tuples = state.heap_tuples;
+        (*result).heap_tuples = heap_tuples;
         (*result).index_tuples = state.index_tuples;
         result
     }
@@ -127,7 +128,6 @@ unsafe extern "C-unwind" fn build_callback(
     // SAFETY: `state` is the BuildState passed to index_build_range_scan;
     // values/isnull have one entry per index column (one column here).
     let (state, datum, null, tid) = unsafe { (&mut *(state as *mut BuildState), *values, *isnull, from_pg_tid(&*tid)) };
-    state.heap_tuples += 1.0;
     if null {
         return;
     }
