@@ -18,7 +18,6 @@ pub mod hnsw {
 
 use indicatif::{ProgressBar, ProgressStyle};
 use pg_hnsw_cluster_tests::{vector_literal, Client, NoTls};
-use pgvector::Vector;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};

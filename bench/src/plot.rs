@@ -20,6 +20,10 @@ pub struct Curve {
 
 const FONT: &str = "sans-serif";
 
+fn draw_err<E: std::fmt::Debug>(e: E) -> String {
+    format!("drawing the plot: {e:?}")
+}
+
 fn register_font() -> Result<(), String> {
     static ONCE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
@@ -54,7 +58,7 @@ pub fn recall_qps_png(path: &std::path::Path, title: &str, curves: &[Curve]) -> 
     }
     let x0 = ((rmin - 0.02) * 50.0).floor() / 50.0;
     let (y0, y1) = (qmin / 1.6, qmax * 1.6);
-    let e = |e: DrawingAreaErrorKind<std::io::Error>| format!("drawing {}: {e:?}", path.display());
+    let e = draw_err;
 
     let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;

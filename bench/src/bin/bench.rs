@@ -442,7 +442,7 @@ fn synthetic(o: &Opts) {
                 r.p50_ms,
                 r.p99_ms
             );
-            results.push(serde_json::json!({"n": n, "dims": o.dims, "load_s": load, "build_s": build, "index_bytes": size, "run": r}));
+            results.push(serde_json::json!({"n": n, "dims": o.dims, "load_s": load, "build_s": build, "index_bytes": size, "run": run_json(&r)}));
         }
     }
     write_results(&o.out, &format!("synthetic-{}d", o.dims), &serde_json::json!(results), &md);
