@@ -32,6 +32,16 @@ fn recall_rows(c: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToSql
         .collect()
 }
 
+/// EXPLAIN of `sql` with `$1` bound to `q`.
+fn explain_with(c: &mut Client, sql: &str, q: &[f32]) -> String {
+    c.query(&format!("EXPLAIN {sql}"), &[&Vector::from(q.to_vec())])
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn vectors(v: &[Vec<f32>]) -> Vec<Vector> {
     v.iter().map(|x| Vector::from(x.clone())).collect()
 }
@@ -123,15 +133,19 @@ fn recall_agrees_with_the_benchmark_on_real_data() {
     // Filtered recall: the filter applies to both lists.
     let even: Vec<usize> = (0..data.base.len()).filter(|i| i % 2 == 0).collect();
     let even_base: Vec<Vec<f32>> = even.iter().map(|&i| data.base[i].clone()).collect();
-    let stmt = c.prepare("SELECT id FROM packages WHERE id % 2 = 0 ORDER BY embedding <=> $1 LIMIT 10").unwrap();
-    c.batch_execute("SET hnsw.ef_search = 40").unwrap();
+    // (The planner would rather scan the table for this filter: force the index.)
+    c.batch_execute("SET hnsw.ef_search = 40; SET enable_seqscan = off").unwrap();
+    let filtered_sql = "SELECT id FROM packages WHERE id % 2 = 0 ORDER BY embedding <=> $1 LIMIT 10";
+    let plan = explain_with(&mut c, filtered_sql, &data.queries[0]);
+    assert!(plan.contains("Index Scan using packages_embedding_idx"), "{plan}");
+    let stmt = c.prepare(filtered_sql).unwrap();
     let mut hits = 0;
     for q in &data.queries {
         let t: Vec<i32> = exact_knn(&even_base, q, 10, cosine).into_iter().map(|i| even[i] as i32).collect();
         let found: Vec<i32> = c.query(&stmt, &[&Vector::from(q.clone())]).unwrap().iter().map(|r| r.get(0)).collect();
         hits += found.iter().filter(|f| t.contains(f)).count();
     }
-    c.batch_execute("RESET hnsw.ef_search").unwrap();
+    c.batch_execute("RESET hnsw.ef_search; RESET enable_seqscan").unwrap();
     let client_filtered = hits as f64 / 1000.0;
     let filtered = recall_rows(
         &mut c,
@@ -155,8 +169,12 @@ fn sampled_rows_exclude_themselves() {
     let n = data.base.len();
     let mut expected = Vec::new();
     for ef in [10, 40] {
-        c.batch_execute(&format!("SET hnsw.ef_search = {ef}")).unwrap();
-        let stmt = c.prepare("SELECT id FROM packages ORDER BY embedding <=> $1 LIMIT 11").unwrap();
+        // (A table this small is cheaper to scan: force the index.)
+        c.batch_execute(&format!("SET hnsw.ef_search = {ef}; SET enable_seqscan = off")).unwrap();
+        let sql = "SELECT id FROM packages ORDER BY embedding <=> $1 LIMIT 11";
+        let plan = explain_with(&mut c, sql, &data.base[0]);
+        assert!(plan.contains("Index Scan using packages_embedding_idx"), "{plan}");
+        let stmt = c.prepare(sql).unwrap();
         let mut hits = 0;
         for (i, v) in data.base.iter().enumerate() {
             let truth: Vec<i32> = exact_knn(&data.base, v, 11, cosine)
@@ -177,7 +195,7 @@ fn sampled_rows_exclude_themselves() {
         }
         expected.push(hits as f64 / (10 * n) as f64);
     }
-    c.batch_execute("RESET hnsw.ef_search").unwrap();
+    c.batch_execute("RESET hnsw.ef_search; RESET enable_seqscan").unwrap();
     let got = recall_rows(
         &mut c,
         &format!("SELECT * FROM hnsw_recall('packages_embedding_idx', ef_search => ARRAY[10, 40], sample_size => {n})"),
@@ -208,7 +226,7 @@ fn sampled_rows_exclude_themselves() {
     c.batch_execute(
         "CREATE INDEX l2_idx ON packages USING hnsw (embedding vector_l2_ops);
          CREATE INDEX part_idx ON packages USING hnsw (embedding vector_ip_ops) WHERE id < 700;
-         CREATE INDEX expr_idx ON packages USING hnsw ((l2_normalize(embedding)) vector_l1_ops);",
+         CREATE INDEX expr_idx ON packages USING hnsw ((l2_normalize(embedding)::vector(384)) vector_l1_ops);",
     )
     .unwrap();
     for idx in ["l2_idx", "part_idx", "expr_idx"] {
