@@ -77,7 +77,8 @@ pub fn recall_qps_png(path: &std::path::Path, title: &str, curves: &[Curve]) -> 
         .axis_desc_style((FONT, 17))
         .x_label_formatter(&|x| format!("{x:.2}"))
         .y_label_formatter(&|y| format!("{y:.0}"))
-        .light_line_style(RGBColor(235, 235, 235))
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(RGBColor(225, 225, 225))
         .draw()
         .map_err(e)?;
     for (i, c) in curves.iter().enumerate() {

@@ -21,6 +21,9 @@
 //!   the index (timed, serial), then the query sweep at the given ef_search
 //!   values. For quick comparisons while working on the scan or build path.
 //!
+//! `bench plot [--out DIR]`
+//!   Draws `<out>/recall_qps.png` again from `<out>/sweep.json`.
+//!
 //! Results go to `<out>/<mode>.json` and `<out>/<mode>.md` (default
 //! `bench/results`).
 
@@ -281,7 +284,8 @@ fn sweep(o: &Opts) {
             let rate = queries.len() as f64 / t.elapsed().as_secs_f64();
             pb.finish_and_clear();
             println!("  single-row INSERTs: {rate:.0} rows/s");
-            c.batch_execute("DELETE FROM packages WHERE id >= 1000000; VACUUM packages").unwrap();
+            c.batch_execute("DELETE FROM packages WHERE id >= 1000000").unwrap();
+            c.batch_execute("VACUUM packages").unwrap();
             insert_rate = Some(rate);
         }
         md += &format!(
@@ -328,7 +332,7 @@ fn sweep(o: &Opts) {
     }
     let png = o.out.join("recall_qps.png");
     std::fs::create_dir_all(&o.out).unwrap();
-    match recall_qps_png(&png, "debian-minilm-384 (61,666 × 384, cosine): recall@10 vs QPS", &curves) {
+    match recall_qps_png(&png, PLOT_TITLE, &curves) {
         Ok(()) => {
             println!("plot written to {}", png.display());
             md += "\n![recall@10 vs QPS](recall_qps.png)\n";
@@ -340,6 +344,36 @@ fn sweep(o: &Opts) {
         "insert_rows_per_s": insert_rate, "configs": results, "hnswlib": hnswlib,
     });
     write_results(&o.out, "sweep", &json, &md);
+}
+
+const PLOT_TITLE: &str = "debian-minilm-384 (61,666 × 384, cosine): recall@10 vs QPS";
+
+/// Draws `<out>/recall_qps.png` again from `<out>/sweep.json` (a previous
+/// `sweep`'s figures), e.g. after a change to the picture's style.
+fn replot(o: &Opts) {
+    let path = o.out.join("sweep.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display()), "run `bench/run.sh sweep` first"));
+    let j: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display()), "rerun the sweep"));
+    let mut curves = Vec::new();
+    let label = |c: &serde_json::Value| {
+        Config {
+            m: c["m"].as_i64().unwrap_or(16) as i32,
+            ef_construction: c["ef_construction"].as_i64().unwrap_or(64) as i32,
+            build_threads: c["build_threads"].as_i64().unwrap_or(1) as i32,
+        }
+        .label()
+    };
+    for c in j["configs"].as_array().into_iter().flatten() {
+        curves.push(curve(format!("pg_hnsw {}", label(c)), &runs_of_json(c), false));
+    }
+    for h in j["hnswlib"].as_array().into_iter().flatten() {
+        curves.push(curve(format!("hnswlib {}", label(h)), &runs_of_json(&h["result"]), true));
+    }
+    let png = o.out.join("recall_qps.png");
+    recall_qps_png(&png, PLOT_TITLE, &curves).unwrap_or_else(|e| fail(&e, "check sweep.json"));
+    println!("plot written to {}", png.display());
 }
 
 /// `n` clustered vectors (100 Gaussian-ish clusters) and `nq` queries from
@@ -483,6 +517,7 @@ fn main() {
         "sweep" => sweep(&o),
         "synthetic" => synthetic(&o),
         "queries" => queries(&o),
+        "plot" => replot(&o),
         other => fail(&format!("unknown mode {other}"), "bench sweep | bench synthetic --n 10000,100000 --dims 128"),
     }
 }
