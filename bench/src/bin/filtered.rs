@@ -112,10 +112,11 @@ fn main() {
     .unwrap();
     let case: Vec<String> = FAMILIES.iter().map(|(f, test)| format!("WHEN {test} THEN '{f}'")).collect();
     c.batch_execute(&format!(
-        "UPDATE packages SET category = CASE {} ELSE 'other' END WHERE category IS NULL; VACUUM ANALYZE packages;",
+        "UPDATE packages SET category = CASE {} ELSE 'other' END WHERE category IS NULL",
         case.join(" ")
     ))
     .unwrap();
+    c.batch_execute("VACUUM ANALYZE packages").unwrap();
     let indexed: i64 = c
         .query_one(
             "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
