@@ -14,9 +14,10 @@
 //! ([`ResumableSearch`]): it keeps its visited set, seeds the next beam with
 //! the nearest elements it visited but has not returned, and expands the
 //! nearest elements it has not expanded, so each batch is the next ring
-//! outward rather than a restart. Batches double in width (up to
+//! outward rather than a restart. Batches double in size (up to
 //! [`MAX_BATCH`]) as the executor keeps asking, since a filter that rejected
-//! one batch is likely to reject many. After the first beam the scan may
+//! one batch is likely to reject many; each returns the nearer half of a beam
+//! twice its size (the farther half, less settled, stays for the next batch). After the first beam the scan may
 //! visit `hnsw.max_scan_tuples` more elements, and hold at most
 //! `hnsw.scan_mem_multiplier × work_mem` of bookkeeping; past either it
 //! expands nothing more and returns what it already holds, nearest first.
@@ -282,7 +283,7 @@ unsafe fn first_pass(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
                 }
                 let ep = searcher.descend(&mut store, &query, entry, entry_level as usize);
                 let mut search = ResumableSearch::new(&store, &ep);
-                let batch = search.next_batch(&mut store, &query, ef_search, usize::MAX);
+                let batch = search.next_batch(&mut store, &query, ef_search, ef_search, usize::MAX);
                 state.visit_limit = search.visits().saturating_add(options::max_scan_tuples());
                 state.search = Some(search);
                 batch
@@ -318,7 +319,7 @@ unsafe fn next_batch(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     let batch = if search.visits() >= state.visit_limit || over_memory {
         search.take_pending(state.batch)
     } else {
-        search.next_batch(&mut store, &state.query, state.batch, state.visit_limit)
+        search.next_batch(&mut store, &state.query, 2 * state.batch, state.batch, state.visit_limit)
     };
     emit(&store, state, &batch);
     LAST_SCAN_VISITS.with(|v| v.set(v.get() + store.visits));
