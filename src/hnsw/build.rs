@@ -59,6 +59,7 @@ fn meta_for(dims: usize, params: Params, metric: Metric, entry: Option<(ItemPoin
         metric,
         entry,
         free_hint: None,
+        healed_blocks: 0,
     }
 }
 

@@ -43,7 +43,7 @@ pub unsafe extern "C-unwind" fn amcostestimate(
         let info = (*path).indexinfo;
         let tuples = (*info).tuples.max(1.0);
         let index = pg_sys::index_open((*info).indexoid, pg_sys::NoLock as pg_sys::LOCKMODE);
-        let m = options::params_of(index).m as f64;
+        let m = options::graph_m(index) as f64;
         pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
         let ef = options::ef_search() as f64;
         let visited = (ef * m * 2.0 + m * tuples.log2().max(1.0)).min(tuples);

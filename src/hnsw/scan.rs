@@ -130,11 +130,16 @@ unsafe fn query_vector(scan: pg_sys::IndexScanDesc, store: &PageStore) -> Option
 unsafe fn search(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     // SAFETY: indexRelation of an active scan is open.
     let rel = IndexRel::new(unsafe { (*scan).indexRelation });
+    // The query is read (and detoasted, which takes heavyweight locks on the
+    // TOAST table) before the scan lock: no heavyweight lock is requested
+    // while a page lock is held (see `IndexRel::lock_graph`).
+    // SAFETY: as above.
+    let query = unsafe { query_vector(scan, &PageStore::new(rel, rel.read_meta())) };
     rel.lock_scans(SHARE_LOCK);
+    // The entry point is read under the scan lock (VACUUM moves it before
+    // it frees elements).
     let meta = rel.read_meta();
     let mut store = PageStore::new(rel, meta);
-    // SAFETY: as above.
-    let query = unsafe { query_vector(scan, &store) };
     if let (Some(query), Some((entry, entry_level))) = (query, meta.entry) {
         let ef_search = options::ef_search();
         let results = SEARCHER.with(|s| match s.try_borrow_mut() {
