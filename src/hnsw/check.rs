@@ -6,8 +6,9 @@
 //!
 //! Checks: the meta page; every page and item; element → neighbor item
 //! links; neighbor lists (bounds, targets present on the layer and not
-//! free); every live element reachable from the entry point, walking through
-//! deleted elements as scans do; every live heap row indexed exactly once.
+//! free); every live element reachable from the entry point over layer-0
+//! links, walking through deleted elements as scans do; every live heap row
+//! indexed exactly once.
 //!
 //! Links to *deleted* elements are legal (VACUUM repairs them before it
 //! frees the elements; an interrupted VACUUM leaves them for the next one):
@@ -276,8 +277,10 @@ fn check_lists(rel: &IndexRel, m: usize, graph: &Graph) -> Row {
     )
 }
 
-/// Reachability: breadth-first over every layer's links from the entry
-/// point, through live and deleted (not free) elements, as scans walk.
+/// Reachability: a walk over layer-0 links from the entry point, through
+/// live and deleted (not free) elements, as scans walk. Layer 0 is where
+/// every search ends, so an element reachable only through upper layers is
+/// missed by nearly every query: it counts as unreachable.
 fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> Row {
     let mut p = Problems::default();
     let name = "reachable from entry point";
@@ -310,7 +313,7 @@ fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> R
         pgrx::check_for_interrupts!();
         let x = graph.elements[i as usize];
         let mut next = Vec::new();
-        read_lists(rel, m, x.neighbors, x.level as usize, |_, list| {
+        read_lists(rel, m, x.neighbors, 0, |_, list| {
             next.extend(list.iter().filter_map(|&t| graph.element(t)).filter(|(_, y)| !y.free()).map(|(j, _)| j));
         });
         for j in next {

@@ -23,15 +23,24 @@
 //! 6. **Free** the deleted elements and clear their neighbor items: later
 //!    inserts reuse them in place, found through the meta page's free hint.
 //!
-//! `amvacuumcleanup` then relinks live elements that no live element's list
-//! points to ("orphans": concurrent inserts pruning the same lists can,
-//! rarely, strand one, and so can step 3 when an element's only inbound link
-//! came from a deleted element): a read-only pass counts inbound links, and
-//! each orphan gets a compare-and-set link from one of its own neighbors (or
-//! the entry point). It does so after every `ambulkdelete`; a VACUUM that
-//! deleted nothing (autovacuum of an insert-only table) walks the index only
-//! when the index has at least doubled since the last walk (`healed_blocks`
-//! on the meta page), so routine autovacuums cost one meta-page read.
+//! `amvacuumcleanup` then makes sure searches can reach every live element.
+//! Concurrent inserts pruning the same lists can, rarely, strand one, and so
+//! can an insert killed between pruning a list and relinking what it
+//! dropped, or step 3 when an element's only inbound link came from a
+//! deleted element. One read-only pass counts layer-0 inbound links; then a
+//! walk from the entry point over layer 0 (where every search ends) finds
+//! the live elements it cannot reach, and each gets a compare-and-set link
+//! from one of its own reachable neighbors (or the entry point), after which
+//! the walk continues from it. Last, an element with a single inbound link
+//! that none of its own neighbors gives it (reachable, but a search for its
+//! own vector closes in on its neighbors and misses it) gets a link from one
+//! of them. (When the bitmaps for the whole index do not fit the VACUUM
+//! memory, batches do the same for elements without any layer-0 inbound
+//! link and for the weakly linked ones, without the walk.) It does so after every `ambulkdelete`; a VACUUM
+//! that deleted nothing (autovacuum of an insert-only table) walks the index
+//! only when the index has at least doubled since the last walk
+//! (`healed_blocks` on the meta page), so routine autovacuums cost one
+//! meta-page read.
 //!
 //! # Locks
 //! No heavyweight lock is held across a pass. Steps 2 and 4 take the insert
@@ -48,7 +57,8 @@
 //! # Memory
 //! The deleted elements of a batch are a bitmap over the item slots of its
 //! blocks ([`ItemBitmap`]: a few bytes per block), as are the inbound-link
-//! counts of the orphan pass. A batch covers as many blocks as
+//! counts and the reached set of the orphan pass (whose walk also keeps a
+//! queue of element addresses). A batch covers as many blocks as
 //! `maintenance_work_mem` (`autovacuum_work_mem` in autovacuum workers, when
 //! set) allows; steps 2–6 run once per batch, and elements emptied outside
 //! the current batch stay unmarked (live, without heap TIDs) until theirs.
@@ -674,20 +684,73 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
 }
 
 /// What the orphan pass did.
+#[derive(Default)]
 struct Healed {
     /// Heap TIDs of live elements.
     live_tids: f64,
+    /// Highest live element.
+    highest: Option<(ItemPointer, u16)>,
+    /// Live elements found unreachable, and how many of them got a link.
+    unreachable: usize,
+    linked: usize,
+    /// Live elements with at most one inbound link, none from their own
+    /// neighbors, and how many of them got a link from one.
+    weak: usize,
+    weak_linked: usize,
 }
 
-/// Links orphan `tid` (a live element no live list points to) from one of
-/// its own live layer-0 neighbors, or else from the entry point: appended
-/// when the host's list has room, else in place of the host's farthest
-/// neighbor among those known to keep another inbound link (`inbound2`), so
-/// healing never strands anyone else. Returns whether it linked it.
-fn link_orphan(
+/// Whether a live element among `tid`'s own layer-0 neighbors links back to
+/// it. An element whose only inbound links come from elsewhere is reachable
+/// but hard to find: a search for its own vector closes in on its
+/// neighbors, not on whoever links to it.
+fn linked_back(store: &PageStore, tid: ItemPointer) -> bool {
+    let node = store.node(tid);
+    let (mut out, mut back) = (Vec::new(), Vec::new());
+    store.read_neighbors(&node, 0, &mut out);
+    out.iter().any(|&u| {
+        let u = store.node(u);
+        store.read_neighbors(&u, 0, &mut back);
+        !u.deleted && back.contains(&tid)
+    })
+}
+
+/// Links each live element of `candidates` (those with fewer than two
+/// inbound links) that no neighbor links back to ([`linked_back`]) from one
+/// of its own reachable neighbors.
+fn link_weak(
+    rel: &IndexRel,
+    store: &mut PageStore,
+    candidates: Vec<ItemPointer>,
+    reached: impl Fn(ItemPointer) -> bool,
+    inbound: &mut ItemBitmap,
+    inbound2: &mut ItemBitmap,
+    healed: &mut Healed,
+) {
+    for tid in candidates {
+        if linked_back(store, tid) {
+            continue;
+        }
+        healed.weak += 1;
+        rel.lock_graph(SHARE_LOCK);
+        healed.weak_linked += link_unreached(store, tid, None, &reached, inbound, inbound2) as usize;
+        rel.unlock_graph(SHARE_LOCK);
+        store.clear_cache();
+    }
+}
+
+/// Links `tid`, a live element that searches cannot reach, from a host
+/// whose layer-0 list then points to it: first one of `tid`'s own layer-0
+/// neighbors that `reached` says searches reach (so `tid` becomes reachable
+/// too), then the entry point. A host's list gets `tid` appended when it has
+/// room; failing that (second round), `tid` replaces the host's farthest
+/// neighbor among those with at least two inbound links (`inbound2`), so
+/// healing does not strand anyone else. Compare-and-set, retried a few
+/// times. Returns whether it linked it.
+fn link_unreached(
     store: &mut PageStore,
     tid: ItemPointer,
     entry: Option<ItemPointer>,
+    reached: &impl Fn(ItemPointer) -> bool,
     inbound: &mut ItemBitmap,
     inbound2: &mut ItemBitmap,
 ) -> bool {
@@ -697,114 +760,223 @@ fn link_orphan(
     }
     let mut hosts = Vec::new();
     store.read_neighbors(&node, 0, &mut hosts);
-    hosts.extend(entry);
-    hosts.retain(|&h| h != tid);
+    hosts.retain(|&h| h != tid && reached(h));
+    hosts.extend(entry.filter(|&e| e != tid));
+    let hosts: Vec<ElementNode> = hosts.into_iter().map(|h| store.node(h)).filter(|h| !h.deleted).collect();
     let max = store.params().max_neighbors(0);
     let mut list = Vec::new();
-    for host in hosts {
-        let host = store.node(host);
-        if host.deleted {
-            continue;
-        }
-        for _attempt in 0..REFILL_ATTEMPTS {
-            store.read_neighbors(&host, 0, &mut list);
-            if list.contains(&tid) {
-                return true;
-            }
-            let mut new = list.clone();
-            let mut displaced = None;
-            if new.len() < max {
-                new.push(tid);
-            } else {
-                let base = store.vector(host.tid).to_vec();
-                let farthest = new
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, t)| inbound2.contains(**t))
-                    .filter_map(|(i, &t)| store.visit(&base, t).map(|(d, _)| (d, i)))
-                    .max_by(|a, b| a.0.total_cmp(&b.0));
-                let Some((_, i)) = farthest else { break };
-                displaced = Some(new[i]);
-                new[i] = tid;
-            }
-            if replace_list(store, &host, 0, &list, &new) {
-                inbound.insert(tid);
-                if let Some(d) = displaced {
-                    // It had at least two inbound links and lost one: at least one is left.
-                    inbound2.remove(d);
+    for displace in [false, true] {
+        for host in &hosts {
+            for _attempt in 0..REFILL_ATTEMPTS {
+                store.read_neighbors(host, 0, &mut list);
+                if list.contains(&tid) {
+                    return true;
                 }
-                return true;
+                let mut new = list.clone();
+                let mut displaced = None;
+                if new.len() < max {
+                    new.push(tid);
+                } else if !displace {
+                    break;
+                } else {
+                    let base = store.vector(host.tid).to_vec();
+                    let farthest = new
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, t)| inbound2.contains(**t))
+                        .filter_map(|(i, &t)| store.visit(&base, t).map(|(d, _)| (d, i)))
+                        .max_by(|a, b| a.0.total_cmp(&b.0));
+                    let Some((_, i)) = farthest else { break };
+                    displaced = Some(new[i]);
+                    new[i] = tid;
+                }
+                if replace_list(store, host, 0, &list, &new) {
+                    inbound.insert(tid);
+                    if let Some(d) = displaced {
+                        // It had at least two inbound links and lost one.
+                        inbound2.remove(d);
+                    }
+                    return true;
+                }
             }
         }
     }
     false
 }
 
-/// The orphan pass: counts the inbound links of every live element from
-/// live elements' lists, then links each live element without one (except
-/// the entry point). Batched like step 3; sets an entry point if a graph
-/// with live elements has none; records `healed_blocks` on the meta page.
+/// One read-only pass over every element: marks live elements of `range`
+/// in `live`, and counts the layer-0 links to elements of `range` from live
+/// elements (`inbound`: at least one, `inbound2`: at least two). With
+/// `totals`, also sums live heap TIDs and finds the highest live element.
+fn count_inbound(
+    store: &PageStore,
+    nblocks: u32,
+    live: &mut ItemBitmap,
+    inbound: &mut ItemBitmap,
+    inbound2: &mut ItemBitmap,
+    mut totals: Option<&mut Healed>,
+) {
+    let rel = store.rel;
+    let (mut nodes, mut list) = (Vec::new(), Vec::new());
+    for block in 1..nblocks {
+        vacuum_delay();
+        elements_of(store, block, &mut nodes);
+        for (node, free) in nodes.iter().copied() {
+            if free || node.deleted {
+                continue;
+            }
+            if live.blocks.contains(&block) && !live.covers(node.tid) {
+                impossible_offset(&rel, node.tid);
+            }
+            live.insert(node.tid);
+            if let Some(t) = totals.as_deref_mut() {
+                t.live_tids += node.heap_tids as f64;
+                if t.highest.is_none_or(|(_, l)| node.level as u16 > l) {
+                    t.highest = Some((node.tid, node.level as u16));
+                }
+            }
+            store.read_neighbors(&node, 0, &mut list);
+            for &t in &list {
+                if t != node.tid && !inbound.insert(t) {
+                    inbound2.insert(t);
+                }
+            }
+        }
+    }
+}
+
+/// Gives a graph that has live elements but no entry point (every element
+/// was deleted while inserts went on) its highest live element as entry.
+fn ensure_entry(rel: &IndexRel, highest: Option<(ItemPointer, u16)>) -> Option<ItemPointer> {
+    if highest.is_some() && rel.read_meta().entry.is_none() {
+        rel.lock_graph(EXCLUSIVE_LOCK);
+        if rel.read_meta().entry.is_none() {
+            rel.set_entry(highest);
+        }
+        rel.unlock_graph(EXCLUSIVE_LOCK);
+    }
+    rel.read_meta().entry.map(|(e, _)| e)
+}
+
+/// Marks in `reached` every element a search reaches on layer 0 from
+/// `start`, walking through deleted (not free) elements as scans do.
+/// Returns false, leaving the walk unfinished, if its queue would outgrow
+/// `budget` bytes.
+fn walk_from(store: &PageStore, start: ItemPointer, reached: &mut ItemBitmap, budget: usize) -> bool {
+    if !reached.insert(start) {
+        return true;
+    }
+    let mut queue = vec![start];
+    let mut list = Vec::new();
+    while let Some(t) = queue.pop() {
+        pgrx::check_for_interrupts!();
+        let node = store.node(t);
+        store.read_neighbors(&node, 0, &mut list);
+        for &x in &list {
+            if reached.insert(x) {
+                if queue.len() * std::mem::size_of::<ItemPointer>() >= budget {
+                    return false;
+                }
+                try_reserve(&mut queue, 1, "an hnsw graph walk");
+                queue.push(x);
+            }
+        }
+    }
+    true
+}
+
+/// The orphan pass over the whole index at once, when its bitmaps fit the
+/// VACUUM memory: walks the graph from the entry point on layer 0 (where
+/// every search ends) and links every live element the walk does not reach,
+/// then continues the walk from it. Returns `None` (nothing linked yet) if
+/// the walk's queue would not fit, for [`heal_batched`] to take over.
+fn heal_connected(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: usize) -> Option<Healed> {
+    let all = 1..nblocks;
+    let mut healed = Healed::default();
+    let (mut live, mut inbound, mut inbound2, mut reached) = (
+        ItemBitmap::new(all.clone(), words),
+        ItemBitmap::new(all.clone(), words),
+        ItemBitmap::new(all.clone(), words),
+        ItemBitmap::new(all.clone(), words),
+    );
+    let budget = work_mem_bytes().saturating_sub(4 * ItemBitmap::bytes_for(nblocks, words));
+    count_inbound(store, nblocks, &mut live, &mut inbound, &mut inbound2, Some(&mut healed));
+    let entry = ensure_entry(rel, healed.highest)?;
+    if !walk_from(store, entry, &mut reached, budget) {
+        return None;
+    }
+    let unreached: Vec<ItemPointer> = live.iter().filter(|&t| !reached.contains(t)).collect();
+    for tid in unreached {
+        if reached.contains(tid) {
+            continue; // reached from an element linked earlier in this loop
+        }
+        healed.unreachable += 1;
+        rel.lock_graph(SHARE_LOCK);
+        let linked = link_unreached(store, tid, Some(entry), &|t| reached.contains(t), &mut inbound, &mut inbound2);
+        rel.unlock_graph(SHARE_LOCK);
+        store.clear_cache();
+        if linked {
+            healed.linked += 1;
+            if !walk_from(store, tid, &mut reached, budget) {
+                return Some(healed);
+            }
+        }
+    }
+    let weak: Vec<ItemPointer> = live.iter().filter(|&t| !inbound2.contains(t) && t != entry).collect();
+    link_weak(rel, store, weak, |t| reached.contains(t), &mut inbound, &mut inbound2, &mut healed);
+    Some(healed)
+}
+
+/// The orphan pass in batches of blocks (when one batch cannot cover the
+/// index): for each batch, counts layer-0 inbound links to its elements
+/// over the whole index and links each live element without one (except
+/// the entry point). Unlike [`heal_connected`] it cannot see groups of
+/// elements that only link to each other.
+fn heal_batched(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: usize) -> Healed {
+    let mut healed = Healed::default();
+    for (i, range) in batches(nblocks, batch_blocks(words, 3)).into_iter().enumerate() {
+        let mut live = ItemBitmap::new(range.clone(), words);
+        let mut inbound = ItemBitmap::new(range.clone(), words);
+        let mut inbound2 = ItemBitmap::new(range.clone(), words);
+        let totals = (i == 0).then_some(&mut healed);
+        count_inbound(store, nblocks, &mut live, &mut inbound, &mut inbound2, totals);
+        let entry = ensure_entry(rel, healed.highest);
+        let stranded: Vec<ItemPointer> = live.iter().filter(|&t| !inbound.contains(t) && Some(t) != entry).collect();
+        for tid in stranded {
+            healed.unreachable += 1;
+            rel.lock_graph(SHARE_LOCK);
+            let linked = link_unreached(store, tid, entry, &|_| true, &mut inbound, &mut inbound2);
+            rel.unlock_graph(SHARE_LOCK);
+            healed.linked += linked as usize;
+            store.clear_cache();
+        }
+        let weak: Vec<ItemPointer> =
+            live.iter().filter(|&t| inbound.contains(t) && !inbound2.contains(t) && Some(t) != entry).collect();
+        link_weak(rel, store, weak, |_| true, &mut inbound, &mut inbound2, &mut healed);
+    }
+    healed
+}
+
+/// The orphan pass ([`heal_connected`], or [`heal_batched`] when memory is
+/// short); records `healed_blocks` on the meta page.
 fn heal(rel: &IndexRel) -> Healed {
     let meta = rel.read_meta();
     let words = ItemBitmap::words_per_block(meta.m as usize);
     let nblocks = rel.nblocks();
     let mut store = PageStore::new(*rel, meta);
-    let mut healed = Healed { live_tids: 0.0 };
-    let (mut nodes, mut list) = (Vec::new(), Vec::new());
-    let mut highest: Option<(ItemPointer, u16)> = None;
-    let (mut orphans, mut linked) = (0usize, 0usize);
-    for (i, range) in batches(nblocks, batch_blocks(words, 3)).into_iter().enumerate() {
-        let mut live = ItemBitmap::new(range.clone(), words);
-        let mut inbound = ItemBitmap::new(range.clone(), words);
-        let mut inbound2 = ItemBitmap::new(range.clone(), words);
-        for block in 1..nblocks {
-            vacuum_delay();
-            elements_of(&store, block, &mut nodes);
-            for (node, free) in nodes.iter().copied() {
-                if free || node.deleted {
-                    continue;
-                }
-                if range.contains(&block) && !live.insert(node.tid) && !live.covers(node.tid) {
-                    impossible_offset(rel, node.tid);
-                }
-                if i == 0 {
-                    healed.live_tids += node.heap_tids as f64;
-                    if highest.is_none_or(|(_, l)| node.level as u16 > l) {
-                        highest = Some((node.tid, node.level as u16));
-                    }
-                }
-                for layer in 0..=node.level as usize {
-                    store.read_neighbors(&node, layer, &mut list);
-                    for &t in &list {
-                        if t != node.tid && !inbound.insert(t) {
-                            inbound2.insert(t);
-                        }
-                    }
-                }
-            }
-        }
-        if i == 0 && highest.is_some() && rel.read_meta().entry.is_none() {
-            // Live elements but no entry point (every element was deleted
-            // while inserts went on): make the highest live one the entry.
-            rel.lock_graph(EXCLUSIVE_LOCK);
-            if rel.read_meta().entry.is_none() {
-                rel.set_entry(highest);
-            }
-            rel.unlock_graph(EXCLUSIVE_LOCK);
-        }
-        let entry = rel.read_meta().entry.map(|(e, _)| e);
-        let stranded: Vec<ItemPointer> = live.iter().filter(|&t| !inbound.contains(t) && Some(t) != entry).collect();
-        for tid in stranded {
-            orphans += 1;
-            rel.lock_graph(SHARE_LOCK);
-            linked += link_orphan(&mut store, tid, entry, &mut inbound, &mut inbound2) as usize;
-            rel.unlock_graph(SHARE_LOCK);
-            store.clear_cache();
-        }
-    }
-    if orphans > 0 {
-        pgrx::debug1!("hnsw index \"{}\": relinked {linked} of {orphans} elements without inbound links", rel.name());
-    }
+    let whole = batch_blocks(words, 4) >= nblocks;
+    let healed = match whole.then(|| heal_connected(rel, &mut store, nblocks, words)).flatten() {
+        Some(h) => h,
+        None => heal_batched(rel, &mut store, nblocks, words),
+    };
+    pgrx::debug1!(
+        "hnsw index \"{}\": linked {} of {} elements searches could not reach, and {} of {} without a link from their neighbors",
+        rel.name(),
+        healed.linked,
+        healed.unreachable,
+        healed.weak_linked,
+        healed.weak
+    );
     rel.modify(META_BLOCK, |p| {
         let mut meta = Meta::read_page(p).unwrap_or_else(|e| rel.corrupt(META_BLOCK, e));
         meta.healed_blocks = nblocks.max(1);
