@@ -115,12 +115,14 @@ fn main() {
     c.batch_execute("CREATE TABLE items (id int PRIMARY KEY, embedding vector(384))").unwrap();
     copy_binary(&mut c, &base);
     let t = Instant::now();
-    c.batch_execute(
-        "VACUUM ANALYZE items;
-         CREATE INDEX items_idx ON items USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64);
-         ANALYZE items; CHECKPOINT;",
-    )
-    .unwrap();
+    for sql in [
+        "VACUUM ANALYZE items",
+        "CREATE INDEX items_idx ON items USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)",
+        "ANALYZE items",
+        "CHECKPOINT",
+    ] {
+        c.batch_execute(sql).unwrap();
+    }
     eprintln!("{} rows loaded, index built in {:.1} s", base.len(), t.elapsed().as_secs_f64());
     let log_start = std::fs::read_to_string(&log_path).map(|s| s.len()).unwrap_or(0);
 
