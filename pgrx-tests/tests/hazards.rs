@@ -834,3 +834,67 @@ fn vacuum_walks_the_index_only_when_needed() {
     assert!(after <= 3, "{after}");
     assert_clean_after_vacuum(&mut c, "t_idx");
 }
+
+/// The item at `offset` (1-based) of the page starting at `page` in `bytes`:
+/// its byte range.
+fn item_range(bytes: &[u8], page: usize, offset: usize) -> std::ops::Range<usize> {
+    let lp = u32::from_le_bytes(bytes[page + 24 + 4 * (offset - 1)..][..4].try_into().unwrap());
+    let (off, len) = ((lp & 0x7fff) as usize, ((lp >> 17) & 0x7fff) as usize);
+    page + off..page + off + len
+}
+
+/// The check can fail where it matters most: a live element's list pointing
+/// at a free (reusable) element, written into the file on purpose, is
+/// reported by the neighbor-list and reachability checks.
+#[test]
+fn check_reports_links_to_free_elements() {
+    let mut cluster = Cluster::start("hazards_free_link", &[]);
+    let mut c = cluster.connect_with_extension();
+    run(
+        &mut c,
+        "CREATE TABLE t (id bigint, embedding vector(3));
+         INSERT INTO t SELECT i, ARRAY[i, i % 7, i % 5]::vector FROM generate_series(1, 2000) i;
+         CREATE INDEX t_idx ON t USING hnsw (embedding vector_l2_ops);
+         DELETE FROM t WHERE id % 2 = 0; VACUUM t",
+    );
+    let report = assert_clean_after_vacuum(&mut c, "t_idx");
+    assert!(element_count(&report, "free") > 0, "{}", show(&report));
+    let rel: String = c.query_one("SELECT pg_relation_filepath('t_idx')", &[]).unwrap().get(0);
+    let path = cluster.data.join(rel);
+    drop(c);
+    cluster.stop("fast");
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Elements: kind 1 at byte 0, flags at 2 (1 deleted, 2 free), neighbor
+    // item address at 4..10 (block u32, offset u16).
+    let (mut free, mut live) = (None, None);
+    for page in (8192..bytes.len()).step_by(8192) {
+        let lower = u16::from_le_bytes(bytes[page + 12..][..2].try_into().unwrap()) as usize;
+        for offset in 1..=(lower.saturating_sub(24) / 4) {
+            let r = item_range(&bytes, page, offset);
+            if bytes[r.start] != 1 {
+                continue;
+            }
+            let flags = bytes[r.start + 2];
+            let at = ((page / 8192) as u32, offset as u16);
+            if flags & 2 != 0 && free.is_none() {
+                free = Some(at);
+            } else if flags == 0 && live.is_none() {
+                let block = u32::from_le_bytes(bytes[r.start + 4..][..4].try_into().unwrap()) as usize;
+                let off = u16::from_le_bytes(bytes[r.start + 8..][..2].try_into().unwrap()) as usize;
+                live = Some((block, off));
+            }
+        }
+    }
+    let ((fb, fo), (nb, no)) = (free.expect("a free element"), live.expect("a live element"));
+    // First layer-0 slot of the live element's neighbor item (4-byte header).
+    let slot = item_range(&bytes, nb * 8192, no).start + 4;
+    bytes[slot..slot + 4].copy_from_slice(&fb.to_le_bytes());
+    bytes[slot + 4..slot + 6].copy_from_slice(&fo.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    cluster.restart();
+    let mut c = cluster.connect();
+    let report = check(&mut c, "t_idx");
+    let failed = |name: &str| report.iter().any(|r| r.0 == name && !r.1 && r.2.contains(&format!("({fb},{fo})")));
+    assert!(failed("neighbor lists"), "{}", show(&report));
+    assert!(failed("reachable from entry point"), "{}", show(&report));
+}

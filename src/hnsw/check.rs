@@ -12,9 +12,11 @@
 //!
 //! Links to *deleted* elements are legal (VACUUM repairs them before it
 //! frees the elements; an interrupted VACUUM leaves them for the next one):
-//! they are counted in the detail, and so are deleted elements. Links to
-//! *free* elements, or a free entry point, are failures: a scan could follow
-//! them into a reused element.
+//! they are counted in the detail, and so are deleted elements. A link from
+//! a live element to a *free* one, a free element that the walk from the
+//! entry point meets, or a free entry point is a failure: a scan could
+//! follow it into a reused element. (A deleted element that nothing reaches
+//! may still link to a free one while VACUUM frees a batch page by page.)
 //!
 //! Who may run it: the index's owner (or a superuser), since it takes the
 //! index's insert lock and reports heap TIDs; others get SQLSTATE 42501.
@@ -262,7 +264,14 @@ fn check_lists(rel: &IndexRel, m: usize, graph: &Graph) -> Row {
             for &t in list {
                 match graph.element(t) {
                     None => p.add(format!("{} layer {layer} links to {}, not an element", at(e.tid), at(t))),
-                    Some((_, x)) if x.free() => p.add(format!("{} links to free element {}", at(e.tid), at(t))),
+                    // From a live element: a scan could follow it into a
+                    // reused element. (From a deleted one it matters only
+                    // if scans reach that element: see the reachability
+                    // check; VACUUM frees unreachable elements page by page.)
+                    Some((_, x)) if x.free() && !e.deleted() => {
+                        p.add(format!("{} links to free element {}", at(e.tid), at(t)))
+                    }
+                    Some((_, x)) if x.free() => {}
                     Some((_, x)) if (x.level as usize) < layer => {
                         p.add(format!("{} layer {layer} links to {} of level {}", at(e.tid), at(t), x.level))
                     }
@@ -280,7 +289,9 @@ fn check_lists(rel: &IndexRel, m: usize, graph: &Graph) -> Row {
 /// Reachability: a walk over layer-0 links from the entry point, through
 /// live and deleted (not free) elements, as scans walk. Layer 0 is where
 /// every search ends, so an element reachable only through upper layers is
-/// missed by nearly every query: it counts as unreachable.
+/// missed by nearly every query: it counts as unreachable. A free element
+/// that an element of the walk links to (on any layer) is a failure: a scan
+/// could follow that link into a reused element.
 fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> Row {
     let mut p = Problems::default();
     let name = "reachable from entry point";
@@ -313,8 +324,14 @@ fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> R
         pgrx::check_for_interrupts!();
         let x = graph.elements[i as usize];
         let mut next = Vec::new();
-        read_lists(rel, m, x.neighbors, 0, |_, list| {
-            next.extend(list.iter().filter_map(|&t| graph.element(t)).filter(|(_, y)| !y.free()).map(|(j, _)| j));
+        read_lists(rel, m, x.neighbors, x.level as usize, |layer, list| {
+            for (j, y) in list.iter().filter_map(|&t| graph.element(t)) {
+                if y.free() {
+                    p.add(format!("free element {} is reachable (linked from {})", at(y.tid), at(x.tid)));
+                } else if layer == 0 {
+                    next.push(j);
+                }
+            }
         });
         for j in next {
             if mark(&mut seen, j) {
