@@ -36,11 +36,12 @@
 //! own vector closes in on its neighbors and misses it) gets a link from one
 //! of them. (When the bitmaps for the whole index do not fit the VACUUM
 //! memory, batches do the same for elements without any layer-0 inbound
-//! link and for the weakly linked ones, without the walk.) It does so after every `ambulkdelete`; a VACUUM
-//! that deleted nothing (autovacuum of an insert-only table) walks the index
-//! only when the index has at least doubled since the last walk
-//! (`healed_blocks` on the meta page), so routine autovacuums cost one
-//! meta-page read.
+//! link and for the weakly linked ones, without the walk.)
+//!
+//! `amvacuumcleanup` does so after every `ambulkdelete`; a VACUUM that
+//! deleted nothing (autovacuum of an insert-only table) walks the index only
+//! when the index has at least doubled since the last walk (`healed_blocks`
+//! on the meta page), so routine autovacuums cost one meta-page read.
 //!
 //! # Locks
 //! No heavyweight lock is held across a pass. Steps 2 and 4 take the insert
