@@ -313,34 +313,70 @@ impl HalfVector {
 /// Relative slack for the rounding of `f32` sums. The kernels' summation
 /// order is fixed (16 lanes, then a pairwise reduction), so a sum of `n`
 /// terms is within `(n/16 + 5) · 2^-24` of exact relative to the sum of the
-/// terms' magnitudes: at most `1.3e-4 / 16 ≈ 8e-6` for 2,000 dimensions. A
-/// distance involves up to three such sums, and both the index's value and
-/// the executor's exact one carry them, so `5e-5` covers every case.
+/// terms' magnitudes: at most `1.5e-5` for 4,000 dimensions. A distance
+/// involves up to three such sums, and both the index's value and the
+/// executor's exact one carry them, so `5e-5` covers every case.
 const SUM_SLACK: f64 = 5e-5;
 
-/// A value never above the exact SQL distance (`<->`, `<#>`, `<=>`, `<+>`)
-/// between the query and the element whose stored [`HalfVector`] gave
-/// `approx`, the graph distance ([`Metric::distance_half`]) to it.
+/// Largest and smallest vector norms for which the SQL cosine distance,
+/// computed in `f32` as pgvector does, is accurate: beyond them `‖x‖²`
+/// overflows `f32` (pgvector then returns 1 or `NaN`) or falls into its
+/// subnormal range.
+const COSINE_SAFE_NORMS: (f64, f64) = (1e-18, 1e18);
+
+/// Whether the SQL cosine distance of a vector of norm `n` is computed
+/// reliably in `f32` (see [`lower_bound`]).
+pub fn cosine_norm_is_safe(n: f64) -> bool {
+    (COSINE_SAFE_NORMS.0..=COSINE_SAFE_NORMS.1).contains(&n)
+}
+
+/// Largest product of norms for which the SQL inner product cannot overflow
+/// `f32` (every partial sum is at most `‖q‖ ‖x‖`).
+const INNER_PRODUCT_SAFE: f64 = 1e37;
+
+/// The norms of a query that [`lower_bound`] needs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QueryNorms {
+    /// `‖q‖₂` of the query as searched (1 for cosine, whose queries are
+    /// normalised).
+    pub searched: f64,
+    /// `‖q‖₂` of the query as given.
+    pub original: f64,
+}
+
+/// A value never above the SQL distance (`<->`, `<#>`, `<=>`, `<+>`, as
+/// PostgreSQL orders `float8`, `NaN` last) between the query and the element
+/// whose stored [`HalfVector`] gave `approx`, the graph distance
+/// ([`Metric::distance_half`]) to it.
 ///
-/// `query_norm` is `‖q‖₂` of the query as searched (unit for cosine);
-/// `err_l2`, `err_l1`, `norm` are the element's stored fields. The bound is
-/// the triangle inequality with the stored rounding error (`|‖q−x‖ − ‖q−y‖|
-/// ≤ ‖x−y‖`, `|q·x − q·y| ≤ ‖q‖ ‖x−y‖`, and the same in L1), less a slack for
-/// `f32` summation (relative, and a tiny absolute term for subnormal sums).
-/// Never `NaN`: anything not finite becomes `−∞`, which is
-/// always a valid bound.
-pub fn lower_bound(metric: Metric, approx: f32, query_norm: f64, err_l2: f32, err_l1: f32, norm: f32) -> f64 {
+/// `err_l2`, `err_l1`, `norm` are the element's stored fields (`norm` is
+/// `‖x‖₂` of the vector as given, also for cosine). The bound is the triangle
+/// inequality with the stored rounding error (`|‖q−x‖ − ‖q−y‖| ≤ ‖x−y‖`,
+/// `|q·x − q·y| ≤ ‖q‖ ‖x−y‖`, and the same in L1), less a slack for `f32`
+/// summation (relative, and a tiny absolute term for subnormal sums). Where
+/// the SQL operator's own `f32` arithmetic breaks down (an inner product
+/// that can overflow to `±∞`, a cosine of norms outside
+/// [`COSINE_SAFE_NORMS`], which pgvector reports as 1 or `NaN`) the bound is
+/// `−∞`, always valid. Never `NaN`.
+pub fn lower_bound(metric: Metric, approx: f32, query: QueryNorms, err_l2: f32, err_l1: f32, norm: f32) -> f64 {
     let (approx, err_l2, err_l1, norm) = (approx as f64, err_l2 as f64, err_l1 as f64, norm as f64);
+    let qn = query.searched;
     let bound = match metric {
-        // The f32 sum may exceed the exact one by subnormal rounding
-        // (absolute, at most 2000 · 2^-150 ≈ 1.4e-42): taken off before the root.
-        Metric::L2 => (approx - 1e-41).max(0.0).sqrt() * (1.0 - SUM_SLACK) - err_l2 * (1.0 + SUM_SLACK),
+        // Both f32 sums (the index's and the SQL one) may be off by subnormal
+        // rounding (absolute, at most 4000 · 2 · 2^-150 ≈ 5.6e-42 each):
+        // taken off before the root.
+        Metric::L2 => (approx - 2e-41).max(0.0).sqrt() * (1.0 - SUM_SLACK) - err_l2 * (1.0 + SUM_SLACK),
         Metric::L1 => approx * (1.0 - SUM_SLACK) - err_l1 * (1.0 + SUM_SLACK),
-        Metric::InnerProduct => {
-            approx - query_norm * err_l2 * (1.0 + SUM_SLACK) - SUM_SLACK * query_norm * (norm + err_l2)
+        Metric::InnerProduct if query.original * norm >= INNER_PRODUCT_SAFE => f64::NEG_INFINITY,
+        Metric::InnerProduct => approx - qn * err_l2 * (1.0 + SUM_SLACK) - SUM_SLACK * qn * (norm + err_l2),
+        Metric::Cosine => {
+            if !cosine_norm_is_safe(query.original) || !cosine_norm_is_safe(norm) {
+                f64::NEG_INFINITY
+            } else {
+                // approx = −q̂·ŷ for unit q̂ and the normalised stored vector.
+                1.0 + approx - qn * err_l2 * (1.0 + SUM_SLACK) - SUM_SLACK * (1.0 + err_l2)
+            }
         }
-        // approx = −q̂·ŷ for unit q̂ and the normalised stored vector.
-        Metric::Cosine => 1.0 + approx - query_norm * err_l2 * (1.0 + SUM_SLACK) - SUM_SLACK * (1.0 + err_l2),
     };
     if bound.is_finite() {
         // Absolute slack for sums whose terms fall in `f32`'s subnormal
@@ -420,53 +456,27 @@ fn cosine_sums(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
     portable(a, b)
 }
 
-/// Sums below this may have lost precision to `f32` subnormals (whose
-/// rounding is absolute); the SQL distances recompute them in `f64`.
-const F32_SUM_TINY: f32 = 1e-30;
-
-/// `Σ` of `term(a_i, b_i)` in `f64`: the fallback of the SQL distances when
-/// the `f32` sum overflowed or fell into the subnormal range.
-fn sum_f64(a: &[f32], b: &[f32], term: impl Fn(f64, f64) -> f64) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| term(x as f64, y as f64)).sum()
-}
-
-/// Euclidean distance as the SQL operator `<->` returns it: accumulated in
-/// `f32` like pgvector, recomputed in `f64` when that sum overflowed or
-/// underflowed, so the result is always close to the exact value (which the
-/// index's lower bounds rely on).
+/// Euclidean distance as the SQL operator `<->` returns it: the `f32` sum of
+/// squares, as pgvector computes it (`Infinity` when it overflows), then the
+/// square root in `f64`.
 pub fn l2_distance(a: &[f32], b: &[f32]) -> f64 {
-    let s = l2_squared_distance(a, b);
-    if s.is_finite() && s >= F32_SUM_TINY {
-        return (s as f64).sqrt();
-    }
-    sum_f64(a, b, |x, y| (x - y) * (x - y)).sqrt()
+    (l2_squared_distance(a, b) as f64).sqrt()
 }
 
 /// Negative inner product as the SQL operator `<#>` returns it (`f32`
-/// accumulation, `f64` when the `f32` sum overflowed).
+/// accumulation, as pgvector: `±Infinity` when it overflows).
 pub fn negative_inner_product(a: &[f32], b: &[f32]) -> f64 {
-    let s = inner_product(a, b);
-    if s.is_finite() {
-        return -(s as f64);
-    }
-    -sum_f64(a, b, |x, y| x * y)
+    -(inner_product(a, b) as f64)
 }
 
-/// Cosine distance `1 − a·b / (‖a‖ ‖b‖)`, clamped to `[0, 2]`, as the SQL
-/// operator `<=>` returns it: `f32` sums like pgvector's, recomputed in `f64`
-/// when a norm overflowed `f32` or fell into its subnormal range (pgvector
-/// returns `1` or `NaN` there).
-///
-/// Returns `NaN` when either vector has zero norm, as pgvector does.
+/// Cosine distance `1 − a·b / √(‖a‖² ‖b‖²)` as the SQL operator `<=>`
+/// returns it: the three sums in `f32`, the division in `f64`, the
+/// similarity clamped to `[−1, 1]`, as pgvector computes it. `NaN` when
+/// either vector has zero norm; where `‖a‖²` overflows `f32`, 1 or `NaN`,
+/// as pgvector.
 pub fn cosine_distance(a: &[f32], b: &[f32]) -> f64 {
     let (dot, na, nb) = cosine_sums(a, b);
-    let reliable = |v: f32| v.is_finite() && v >= F32_SUM_TINY;
-    let (dot, na, nb) = if reliable(na) && reliable(nb) && dot.is_finite() {
-        (dot as f64, na as f64, nb as f64)
-    } else {
-        (sum_f64(a, b, |x, y| x * y), sum_f64(a, a, |x, y| x * y), sum_f64(b, b, |x, y| x * y))
-    };
-    let similarity = dot / (na * nb).sqrt();
+    let similarity = dot as f64 / (na as f64 * nb as f64).sqrt();
     if similarity.is_nan() {
         return f64::NAN;
     }
@@ -541,6 +551,128 @@ impl Metric {
             Metric::L1 => l1_distance_half(query, codes, scale),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Sparse vectors (`sparsevec`) and bit strings (`bit`).
+//
+// Kept apart from the dense kernels above. SQL functions of `sparsevec` and
+// `bit` and the index codecs of those types call these.
+// ---------------------------------------------------------------------------
+
+/// Runs `term(a_value, b_value)` over the union of two sparse index lists in
+/// increasing index order (a missing entry counts as `0.0`) and sums in `f32`
+/// in that order, as pgvector's sparse loops do, so results match it bit for
+/// bit. `both` is the term where both vectors have an entry, `one` the term
+/// where only one of them has (given that value).
+#[inline(always)]
+fn sparse_merge(
+    ai: &[i32],
+    av: &[f32],
+    bi: &[i32],
+    bv: &[f32],
+    both: impl Fn(f32, f32) -> f32,
+    one: impl Fn(f32) -> f32,
+) -> f32 {
+    let (na, nb) = (ai.len().min(av.len()), bi.len().min(bv.len()));
+    let (mut i, mut j, mut sum) = (0usize, 0usize, 0.0f32);
+    while i < na && j < nb {
+        match ai[i].cmp(&bi[j]) {
+            std::cmp::Ordering::Less => {
+                sum += one(av[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                sum += one(bv[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                sum += both(av[i], bv[j]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    for &x in &av[i..na] {
+        sum += one(x);
+    }
+    for &y in &bv[j..nb] {
+        sum += one(y);
+    }
+    sum
+}
+
+/// Inner product `Σ a_k b_k` of two sparse vectors given as (indices, values)
+/// pairs: indices 0-based and strictly increasing, values finite, one value
+/// per index (extra entries of the longer slice are ignored). Only indices
+/// present in both contribute; the sum is in `f32` in index order
+/// (pgvector's `sparsevec` inner product), so it can overflow to `±∞`.
+pub fn sparse_inner_product(ai: &[i32], av: &[f32], bi: &[i32], bv: &[f32]) -> f32 {
+    let (na, nb) = (ai.len().min(av.len()), bi.len().min(bv.len()));
+    let (mut i, mut j, mut sum) = (0usize, 0usize, 0.0f32);
+    while i < na && j < nb {
+        let (x, y) = (ai[i], bi[j]);
+        if x == y {
+            sum += av[i] * bv[j];
+        }
+        i += (x <= y) as usize;
+        j += (y <= x) as usize;
+    }
+    sum
+}
+
+/// Squared Euclidean distance `Σ (a_k − b_k)²` of two sparse vectors (same
+/// conventions as [`sparse_inner_product`]; an index present in one vector
+/// only adds its value squared).
+pub fn sparse_l2_squared_distance(ai: &[i32], av: &[f32], bi: &[i32], bv: &[f32]) -> f32 {
+    sparse_merge(ai, av, bi, bv, |x, y| (x - y) * (x - y), |x| x * x)
+}
+
+/// Manhattan distance `Σ |a_k − b_k|` of two sparse vectors (same conventions
+/// as [`sparse_inner_product`]).
+pub fn sparse_l1_distance(ai: &[i32], av: &[f32], bi: &[i32], bv: &[f32]) -> f32 {
+    sparse_merge(ai, av, bi, bv, |x, y| (x - y).abs(), |x| x.abs())
+}
+
+/// Population counts over two equal-length byte strings, eight bytes at a
+/// time: `f(a_word, b_word)` summed over words, then over the tail bytes.
+#[inline(always)]
+fn popcount_pairs(a: &[u8], b: &[u8], f: impl Fn(u64, u64) -> u64) -> u64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut total = 0u64;
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        // chunks_exact(8) yields 8-byte slices, so the conversions succeed.
+        let x = u64::from_ne_bytes(x.try_into().unwrap_or([0; 8]));
+        let y = u64::from_ne_bytes(y.try_into().unwrap_or([0; 8]));
+        total += f(x, y);
+    }
+    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+        total += f(x as u64, y as u64);
+    }
+    total
+}
+
+/// Hamming distance of two equal-length bit strings given as bytes (most
+/// significant bit first, trailing pad bits zero, as PostgreSQL stores `bit`
+/// and `varbit`): the number of positions where they differ. Bytes past the
+/// shorter string are ignored.
+pub fn hamming_distance(a: &[u8], b: &[u8]) -> u64 {
+    popcount_pairs(a, b, |x, y| (x ^ y).count_ones() as u64)
+}
+
+/// Jaccard distance `1 − |a ∧ b| / |a ∨ b|` of two equal-length bit strings
+/// (layout as for [`hamming_distance`]), as pgvector computes it: `1` when the
+/// strings share no set bit, which includes two all-zero strings.
+pub fn jaccard_distance(a: &[u8], b: &[u8]) -> f64 {
+    let common = popcount_pairs(a, b, |x, y| (x & y).count_ones() as u64);
+    if common == 0 {
+        return 1.0;
+    }
+    let union = popcount_pairs(a, b, |x, y| (x | y).count_ones() as u64);
+    1.0 - common as f64 / union as f64
 }
 
 #[cfg(test)]
@@ -676,14 +808,19 @@ mod tests {
                     }
                     let h = HalfVector::encode(&xs);
                     let approx = metric.distance_half(&qs, &h.codes, h.scale);
-                    let bound = lower_bound(metric, approx, norm(&qs), h.err_l2, h.err_l1, h.norm);
+                    let query = QueryNorms { searched: norm(&qs), original: norm(&q) };
+                    let bound = lower_bound(metric, approx, query, h.err_l2, h.err_l1, norm(&x) as f32);
                     let exact = match metric {
                         Metric::L2 => l2_distance(&q, &x),
                         Metric::InnerProduct => negative_inner_product(&q, &x),
                         Metric::Cosine => cosine_distance(&q, &x),
                         Metric::L1 => l1_distance(&q, &x) as f64,
                     };
-                    assert!(bound <= exact, "{metric:?} n={n} round={round}: bound {bound} > exact {exact}");
+                    // PostgreSQL orders NaN after every number.
+                    assert!(
+                        bound <= exact || exact.is_nan(),
+                        "{metric:?} n={n} round={round}: bound {bound} > exact {exact}"
+                    );
                     let scale = match metric {
                         Metric::L2 => exact.abs() + norm(&x),
                         Metric::L1 => exact.abs() + x.iter().map(|v| v.abs() as f64).sum::<f64>(),
@@ -691,7 +828,7 @@ mod tests {
                         Metric::Cosine => 1.0,
                     };
                     // Sums past f32's range give up on the bound (−∞ is valid).
-                    let overflows = bound == f64::NEG_INFINITY && magnitude > 1e18;
+                    let overflows = bound == f64::NEG_INFINITY && !(1e-17..=1e18).contains(&magnitude);
                     assert!(
                         overflows || exact - bound <= 2e-3 * scale + 1e-20,
                         "{metric:?} n={n}: bound {bound} too loose for {exact}"
@@ -701,21 +838,34 @@ mod tests {
             }
         }
         assert!(checked > 4500);
-        assert_eq!(lower_bound(Metric::L2, f32::INFINITY, 1.0, f32::INFINITY, 0.0, 1.0), f64::NEG_INFINITY);
+        let unit = QueryNorms { searched: 1.0, original: 1.0 };
+        assert_eq!(lower_bound(Metric::L2, f32::INFINITY, unit, f32::INFINITY, 0.0, 1.0), f64::NEG_INFINITY);
     }
 
+    /// The SQL operators answer as pgvector's `f32` arithmetic does at the
+    /// edges (`Infinity`, 1, `NaN`), and the index's bounds stay below them.
     #[test]
-    fn sql_distances_survive_f32_overflow_and_underflow() {
+    fn sql_distances_match_pgvector_at_the_edges() {
         let big = [1e30f32, -1e30, 1.0];
         let q = [0.1f32, 0.2, 0.3];
-        // Exact: 1 − (0.1e30 − 0.2e30 + 0.3) / (‖q‖ · √2e30) ≈ 1.189.
-        let expected = 1.0 - (-0.1e30f64 + 0.3) / (norm(&q) * 2f64.sqrt() * 1e30);
-        assert!((cosine_distance(&q, &big) - expected).abs() < 1e-6, "{} vs {expected}", cosine_distance(&q, &big));
-        assert!((negative_inner_product(&big, &[1e30, -1e30, 0.0]) / -2e60 - 1.0).abs() < 1e-6);
-        assert!((l2_distance(&[1e-30, 0.0], &[0.0, 1e-30]) / (2f64.sqrt() * 1e-30) - 1.0).abs() < 1e-6);
+        assert_eq!(l2_distance(&big, &q), f64::INFINITY, "the f32 sum of squares overflows");
+        assert_eq!(negative_inner_product(&big, &[1e30, -1e30, 0.0]), f64::NEG_INFINITY);
+        // ‖big‖² overflows f32: pgvector's similarity is a·b / ∞ = 0.
+        assert_eq!(cosine_distance(&q, &big), 1.0);
+        assert!(cosine_distance(&big, &big).is_nan(), "∞ / ∞");
+        assert!(cosine_distance(&[0.0, 0.0], &[1.0, 1.0]).is_nan(), "zero vector");
         assert_eq!(l2_distance(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
-        assert!(cosine_distance(&[0.0, 0.0], &[1.0, 1.0]).is_nan(), "zero vector still NaN");
-        assert!((cosine_distance(&[1e-30, 0.0], &[1e-30, 1e-30]) - (1.0 - 0.5f64.sqrt())).abs() < 1e-9);
+        // The bounds for such elements are −∞.
+        let h = HalfVector::encode(&big);
+        let query = QueryNorms { searched: norm(&big), original: norm(&big) };
+        let ip = lower_bound(Metric::InnerProduct, f32::MIN, query, h.err_l2, h.err_l1, h.norm);
+        assert_eq!(ip, f64::NEG_INFINITY, "‖q‖ ‖x‖ = 2e60: the SQL inner product may overflow");
+        let small = QueryNorms { searched: norm(&q), original: norm(&q) };
+        let ip = lower_bound(Metric::InnerProduct, -1e29, small, h.err_l2, h.err_l1, h.norm);
+        assert!(ip.is_finite() && ip <= negative_inner_product(&q, &big), "‖q‖ ‖x‖ = 5e29 cannot overflow");
+        let unit = QueryNorms { searched: 1.0, original: norm(&q) };
+        assert_eq!(lower_bound(Metric::Cosine, -0.1, unit, 0.0, 0.0, norm(&big) as f32), f64::NEG_INFINITY);
+        assert!(lower_bound(Metric::Cosine, -0.1, unit, 0.0, 0.0, 1.0) > 0.89);
     }
 
     #[test]
@@ -724,5 +874,128 @@ mod tests {
             assert_eq!(Metric::from_code(m as u8), Some(m));
         }
         assert_eq!(Metric::from_code(0), None);
+    }
+}
+
+#[cfg(test)]
+mod sparse_bit_tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// A random sparse vector of `dim` dimensions with about `density` of
+    /// them set, as (indices, values), and its dense form.
+    fn random_sparse(rng: &mut rand::rngs::StdRng, dim: usize, density: f64) -> (Vec<i32>, Vec<f32>, Vec<f32>) {
+        let mut dense = vec![0.0f32; dim];
+        let (mut idx, mut val) = (Vec::new(), Vec::new());
+        for (k, d) in dense.iter_mut().enumerate() {
+            if rng.gen_bool(density) {
+                let v = rng.gen_range(-4.0f32..4.0);
+                if v != 0.0 {
+                    *d = v;
+                    idx.push(k as i32);
+                    val.push(v);
+                }
+            }
+        }
+        (idx, val, dense)
+    }
+
+    /// Σ over the dense forms in index order, in f32 (the order the sparse
+    /// kernels promise), skipping positions where both are zero.
+    fn dense_in_order(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
+        let mut s = 0.0f32;
+        for (&x, &y) in a.iter().zip(b) {
+            if x != 0.0 || y != 0.0 {
+                s += term(x, y);
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn sparse_kernels_equal_the_dense_sums_in_index_order() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        for &(dim, density) in &[(1usize, 1.0), (5, 0.5), (100, 0.05), (1000, 0.02), (3000, 0.3), (64, 0.0)] {
+            for _ in 0..20 {
+                let (ai, av, ad) = random_sparse(&mut rng, dim, density);
+                let (bi, bv, bd) = random_sparse(&mut rng, dim, density);
+                let ip = dense_in_order(&ad, &bd, |x, y| x * y);
+                assert_eq!(sparse_inner_product(&ai, &av, &bi, &bv).to_bits(), ip.to_bits(), "dim {dim}");
+                let l2 = dense_in_order(&ad, &bd, |x, y| (x - y) * (x - y));
+                assert_eq!(sparse_l2_squared_distance(&ai, &av, &bi, &bv).to_bits(), l2.to_bits());
+                let l1 = dense_in_order(&ad, &bd, |x, y| (x - y).abs());
+                assert_eq!(sparse_l1_distance(&ai, &av, &bi, &bv).to_bits(), l1.to_bits());
+                // Symmetric, and agree with the dense kernels up to summation order.
+                assert_eq!(
+                    sparse_l2_squared_distance(&bi, &bv, &ai, &av),
+                    sparse_l2_squared_distance(&ai, &av, &bi, &bv)
+                );
+                let dense_l2 = l2_squared_distance(&ad, &bd) as f64;
+                assert!((dense_l2 - l2 as f64).abs() <= 1e-4 * (1.0 + dense_l2));
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_kernels_on_hand_computed_cases() {
+        // a = (1, 0, 3, 0, 5), b = (0, 4, 6, 8, 0)
+        let (ai, av) = ([0, 2, 4], [1.0f32, 3.0, 5.0]);
+        let (bi, bv) = ([1, 2, 3], [4.0f32, 6.0, 8.0]);
+        assert_eq!(sparse_inner_product(&ai, &av, &bi, &bv), 18.0);
+        assert_eq!(sparse_l2_squared_distance(&ai, &av, &bi, &bv), 1.0 + 16.0 + 9.0 + 64.0 + 25.0);
+        assert_eq!(sparse_l1_distance(&ai, &av, &bi, &bv), 1.0 + 4.0 + 3.0 + 8.0 + 5.0);
+        // Empty vectors.
+        assert_eq!(sparse_inner_product(&[], &[], &bi, &bv), 0.0);
+        assert_eq!(sparse_l2_squared_distance(&[], &[], &[], &[]), 0.0);
+        assert_eq!(sparse_l1_distance(&ai, &av, &[], &[]), 9.0);
+        // Disjoint supports: no common index.
+        assert_eq!(sparse_inner_product(&[0, 2], &[1.0, 3.0], &[1, 3], &[2.0, 4.0]), 0.0);
+        // f32 overflow is kept, as in pgvector.
+        assert_eq!(sparse_inner_product(&[0], &[3e38], &[0], &[3e38]), f32::INFINITY);
+        assert_eq!(sparse_l1_distance(&[0], &[3e38], &[0], &[-3e38]), f32::INFINITY);
+        // Indices at the extremes of the i32 range.
+        assert_eq!(sparse_inner_product(&[0, i32::MAX], &[2.0, 3.0], &[i32::MAX], &[5.0]), 15.0);
+    }
+
+    /// Reference: bit by bit.
+    fn bits(a: &[u8]) -> Vec<bool> {
+        a.iter().flat_map(|&byte| (0..8).map(move |k| byte & (0x80 >> k) != 0)).collect()
+    }
+
+    #[test]
+    fn bit_kernels_match_a_bitwise_reference() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for n in [0usize, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 200, 8000] {
+            for density in [0.0, 0.1, 0.5, 1.0] {
+                let a: Vec<u8> =
+                    (0..n).map(|_| (0..8).fold(0u8, |b, k| b | ((rng.gen_bool(density) as u8) << k))).collect();
+                let b: Vec<u8> =
+                    (0..n).map(|_| (0..8).fold(0u8, |b, k| b | ((rng.gen_bool(density) as u8) << k))).collect();
+                let (xa, xb) = (bits(&a), bits(&b));
+                let differ = xa.iter().zip(&xb).filter(|(x, y)| x != y).count() as u64;
+                assert_eq!(hamming_distance(&a, &b), differ, "n={n}");
+                let both = xa.iter().zip(&xb).filter(|(&x, &y)| x && y).count();
+                let either = xa.iter().zip(&xb).filter(|(&x, &y)| x || y).count();
+                let expected = if both == 0 { 1.0 } else { 1.0 - both as f64 / either as f64 };
+                assert_eq!(jaccard_distance(&a, &b), expected, "n={n}");
+                assert_eq!(hamming_distance(&a, &a), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn bit_kernels_on_hand_computed_cases() {
+        assert_eq!(hamming_distance(&[0b1110_0000], &[0b1000_0000]), 2);
+        assert_eq!(hamming_distance(&[], &[]), 0);
+        assert_eq!(jaccard_distance(&[0b1111_0000], &[0b1100_0000]), 0.5);
+        assert_eq!(jaccard_distance(&[0b1111_0000], &[0b1000_0000]), 0.75);
+        assert_eq!(jaccard_distance(&[0], &[0]), 1.0, "two all-zero strings");
+        assert_eq!(jaccard_distance(&[], &[]), 1.0);
+        assert_eq!(jaccard_distance(&[0xFF; 40], &[0xFF; 40]), 0.0);
+        // 20 alternating bits against their complement: all 20 differ.
+        let a = [0b1010_1010, 0b1010_1010, 0b1010_0000];
+        let b = [0b0101_0101, 0b0101_0101, 0b0101_0000];
+        assert_eq!(hamming_distance(&a, &b), 20);
+        assert_eq!(jaccard_distance(&a, &b), 1.0);
     }
 }

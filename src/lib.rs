@@ -2,7 +2,8 @@
 //! method for PostgreSQL, written with pgrx.
 //!
 //! Map of the crate:
-//! - [`vector`]: the SQL type (I/O, operators, casts, aggregates).
+//! - [`vector`]: the SQL types `vector`, `halfvec`, `sparsevec` and the
+//!   distances over PostgreSQL's `bit` (I/O, operators, casts, aggregates).
 //! - [`distance`]: distance kernels, pure Rust.
 //! - [`hnsw`]: the index access method; [`hnsw::graph`] is the algorithm
 //!   (Malkov & Yashunin 2016, arXiv:1603.09320), [`hnsw::page`] the on-disk
@@ -57,10 +58,82 @@ extension_sql_file!(
     ]
 );
 
+extension_sql_file!(
+    "../sql/halfvec.sql",
+    name = "halfvec_sql",
+    requires = [
+        "vector_sql",
+        "halfvec_type",
+        halfvec_typmod_cast,
+        halfvec_to_vector,
+        vector_to_halfvec,
+        halfvec_to_float4,
+        array_to_halfvec_int4,
+        array_to_halfvec_float4,
+        array_to_halfvec_float8,
+        array_to_halfvec_numeric,
+        halfvec_l2_distance,
+        halfvec_negative_inner_product,
+        halfvec_cosine_distance,
+        halfvec_l1_distance,
+        halfvec_add,
+        halfvec_sub,
+        halfvec_mul,
+        halfvec_concat,
+        halfvec_lt,
+        halfvec_le,
+        halfvec_eq,
+        halfvec_ne,
+        halfvec_ge,
+        halfvec_gt,
+        halfvec_cmp,
+        halfvec_accum,
+        halfvec_combine,
+        halfvec_avg,
+    ]
+);
+
+extension_sql_file!(
+    "../sql/sparsevec.sql",
+    name = "sparsevec_sql",
+    requires = [
+        "halfvec_sql",
+        "sparsevec_type",
+        sparsevec_typmod_cast,
+        sparsevec_to_vector,
+        vector_to_sparsevec,
+        sparsevec_to_halfvec,
+        halfvec_to_sparsevec,
+        array_to_sparsevec_int4,
+        array_to_sparsevec_float4,
+        array_to_sparsevec_float8,
+        array_to_sparsevec_numeric,
+        sparsevec_l2_distance,
+        sparsevec_negative_inner_product,
+        sparsevec_cosine_distance,
+        sparsevec_l1_distance,
+        sparsevec_lt,
+        sparsevec_le,
+        sparsevec_eq,
+        sparsevec_ne,
+        sparsevec_ge,
+        sparsevec_gt,
+        sparsevec_cmp,
+    ]
+);
+
+extension_sql_file!(
+    "../sql/bit.sql",
+    name = "bit_sql",
+    requires = ["sparsevec_sql", hamming_distance, jaccard_distance]
+);
+
 extension_sql_file!("../sql/hnsw.sql", name = "hnsw_sql", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests_types;
 
 /// Hooks pgrx's test framework calls before the in-database tests run.
 #[cfg(test)]

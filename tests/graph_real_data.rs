@@ -31,7 +31,7 @@ fn real_data_recall_and_reachability_for_each_metric() {
     let params = Params { m: 16, ef_construction: 64 };
     for metric in [Metric::Cosine, Metric::L2, Metric::InnerProduct, Metric::L1] {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let mut g = MemoryGraph::new(metric, 384, params, 16);
+        let mut g = MemoryGraph::new(metric, params, 16);
         for (i, v) in base.iter().enumerate() {
             g.insert(v, i as u64, random_level(rng.gen::<f64>(), params.level_multiplier(), 16));
         }

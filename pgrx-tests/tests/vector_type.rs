@@ -17,17 +17,20 @@ fn vector_type_end_to_end() {
     assert_eq!(one::<f64>(&mut c, "SELECT '[1,2,3]'::vector <#> '[4,5,6]'"), -32.0);
     assert_eq!(one::<f64>(&mut c, "SELECT '[1,2,3]'::vector <=> '[4,5,6]'"), 0.025368153802923787);
     assert_eq!(one::<f64>(&mut c, "SELECT '[1,2,3]'::vector <+> '[4,5,6]'"), 9.0);
-    assert_eq!(one::<f64>(&mut c, "SELECT inner_product('[1,2,3]', '[4,5,6]')"), 32.0);
+    assert_eq!(one::<f64>(&mut c, "SELECT inner_product('[1,2,3]'::vector, '[4,5,6]')"), 32.0);
     assert_eq!(one::<f64>(&mut c, "SELECT vector_norm('[3,4]')"), 5.0);
-    assert_eq!(one::<i32>(&mut c, "SELECT vector_dims('[1,2,3]')"), 3);
+    assert_eq!(one::<i32>(&mut c, "SELECT vector_dims('[1,2,3]'::vector)"), 3);
     assert!(one::<f64>(&mut c, "SELECT '[0,0]'::vector <=> '[1,2]'").is_nan(), "zero vector: NaN as pgvector");
+    // As in pgvector, an untyped literal is ambiguous once halfvec and
+    // sparsevec overload the function names.
+    assert!(sqlstate(&mut c, "SELECT inner_product('[1,2,3]', '[4,5,6]')").starts_with("42725"));
 
     // Text output: shortest round-trip, float4out style.
     let text = |c: &mut Client, sql: &str| one::<String>(c, &format!("SELECT ({sql})::text"));
     assert_eq!(text(&mut c, "'[1.5, 2.0, 3]'::vector"), "[1.5,2,3]");
     assert_eq!(text(&mut c, "'[ 1e-7 ,1e30,-0.1]'::vector"), "[1e-07,1e+30,-0.1]");
-    assert_eq!(text(&mut c, "l2_normalize('[3,4]')"), "[0.6,0.8]");
-    assert_eq!(text(&mut c, "subvector('[1,2,3,4,5]', 2, 3)"), "[2,3,4]");
+    assert_eq!(text(&mut c, "l2_normalize('[3,4]'::vector)"), "[0.6,0.8]");
+    assert_eq!(text(&mut c, "subvector('[1,2,3,4,5]'::vector, 2, 3)"), "[2,3,4]");
     assert_eq!(text(&mut c, "'[1,2]'::vector + '[3,4]'"), "[4,6]");
     assert_eq!(text(&mut c, "'[1,2]'::vector - '[3,4]'"), "[-2,-2]");
     assert_eq!(text(&mut c, "'[1,2]'::vector * '[3,4]'"), "[3,8]");
@@ -71,7 +74,34 @@ fn vector_type_end_to_end() {
         ("CREATE TABLE bad (v vector(0))", "22023 dimensions for type vector must be at least 1"),
         ("CREATE TABLE bad (v vector(16001))", "22023 dimensions for type vector cannot exceed 16000"),
         ("SELECT '[3e38]'::vector + '[3e38]'", "22003 value out of range: overflow"),
-        ("SELECT subvector('[1,2,3]', 5, 2)", "22000 vector must have at least 1 dimension"),
+        ("SELECT subvector('[1,2,3]'::vector, 5, 2)", "22000 vector must have at least 1 dimension"),
+        ("SELECT '{{1}}'::real[]::vector", "22000 array must be 1-D"),
+        ("SELECT ARRAY[[1,2],[3,4]]::int[]::vector", "22000 array must be 1-D"),
+        ("SELECT '{4e38,-4e38}'::float8[]::vector", "22000 infinite value not allowed in vector"),
+        ("SELECT '{1,NaN}'::numeric[]::vector", "22000 NaN not allowed in vector"),
+        ("SELECT '{}'::real[]::vector", "22000 vector must have at least 1 dimension"),
+        (
+            "SELECT array_agg(n)::vector FROM generate_series(1, 16001) n",
+            "54000 vector cannot have more than 16000 dimensions",
+        ),
+        ("SELECT vector_avg('{{2,2,4,6}}')", "XX000 vector_avg: expected state array"),
+        ("SELECT vector_avg('{NULL,2,4,6}')", "XX000 vector_avg: expected state array"),
+        ("SELECT vector_avg('{}')", "XX000 vector_avg: expected state array"),
+        ("SELECT vector_avg('{1}')", "22000 vector must have at least 1 dimension"),
+        (
+            "SELECT vector_avg(array_agg(n)) FROM generate_series(1, 16002) n",
+            "54000 vector cannot have more than 16000 dimensions",
+        ),
+        ("SELECT vector_accum('{NULL}', '[1,2,3]')", "XX000 vector_accum: expected state array"),
+        ("SELECT vector_accum('{0,0}', '[1,2,3]')", "22000 expected 1 dimensions, not 3"),
+        ("SELECT vector_combine('{1,1e308}', '{1,1e308}')", "22003 value out of range: overflow"),
+        ("SELECT vector_combine('{1,2}', '{3,4,5}')", "22000 expected 1 dimensions, not 2"),
+        ("SELECT vector_combine('{1,2}', '{{3,4}}')", "XX000 vector_combine: expected state array"),
+        ("SELECT vector_combine('{1,2}', '{3,NULL}')", "XX000 vector_combine: expected state array"),
+        (
+            "SELECT vector_combine('{0}', (SELECT array_agg(n) FROM generate_series(1, 16002) n))",
+            "54000 vector cannot have more than 16000 dimensions",
+        ),
     ];
     for (sql, expected) in cases {
         assert_eq!(sqlstate(&mut c, sql), expected, "{sql}");
@@ -79,12 +109,21 @@ fn vector_type_end_to_end() {
     // The session survives every error.
     assert_eq!(one::<i32>(&mut c, "SELECT 1"), 1);
 
+    // pgvector's answers where a C library's strtof underflows: zero, no error.
+    assert_eq!(text(&mut c, "'[1e-46,-1e-46,1]'::vector"), "[0,-0,1]");
+    assert_eq!(text(&mut c, "'{1e-46,-1e-46}'::float8[]::vector"), "[0,-0]");
+    assert_eq!(text(&mut c, "'[0x10,1.]'::vector"), "[16,1]");
+    assert_eq!(text(&mut c, "vector_accum('{0,0,0,0}', '[1,2,3]')"), "{1,1,2,3}");
+    assert_eq!(text(&mut c, "vector_combine('{1,2}', '{3,4}')"), "{4,6}");
+    assert_eq!(text(&mut c, "vector_avg('{2,2,4,6}')"), "[1,2,3]");
+
     // Corrupt binary input through recv is refused, not trusted.
     let corrupt: Vec<(&[u8], &str)> = vec![
         (&[0, 2, 0, 0, 0x3f, 0x80, 0, 0], "08P01"),       // says 2 dims, carries 1
         (&[0, 1, 0, 7, 0x3f, 0x80, 0, 0], "22000"),       // unused != 0
         (&[0, 1, 0, 0, 0x7f, 0xc0, 0, 0], "22000"),       // NaN
-        (&[0xff, 0xff, 0, 0, 0x3f, 0x80, 0, 0], "22000"), // negative dims
+        (&[0xff, 0xff, 0, 0, 0x3f, 0x80, 0, 0], "54000"), // 65535 dims (read unsigned, as pgvector)
+        (&[0, 0, 0, 0], "22000"),                         // zero dims
     ];
     for (bytes, code) in corrupt {
         let err = binary_copy_error(&mut c, bytes);

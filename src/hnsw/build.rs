@@ -2,8 +2,9 @@
 //!
 //! The build path:
 //! 1. scan the heap with the table AM's `index_build_range_scan`, inserting
-//!    each vector into a [`MemoryGraph`] (normalised first for cosine; NULLs
-//!    and, for cosine, zero vectors are not indexed);
+//!    each value into a [`MemoryGraph`] in its codec's working form
+//!    ([`super::prepare_datum`]: normalised for cosine; NULLs and, for
+//!    cosine, zero vectors are not indexed);
 //! 2. if the graph outgrows `maintenance_work_mem`, write it out and go on
 //!    with on-disk inserts (slower; a NOTICE says so, as pgvector does);
 //! 3. lay the graph out on pages ([`write_graph`]): element and neighbor items
@@ -15,15 +16,14 @@ use pgrx::{pg_sys, PgMemoryContexts, PgSqlErrorCode};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::codec::Codec;
 use super::graph::{random_level, MemoryGraph, Params};
 use super::page::{
     self, encode_element, encode_neighbors, item_footprint, ItemPointer, Meta, PageImage, PageKind, EMPTY_PAGE_SPACE,
 };
 use super::storage::{from_pg_tid, IndexRel};
-use super::{index_dims, index_metric, insert, options, PROGRESS_PHASE_LOAD, PROGRESS_PHASE_WRITE};
-use crate::distance::{self, HalfVector, Metric};
+use super::{index_codec, insert, options, prepare_datum, PROGRESS_PHASE_LOAD, PROGRESS_PHASE_WRITE};
 use crate::error::raise;
-use crate::vector::Vector;
 
 /// Seed of the level draws during a build, so the same rows in the same
 /// order give the same graph (inserts after the build draw from entropy).
@@ -32,17 +32,14 @@ const BUILD_SEED: u64 = 0x5eed_0f_4e5f;
 /// Everything the heap-scan callback needs.
 struct BuildState {
     rel: IndexRel,
-    metric: Metric,
-    dims: usize,
+    codec: Codec,
     params: Params,
     max_level: usize,
-    graph: Option<MemoryGraph>,
+    graph: Option<MemoryGraph<Codec>>,
     memory_limit: usize,
     rng: SmallRng,
-    heap_tuples: f64,
     index_tuples: f64,
     tmp: PgMemoryContexts,
-    scratch: Vec<f32>,
 }
 
 fn progress(param: u32, value: i64) {
@@ -50,13 +47,12 @@ fn progress(param: u32, value: i64) {
     unsafe { pg_sys::pgstat_progress_update_param(param as i32, value) }
 }
 
-/// The meta page contents of an index over `dims` dimensions.
-fn meta_for(dims: usize, params: Params, metric: Metric, entry: Option<(ItemPointer, u16)>) -> Meta {
+/// The meta page contents of an index of `codec` elements.
+fn meta_for(codec: Codec, params: Params, entry: Option<(ItemPointer, u16)>) -> Meta {
     Meta {
-        dims: dims as u32,
+        codec,
         m: params.m as u32,
         ef_construction: params.ef_construction as u32,
-        metric,
         entry,
         free_hint: None,
         healed_blocks: 0,
@@ -75,29 +71,28 @@ pub unsafe extern "C-unwind" fn ambuild(
         raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("index \"{}\" already contains data", rel.name()));
     }
     let params = options::params_of(index);
-    let dims = index_dims(index);
-    let metric = index_metric(index);
+    let codec = index_codec(index);
     let max_level = page::max_level(params.m);
     // SAFETY: reading a GUC variable of this backend.
     let memory_limit = unsafe { pg_sys::maintenance_work_mem } as usize * 1024;
     let mut state = BuildState {
         rel,
-        metric,
-        dims,
+        codec,
         params,
         max_level,
-        graph: Some(MemoryGraph::new(metric, dims, params, max_level)),
+        graph: Some(MemoryGraph::new(codec, params, max_level)),
         memory_limit,
         rng: SmallRng::seed_from_u64(BUILD_SEED),
-        heap_tuples: 0.0,
         index_tuples: 0.0,
         tmp: PgMemoryContexts::new("hnsw build tuple"),
-        scratch: Vec::with_capacity(dims),
     };
     progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PROGRESS_PHASE_LOAD);
     // SAFETY: heap and index are open and locked by CREATE INDEX; the
-    // callback receives `state` back as its last argument.
-    unsafe {
+    // callback receives `state` back as its last argument. The scan returns
+    // the number of live heap tuples it saw (all of them, not only those a
+    // partial index's predicate admits): what PostgreSQL records as the
+    // table's reltuples.
+    let heap_tuples = unsafe {
         let am = (*heap).rd_tableam;
         let scan = (*am).index_build_range_scan.expect("table AM without index_build_range_scan");
         scan(
@@ -112,16 +107,16 @@ pub unsafe extern "C-unwind" fn ambuild(
             Some(build_callback),
             &mut state as *mut BuildState as *mut std::ffi::c_void,
             std::ptr::null_mut(),
-        );
-    }
+        )
+    };
     if let Some(graph) = state.graph.take() {
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PROGRESS_PHASE_WRITE);
-        write_graph(&state.rel, &graph, metric);
+        write_graph(&state.rel, &graph);
     }
     // SAFETY: palloc0 returns zeroed memory for the result struct.
     unsafe {
         let result = pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBuildResult>()) as *mut pg_sys::IndexBuildResult;
-        (*result).heap_tuples = state.heap_tuples;
+        (*result).heap_tuples = heap_tuples;
         (*result).index_tuples = state.index_tuples;
         result
     }
@@ -140,33 +135,26 @@ unsafe extern "C-unwind" fn build_callback(
     // SAFETY: `state` is the BuildState passed to index_build_range_scan;
     // values/isnull have one entry per index column (one column here).
     let (state, datum, null, tid) = unsafe { (&mut *(state as *mut BuildState), *values, *isnull, from_pg_tid(&*tid)) };
-    state.heap_tuples += 1.0;
     if null {
         return;
     }
-    let scratch = &mut state.scratch;
-    // SAFETY: a non-null datum of the indexed vector column.
-    state.tmp.switch_to(|_| {
-        let v = unsafe { Vector::from_raw_datum(datum) };
-        scratch.clear();
-        scratch.extend_from_slice(v.as_slice());
-    });
+    let codec = state.codec;
+    // SAFETY: a non-null datum of the indexed column; detoasted copies go
+    // to the per-tuple context, reset right after.
+    let prepared = state.tmp.switch_to(|_| unsafe { prepare_datum(&codec, datum) });
     state.tmp.reset();
-    if state.scratch.len() != state.dims {
-        super::dimension_mismatch(state.dims, state.scratch.len());
-    }
-    if state.metric.normalizes() && !distance::normalize_in_place(&mut state.scratch) {
+    let Some(vector) = prepared else {
         return;
-    }
+    };
     let level = random_level(state.rng.gen::<f64>(), state.params.level_multiplier(), state.max_level);
     match state.graph.as_mut() {
         Some(graph) => {
-            graph.insert(&state.scratch, tid.pack(), level);
+            graph.insert(&vector, tid.pack(), level);
             if graph.memory_bytes() > state.memory_limit {
                 spill_to_disk(state);
             }
         }
-        None => insert::insert_prepared(&state.rel, &state.scratch, tid, level),
+        None => insert::insert_prepared(&state.rel, &vector, tid, level),
     }
     state.index_tuples += 1.0;
     if (state.index_tuples as u64) % 1000 == 0 {
@@ -183,7 +171,7 @@ fn spill_to_disk(state: &mut BuildState) {
         format!("hnsw graph no longer fits into maintenance_work_mem after {} tuples", state.index_tuples as u64),
         "Building will take significantly more time. Increase maintenance_work_mem to speed up builds."
     );
-    write_graph(&state.rel, &graph, state.metric);
+    write_graph(&state.rel, &graph);
 }
 
 /// Where each element's two items go: `(element item, neighbor item)`.
@@ -192,7 +180,7 @@ fn spill_to_disk(state: &mut BuildState) {
 /// the first earlier page with room (else the current one), so the space an
 /// element item cannot use at the end of a page is filled with neighbor
 /// items instead of being wasted.
-fn place(graph: &MemoryGraph, dims: usize, m: usize) -> Vec<(ItemPointer, ItemPointer)> {
+fn place(graph: &MemoryGraph<Codec>, m: usize) -> Vec<(ItemPointer, ItemPointer)> {
     struct Page {
         free: usize,
         items: u16,
@@ -205,9 +193,10 @@ fn place(graph: &MemoryGraph, dims: usize, m: usize) -> Vec<(ItemPointer, ItemPo
         p.items += 1;
         ItemPointer { block: index as u32 + 1, offset: p.items }
     };
-    let element_size = page::element_item_size(dims);
+    let codec = *graph.space();
     (0..graph.len() as u32)
         .map(|id| {
+            let element_size = page::element_item_size(codec.payload_len(graph.vector(id)));
             if item_footprint(element_size) > pages.last().unwrap().free {
                 pages.push(Page { free: EMPTY_PAGE_SPACE, items: 0 });
             }
@@ -231,13 +220,12 @@ fn place(graph: &MemoryGraph, dims: usize, m: usize) -> Vec<(ItemPointer, ItemPo
 
 /// Lays `graph` out on pages after the meta page and writes them, then
 /// WAL-logs the whole index. The index must be empty.
-pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph, metric: Metric) {
-    let params = graph.params();
-    let dims = index_dims(rel.raw());
-    let placement = place(graph, dims, params.m);
+pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph<Codec>) {
+    let (params, codec) = (graph.params(), *graph.space());
+    let placement = place(graph, params.m);
     let entry = graph.entry().map(|(id, level)| (placement[id as usize].0, level as u16));
     let mut meta_page = PageImage::new(PageKind::Meta);
-    meta_for(dims, params, metric, entry).write_page(&mut meta_page.0);
+    meta_for(codec, params, entry).write_page(&mut meta_page.0);
     let meta_block = rel.append_unlogged_image(&meta_page.0);
     assert_eq!(meta_block, page::META_BLOCK, "meta page must be block 0");
 
@@ -250,7 +238,7 @@ pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph, metric: Metric) {
     for id in 0..graph.len() as u32 {
         let (etid, ntid) = placement[id as usize];
         let tids: Vec<ItemPointer> = graph.heap_tids(id).iter().map(|&t| ItemPointer::unpack(t)).collect();
-        add(etid, &encode_element(graph.level(id), &tids, ntid, &HalfVector::encode(graph.vector(id))));
+        add(etid, &encode_element(graph.level(id), &tids, ntid, &codec.encode(graph.vector(id))));
         let lists: Vec<Vec<ItemPointer>> = (0..=graph.level(id))
             .map(|layer| graph.neighbor_ids(id, layer).iter().map(|&n| placement[n as usize].0).collect())
             .collect();
@@ -267,7 +255,7 @@ pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph, metric: Metric) {
 #[pg_guard]
 pub unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
     let params = options::params_of(index);
-    let meta = meta_for(index_dims(index), params, index_metric(index), None);
+    let meta = meta_for(index_codec(index), params, None);
     let rel = IndexRel::init_fork(index);
     let mut image = PageImage::new(PageKind::Meta);
     meta.write_page(&mut image.0);

@@ -38,6 +38,7 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgRelation, PgSqlErrorCode};
 
+use super::codec::{Codec, Kind};
 use super::page::{self, ElementRef, ItemPointer, Meta, NeighborsRef, PageKind, PageRef};
 use super::storage::{from_pg_tid, IndexRel, EXCLUSIVE_LOCK};
 use super::vacuum::{try_reserve, work_mem_bytes};
@@ -169,7 +170,7 @@ fn extension_schema() -> String {
 /// Reads every page (under the caller's lock) into `graph`, reporting page
 /// and item problems in `pages`.
 fn collect(rel: &IndexRel, meta: &Meta, graph: &mut Graph, pages: &mut Problems) {
-    let (dims, m) = (meta.dims as usize, meta.m as usize);
+    let (codec, m) = (meta.codec, meta.m as usize);
     for block in 1..rel.nblocks() {
         pgrx::check_for_interrupts!();
         rel.read(block, |p| {
@@ -194,7 +195,10 @@ fn collect(rel: &IndexRel, meta: &Meta, graph: &mut Graph, pages: &mut Problems)
                     }
                 };
                 if page::is_element_item(item) {
-                    match ElementRef::new(item, dims, m) {
+                    let element = ElementRef::new(item, &codec, m).and_then(|e| {
+                        codec.validate_deep(e.payload()).map(|_| e).map_err(|x| page::PageError(format!("{x:?}")))
+                    });
+                    match element {
                         Ok(e) => {
                             let flags = (e.is_deleted() as u8 * DELETED) | (e.is_free() as u8 * FREE);
                             if flags == 0 {
@@ -351,7 +355,7 @@ fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> R
 
 /// Every live heap row indexed exactly once: the index's heap TIDs sorted,
 /// the heap's rows read through a cursor in chunks.
-fn check_heap(index_oid: pg_sys::Oid, metric_normalizes: bool, graph: &mut Graph) -> Row {
+fn check_heap(index_oid: pg_sys::Oid, codec: &Codec, graph: &mut Graph) -> Row {
     let name = "heap rows indexed once".to_string();
     let Some((table, column)) = heap_target(index_oid) else {
         return (name, true, "skipped: expression index".into());
@@ -367,10 +371,11 @@ fn check_heap(index_oid: pg_sys::Oid, metric_normalizes: bool, graph: &mut Graph
     let words = tids.len().div_ceil(64);
     try_reserve(&mut found, words, "hnsw_index_check");
     found.resize(words, 0);
-    let filter = if metric_normalizes {
-        format!(" AND {}.vector_norm({column}) OPERATOR(pg_catalog.>) 0", extension_schema())
-    } else {
-        String::new()
+    // Zero vectors are not indexed under cosine distance.
+    let filter = match (codec.kind(), codec.normalizes()) {
+        (_, false) => String::new(),
+        (Kind::Vector, true) => format!(" AND {}.vector_norm({column}) OPERATOR(pg_catalog.>) 0", extension_schema()),
+        (_, true) => format!(" AND {}.l2_norm({column}) OPERATOR(pg_catalog.>) 0", extension_schema()),
     };
     let sql = format!("SELECT ctid FROM {table} WHERE {column} IS NOT NULL{filter}");
     let mut heap_rows = 0usize;
@@ -451,7 +456,7 @@ fn hnsw_index_check(
     rows.push((
         "meta page".into(),
         true,
-        format!("dims {} m {} ef_construction {} {:?}", meta.dims, meta.m, meta.ef_construction, meta.metric),
+        format!("{:?} m {} ef_construction {}", meta.codec, meta.m, meta.ef_construction),
     ));
     let mut graph = Graph::default();
     let mut pages = Problems::default();
@@ -470,6 +475,6 @@ fn hnsw_index_check(
     rows.push(check_lists(&rel, meta.m as usize, &graph));
     rows.push(check_reachable(&rel, &meta, &graph, live));
     rel.unlock_graph(EXCLUSIVE_LOCK);
-    rows.push(check_heap(index.oid(), meta.metric.normalizes(), &mut graph));
+    rows.push(check_heap(index.oid(), &meta.codec, &mut graph));
     TableIterator::new(rows)
 }

@@ -54,6 +54,28 @@ pub fn random_level(u: f64, level_multiplier: f64, max_level: usize) -> usize {
     (level as usize).min(max_level)
 }
 
+/// How a graph compares vectors held in its working form: slices of
+/// `Scalar` (dense `f32` values, or 32-bit words whose layout an index
+/// codec defines for bits and sparse vectors).
+pub trait Space {
+    /// One component of a vector in working form.
+    type Scalar: Copy + PartialEq + Send + Sync + 'static;
+
+    /// The graph's internal distance between `a` and `b` (smaller is nearer;
+    /// a monotone form of the SQL operator, e.g. squared L2).
+    fn distance(&self, a: &[Self::Scalar], b: &[Self::Scalar]) -> f32;
+}
+
+/// Dense `f32` vectors under one of the four vector metrics.
+impl Space for Metric {
+    type Scalar = f32;
+
+    #[inline]
+    fn distance(&self, a: &[f32], b: &[f32]) -> f32 {
+        Metric::distance(*self, a, b)
+    }
+}
+
 /// The set of elements a search has already seen.
 pub trait VisitedSet<K>: Default {
     /// Forgets everything (a new search begins).
@@ -124,18 +146,21 @@ pub trait GraphStore {
     type Key: GraphKey;
     /// A visited element.
     type Node: Copy;
+    /// A query as searches take it (for [`MemoryGraph`], a vector in the
+    /// [`Space`]'s working form).
+    type Query: ?Sized;
 
     /// The key of a visited node.
     fn key(&self, node: &Self::Node) -> Self::Key;
 
     /// Reads element `key` and returns its distance to `query` (the graph's
     /// internal metric, smaller is nearer); `None` when it cannot be used.
-    fn visit(&mut self, query: &[f32], key: Self::Key) -> Option<(f32, Self::Node)>;
+    fn visit(&mut self, query: &Self::Query, key: Self::Key) -> Option<(f32, Self::Node)>;
 
     /// Visits several elements at once, in order, appending one result per
     /// key to `out`. Stores override this to overlap the memory accesses of
     /// independent elements (the page store prefetches them).
-    fn visit_many(&mut self, query: &[f32], keys: &[Self::Key], out: &mut Vec<Option<(f32, Self::Node)>>) {
+    fn visit_many(&mut self, query: &Self::Query, keys: &[Self::Key], out: &mut Vec<Option<(f32, Self::Node)>>) {
         out.clear();
         for &k in keys {
             out.push(self.visit(query, k));
@@ -217,7 +242,7 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
     pub fn search_layer<S>(
         &mut self,
         store: &mut S,
-        query: &[f32],
+        query: &S::Query,
         entries: &[Candidate<S::Node>],
         ef: usize,
         layer: usize,
@@ -278,10 +303,31 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
     pub fn search<S>(
         &mut self,
         store: &mut S,
-        query: &[f32],
+        query: &S::Query,
         entry: K,
         entry_level: usize,
         ef: usize,
+    ) -> Vec<Candidate<S::Node>>
+    where
+        S: GraphStore<Key = K, Node = N>,
+    {
+        let ep = self.descend(store, query, entry, entry_level);
+        if ep.is_empty() {
+            return ep;
+        }
+        self.search_layer(store, query, &ep, ef, 0)
+    }
+
+    /// The greedy descent of Algorithm 5 alone: from the entry point through
+    /// layers `entry_level..=1`, returning the element nearest the query on
+    /// layer 1 (the entry point itself when `entry_level` is 0), where a
+    /// layer-0 search starts. Empty if the entry point cannot be read.
+    pub fn descend<S>(
+        &mut self,
+        store: &mut S,
+        query: &S::Query,
+        entry: K,
+        entry_level: usize,
     ) -> Vec<Candidate<S::Node>>
     where
         S: GraphStore<Key = K, Node = N>,
@@ -293,7 +339,7 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
         for layer in (1..=entry_level).rev() {
             ep = self.search_layer(store, query, &ep, 1, layer);
         }
-        self.search_layer(store, query, &ep, ef, 0)
+        ep
     }
 
     /// For a new element at `level`, finds its neighbors on each layer
@@ -302,7 +348,7 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
     pub fn find_insert_neighbors<S>(
         &mut self,
         store: &mut S,
-        query: &[f32],
+        query: &S::Query,
         level: usize,
         entry: K,
         entry_level: usize,
@@ -326,6 +372,139 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
             ep = w;
         }
         lists
+    }
+}
+
+/// A layer-0 search that can be resumed for more results: the iterative
+/// index scan (`hnsw.iterative_scan`, as in pgvector 0.8).
+///
+/// The first [`ResumableSearch::next_batch`] is Algorithm 2 with beam `ef`:
+/// the same elements, in the same order, as [`Searcher::search_layer`]. It
+/// differs in what it keeps afterwards: every element it visited but did not
+/// return stays *pending* (nearest first), and every element it visited but
+/// did not expand stays *unexpanded*, with the visited set. The next batch
+/// seeds its beam with the nearest pending elements and goes on expanding
+/// the nearest unexpanded ones under the same stopping rule (stop when the
+/// nearest unexpanded element is farther than the beam's farthest), so the
+/// search moves outward ring by ring instead of restarting.
+pub struct ResumableSearch<K: GraphKey, N> {
+    visited: K::Visited,
+    /// Visited, not yet expanded, nearest first.
+    unexpanded: BinaryHeap<Nearest<N>>,
+    /// Visited, not yet returned, nearest first.
+    pending: BinaryHeap<Nearest<N>>,
+    /// Elements visited so far (distances computed).
+    visits: usize,
+    neighbors: Vec<K>,
+    unvisited: Vec<K>,
+    batch: Vec<Option<(f32, N)>>,
+}
+
+impl<K: GraphKey, N: Copy> ResumableSearch<K, N> {
+    /// A search on layer 0 starting from `entries` (from
+    /// [`Searcher::descend`]), which count as visited.
+    pub fn new<S>(store: &S, entries: &[Candidate<N>]) -> ResumableSearch<K, N>
+    where
+        S: GraphStore<Key = K, Node = N>,
+    {
+        let mut search = ResumableSearch {
+            visited: K::Visited::default(),
+            unexpanded: BinaryHeap::new(),
+            pending: BinaryHeap::new(),
+            visits: entries.len(),
+            neighbors: Vec::new(),
+            unvisited: Vec::new(),
+            batch: Vec::new(),
+        };
+        VisitedSet::clear(&mut search.visited);
+        for e in entries {
+            if VisitedSet::insert(&mut search.visited, store.key(&e.node)) {
+                search.unexpanded.push(Reverse(ByDistance(*e)));
+                search.pending.push(Reverse(ByDistance(*e)));
+            }
+        }
+        search
+    }
+
+    /// Elements visited so far (the search's cost; the scan's budget counts them).
+    pub fn visits(&self) -> usize {
+        self.visits
+    }
+
+    /// Elements held in memory (pending and unexpanded), for the scan's
+    /// memory limit; the visited set holds about as many keys again.
+    pub fn held(&self) -> usize {
+        self.pending.len() + self.unexpanded.len()
+    }
+
+    /// Whether nothing is left to return or expand.
+    pub fn is_exhausted(&self) -> bool {
+        self.pending.is_empty() && self.unexpanded.is_empty()
+    }
+
+    /// The next batch: up to `ef` elements not returned before, nearest
+    /// first, expanding the graph until the beam-search stopping rule holds or
+    /// `visit_limit` visits (in total) have been spent. Empty when the graph
+    /// is exhausted.
+    pub fn next_batch<S>(&mut self, store: &mut S, query: &S::Query, ef: usize, visit_limit: usize) -> Vec<Candidate<N>>
+    where
+        S: GraphStore<Key = K, Node = N>,
+    {
+        let ef = ef.max(1);
+        let mut beam: BinaryHeap<ByDistance<N>> = BinaryHeap::with_capacity(ef + 1);
+        while beam.len() < ef {
+            let Some(Reverse(ByDistance(c))) = self.pending.pop() else { break };
+            beam.push(ByDistance(c));
+        }
+        let mut neighbors = std::mem::take(&mut self.neighbors);
+        let mut unvisited = std::mem::take(&mut self.unvisited);
+        let mut batch = std::mem::take(&mut self.batch);
+        while self.visits < visit_limit {
+            let Some(Reverse(ByDistance(c))) = self.unexpanded.peek() else { break };
+            let farthest = beam.peek().map_or(f32::INFINITY, |f| f.0.distance);
+            if beam.len() >= ef && c.distance > farthest {
+                break;
+            }
+            let Some(Reverse(ByDistance(c))) = self.unexpanded.pop() else { break };
+            if let Some(Reverse(ByDistance(next))) = self.unexpanded.peek() {
+                store.prefetch_neighbors(&next.node);
+            }
+            store.neighbors(&c.node, 0, &mut neighbors);
+            unvisited.clear();
+            unvisited.extend(neighbors.iter().copied().filter(|&k| VisitedSet::insert(&mut self.visited, k)));
+            store.visit_many(query, &unvisited, &mut batch);
+            self.visits += unvisited.len();
+            for &(distance, node) in batch.iter().flatten() {
+                let found = Candidate { distance, node };
+                self.unexpanded.push(Reverse(ByDistance(found)));
+                let farthest = beam.peek().map_or(f32::INFINITY, |f| f.0.distance);
+                if beam.len() < ef || distance < farthest {
+                    beam.push(ByDistance(found));
+                    if beam.len() > ef {
+                        if let Some(ByDistance(out)) = beam.pop() {
+                            self.pending.push(Reverse(ByDistance(out)));
+                        }
+                    }
+                } else {
+                    self.pending.push(Reverse(ByDistance(found)));
+                }
+            }
+        }
+        self.neighbors = neighbors;
+        self.unvisited = unvisited;
+        self.batch = batch;
+        beam.into_sorted_vec().into_iter().map(|f| f.0).collect()
+    }
+
+    /// Up to `n` pending elements, nearest first, without expanding anything
+    /// (what a scan returns once its budget is spent).
+    pub fn take_pending(&mut self, n: usize) -> Vec<Candidate<N>> {
+        let mut out = Vec::with_capacity(n.min(self.pending.len()));
+        while out.len() < n {
+            let Some(Reverse(ByDistance(c))) = self.pending.pop() else { break };
+            out.push(c);
+        }
+        out
     }
 }
 
@@ -394,12 +573,16 @@ pub const MAX_HEAP_TIDS: usize = 10;
 
 /// An HNSW graph held in memory: the index build's working set, and the
 /// reference implementation the tests check recall against.
-pub struct MemoryGraph {
-    metric: Metric,
-    dim: usize,
+///
+/// Vectors are kept in one contiguous array in the [`Space`]'s working form
+/// (element `i` is `vectors[starts[i]..starts[i + 1]]`, so elements may
+/// differ in length, as sparse vectors do).
+pub struct MemoryGraph<S: Space = Metric> {
+    space: S,
     params: Params,
     max_level: usize,
-    vectors: Vec<f32>,
+    vectors: Vec<S::Scalar>,
+    starts: Vec<usize>,
     /// `neighbors[element][layer]`: neighbor ids, nearest first when pruned.
     neighbors: Vec<Vec<Vec<u32>>>,
     heap_tids: Vec<Vec<u64>>,
@@ -417,16 +600,16 @@ pub enum Inserted {
     Duplicate(u32),
 }
 
-impl MemoryGraph {
-    /// An empty graph of `dim`-dimensional vectors. `max_level` caps the
+impl<S: Space> MemoryGraph<S> {
+    /// An empty graph comparing vectors in `space`. `max_level` caps the
     /// levels drawn (the page format limits how many layers fit a page).
-    pub fn new(metric: Metric, dim: usize, params: Params, max_level: usize) -> MemoryGraph {
+    pub fn new(space: S, params: Params, max_level: usize) -> MemoryGraph<S> {
         MemoryGraph {
-            metric,
-            dim,
+            space,
             params,
             max_level,
             vectors: Vec::new(),
+            starts: vec![0],
             neighbors: Vec::new(),
             heap_tids: Vec::new(),
             entry: None,
@@ -465,9 +648,14 @@ impl MemoryGraph {
         self.neighbors[id as usize].len() - 1
     }
 
-    /// Vector of element `id`.
-    pub fn vector(&self, id: u32) -> &[f32] {
-        &self.vectors[id as usize * self.dim..(id as usize + 1) * self.dim]
+    /// Vector of element `id`, in working form.
+    pub fn vector(&self, id: u32) -> &[S::Scalar] {
+        &self.vectors[self.starts[id as usize]..self.starts[id as usize + 1]]
+    }
+
+    /// The space the graph compares vectors in.
+    pub fn space(&self) -> &S {
+        &self.space
     }
 
     /// Neighbor ids of element `id` on `layer`.
@@ -482,8 +670,7 @@ impl MemoryGraph {
 
     /// Inserts `vector` for heap row `heap_tid` at `level` (Algorithm 1).
     /// A vector equal to an existing element with spare TID slots joins it.
-    pub fn insert(&mut self, vector: &[f32], heap_tid: u64, level: usize) -> Inserted {
-        assert_eq!(vector.len(), self.dim, "vector dimension");
+    pub fn insert(&mut self, vector: &[S::Scalar], heap_tid: u64, level: usize) -> Inserted {
         let level = level.min(self.max_level);
         let params = self.params;
         let mut searcher = std::mem::take(&mut self.searcher);
@@ -505,9 +692,10 @@ impl MemoryGraph {
         }
         let id = self.neighbors.len() as u32;
         self.vectors.extend_from_slice(vector);
+        self.starts.push(self.vectors.len());
         self.heap_tids.push(vec![heap_tid]);
         self.neighbors.push(lists.iter().map(|l| l.iter().map(|c| c.node).collect()).collect());
-        self.bytes += 4 * self.dim + 64 + 24 * (level + 1) + 4 * (params.m * (level + 2) + 1);
+        self.bytes += std::mem::size_of_val(vector) + 72 + 24 * (level + 1) + 4 * (params.m * (level + 2) + 1);
         let mut linked = false;
         for (layer, list) in lists.iter().enumerate() {
             for c in list {
@@ -543,8 +731,8 @@ impl MemoryGraph {
         let (base, list) = (self.vector(id), &self.neighbors[id as usize][layer]);
         (0..list.len())
             .max_by(|&a, &b| {
-                let da = self.metric.distance(base, self.vector(list[a]));
-                let db = self.metric.distance(base, self.vector(list[b]));
+                let da = self.space.distance(base, self.vector(list[a]));
+                let db = self.space.distance(base, self.vector(list[b]));
                 da.total_cmp(&db)
             })
             .unwrap_or(0)
@@ -628,7 +816,7 @@ impl MemoryGraph {
     }
 
     /// The k-NN search: up to `ef` `(distance, id)` pairs, nearest first.
-    pub fn search(&mut self, query: &[f32], ef: usize) -> Vec<Candidate<u32>> {
+    pub fn search(&mut self, query: &[S::Scalar], ef: usize) -> Vec<Candidate<u32>> {
         let Some((entry, entry_level)) = self.entry else {
             return Vec::new();
         };
@@ -639,26 +827,27 @@ impl MemoryGraph {
     }
 }
 
-impl GraphStore for MemoryGraph {
+impl<S: Space> GraphStore for MemoryGraph<S> {
     type Key = u32;
     type Node = u32;
+    type Query = [S::Scalar];
 
     fn key(&self, node: &u32) -> u32 {
         *node
     }
 
-    fn visit(&mut self, query: &[f32], key: u32) -> Option<(f32, u32)> {
-        Some((self.metric.distance(query, self.vector(key)), key))
+    fn visit(&mut self, query: &[S::Scalar], key: u32) -> Option<(f32, u32)> {
+        Some((self.space.distance(query, self.vector(key)), key))
     }
 
     /// Prefetches every vector first, so the cache misses of one batch of
     /// neighbors overlap instead of following one another.
-    fn visit_many(&mut self, query: &[f32], keys: &[u32], out: &mut Vec<Option<(f32, u32)>>) {
+    fn visit_many(&mut self, query: &[S::Scalar], keys: &[u32], out: &mut Vec<Option<(f32, u32)>>) {
         out.clear();
         for &k in keys {
             crate::distance::prefetch(self.vector(k));
         }
-        out.extend(keys.iter().map(|&k| Some((self.metric.distance(query, self.vector(k)), k))));
+        out.extend(keys.iter().map(|&k| Some((self.space.distance(query, self.vector(k)), k))));
     }
 
     fn neighbors(&mut self, node: &u32, layer: usize, out: &mut Vec<u32>) {
@@ -669,7 +858,7 @@ impl GraphStore for MemoryGraph {
     }
 
     fn distance_between(&mut self, a: &u32, b: &u32) -> f32 {
-        self.metric.distance(self.vector(*a), self.vector(*b))
+        self.space.distance(self.vector(*a), self.vector(*b))
     }
 
     fn prefetch(&self, node: &u32) {
@@ -698,7 +887,7 @@ mod tests {
 
     fn build(data: &[Vec<f32>], metric: Metric, params: Params, seed: u64) -> MemoryGraph {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut g = MemoryGraph::new(metric, data[0].len(), params, 16);
+        let mut g = MemoryGraph::new(metric, params, 16);
         for (i, v) in data.iter().enumerate() {
             let level = random_level(rng.gen::<f64>(), params.level_multiplier(), 16);
             g.insert(v, i as u64, level);
@@ -750,7 +939,7 @@ mod tests {
     #[test]
     fn duplicates_share_an_element_up_to_the_tid_limit() {
         let params = Params { m: 4, ef_construction: 16 };
-        let mut g = MemoryGraph::new(Metric::L2, 2, params, 8);
+        let mut g = MemoryGraph::new(Metric::L2, params, 8);
         for i in 0..25u64 {
             g.insert(&[1.0, 1.0], i, 0);
         }
@@ -784,9 +973,70 @@ mod tests {
         }
     }
 
+    /// The first batch is the ordinary beam search; further batches return
+    /// new elements only, and all batches together approach a full ranking.
+    #[test]
+    fn resumable_search_continues_outward() {
+        let (data, queries) = clustered(3000, 10, 16, 21);
+        let params = Params { m: 16, ef_construction: 64 };
+        let mut g = build(&data, Metric::L2, params, 22);
+        let (entry, entry_level) = g.entry().unwrap();
+        for q in &queries {
+            let plain = g.search(q, 40);
+            let mut searcher: Searcher<u32, u32> = Searcher::default();
+            let ep = searcher.descend(&mut g, q, entry, entry_level);
+            let mut it = ResumableSearch::new(&g, &ep);
+            let first = it.next_batch(&mut g, q, 40, usize::MAX);
+            let ids = |c: &[Candidate<u32>]| c.iter().map(|c| c.node).collect::<Vec<u32>>();
+            assert_eq!(ids(&first), ids(&plain), "first batch = beam search");
+            let mut seen: Vec<u32> = ids(&first);
+            for _ in 0..10 {
+                let batch = it.next_batch(&mut g, q, 40, usize::MAX);
+                assert!(batch.windows(2).all(|w| w[0].distance <= w[1].distance), "each batch sorted");
+                seen.extend(ids(&batch));
+            }
+            let n = seen.len();
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), n, "no element returned twice");
+            assert!(n >= 400, "eleven batches of 40 return {n}");
+            // The 400 nearest found by brute force are nearly all among them.
+            let mut exact: Vec<(f32, u32)> =
+                data.iter().enumerate().map(|(i, v)| (Metric::L2.distance(q, v), i as u32)).collect();
+            exact.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let hits = exact[..200].iter().filter(|e| seen.binary_search(&e.1).is_ok()).count();
+            assert!(hits >= 190, "the 200 nearest: {hits} found in the first 440 returned");
+        }
+    }
+
+    #[test]
+    fn resumable_search_respects_its_visit_limit_and_drains() {
+        let (data, queries) = clustered(2000, 1, 8, 23);
+        let mut g = build(&data, Metric::L2, Params { m: 8, ef_construction: 32 }, 24);
+        let (entry, entry_level) = g.entry().unwrap();
+        let q = &queries[0];
+        let ep = Searcher::<u32, u32>::default().descend(&mut g, q, entry, entry_level);
+        let mut it = ResumableSearch::new(&g, &ep);
+        let first = it.next_batch(&mut g, q, 10, 300);
+        assert!(!first.is_empty());
+        let spent = it.visits();
+        assert!(spent <= 300 + 2 * 8, "a batch stops within one expansion of its limit: {spent}");
+        let more = it.next_batch(&mut g, q, 10, spent);
+        assert!(more.len() <= 10, "no expansion past the limit, only pending elements");
+        assert_eq!(it.visits(), spent);
+        let rest = it.take_pending(usize::MAX);
+        assert!(rest.windows(2).all(|w| w[0].distance <= w[1].distance));
+        let mut all: Vec<u32> = first.iter().chain(&more).chain(&rest).map(|c| c.node).collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n);
+        assert_eq!(n, spent, "every visited element is returned exactly once");
+    }
+
     #[test]
     fn empty_graph_search_returns_nothing() {
-        let mut g = MemoryGraph::new(Metric::L2, 3, Params { m: 4, ef_construction: 8 }, 4);
+        let mut g = MemoryGraph::new(Metric::L2, Params { m: 4, ef_construction: 8 }, 4);
         assert!(g.search(&[0.0, 0.0, 0.0], 10).is_empty());
     }
 }

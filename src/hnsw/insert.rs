@@ -23,10 +23,9 @@ use pgrx::prelude::*;
 
 use super::graph::{prune_neighbors, random_level, Searcher};
 use super::page::{self, encode_element, encode_neighbors, ElementMut, ItemPointer, NeighborsRef, PageKind, PageRef};
+use super::prepare_datum;
 use super::storage::{from_pg_tid, ElementNode, IndexRel, PageStore, EXCLUSIVE_LOCK, SHARE_LOCK};
-use crate::distance::{self, HalfVector};
 use crate::hnsw::graph::GraphStore;
-use crate::vector::Vector;
 
 /// `aminsert`: indexes one heap row. NULLs and (for cosine) zero vectors
 /// are not indexed. Always returns `false` (no uniqueness checks).
@@ -49,25 +48,20 @@ pub unsafe extern "C-unwind" fn aminsert(
     }
     let rel = IndexRel::new(index);
     let meta = rel.read_meta();
-    // SAFETY: a non-null datum of the indexed vector column.
-    let v = unsafe { Vector::from_raw_datum(datum) };
-    if v.dim() != meta.dims as usize {
-        super::dimension_mismatch(meta.dims as usize, v.dim());
-    }
-    let mut vector = v.as_slice().to_vec();
-    if meta.metric.normalizes() && !distance::normalize_in_place(&mut vector) {
+    // SAFETY: a non-null datum of the indexed column.
+    let Some(vector) = (unsafe { prepare_datum(&meta.codec, datum) }) else {
         return false;
-    }
+    };
     let m = meta.m as usize;
     let level = random_level(rand::random::<f64>(), 1.0 / (m as f64).ln(), page::max_level(m));
     insert_prepared(&rel, &vector, tid, level);
     false
 }
 
-/// Inserts an already normalised `vector` for heap row `heap_tid` with top
-/// layer `level` into the on-disk graph.
-pub fn insert_prepared(rel: &IndexRel, vector: &[f32], heap_tid: ItemPointer, level: usize) {
-    let stored = HalfVector::encode(vector);
+/// Inserts `vector` (in the index codec's working form, see
+/// [`prepare_datum`]) for heap row `heap_tid` with top layer `level` into the
+/// on-disk graph.
+pub fn insert_prepared(rel: &IndexRel, vector: &[u32], heap_tid: ItemPointer, level: usize) {
     let mut mode = SHARE_LOCK;
     rel.lock_graph(mode);
     let mut meta = rel.read_meta();
@@ -78,6 +72,7 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[f32], heap_tid: ItemPointer, le
         meta = rel.read_meta();
     }
     let mut store = PageStore::new(*rel, meta);
+    let stored = meta.codec.encode(vector);
     let Some((entry, entry_level)) = meta.entry else {
         let (etid, _) = write_element(&store, level, heap_tid, &vec![Vec::new(); level + 1], &stored);
         rel.set_entry(Some((etid, level as u16)));
@@ -96,7 +91,8 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[f32], heap_tid: ItemPointer, le
     }
     let tids: Vec<Vec<ItemPointer>> = lists.iter().map(|l| l.iter().map(|c| c.node.tid).collect()).collect();
     let (etid, ntid) = write_element(&store, level, heap_tid, &tids, &stored);
-    let new = ElementNode { tid: etid, neighbors: ntid, level: level as u8, deleted: false, heap_tids: 1 };
+    let new = store.node(etid);
+    debug_assert_eq!(new.neighbors, ntid);
     let mut linked = false;
     for (layer, list) in lists.iter().enumerate() {
         for c in list {
@@ -114,18 +110,20 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[f32], heap_tid: ItemPointer, le
     rel.unlock_graph(mode);
 }
 
-/// Adds `heap_tid` to element `tid` if it stores the same half-precision
-/// codes as `vector` and has a free slot. Returns whether it did.
-fn add_duplicate(store: &PageStore, tid: ItemPointer, vector: &HalfVector, heap_tid: ItemPointer) -> bool {
-    if !store.with_element(tid, |e| e.same_codes(vector)) {
+/// Adds `heap_tid` to element `tid` if it stores the same vector as
+/// `payload` ([`Codec::same_vector`](super::codec::Codec::same_vector)) and
+/// has a free slot. Returns whether it did.
+fn add_duplicate(store: &PageStore, tid: ItemPointer, payload: &[u8], heap_tid: ItemPointer) -> bool {
+    let (codec, m) = (store.meta.codec, store.meta.m as usize);
+    if !store.with_element(tid, |e| codec.same_vector(e.payload(), payload)) {
         return false;
     }
-    let (dims, m) = (store.meta.dims as usize, store.meta.m as usize);
     let rel = store.rel;
     rel.modify(tid.block, |p| {
         let range = rel.item_range(tid.block, p, tid.offset);
-        let mut e = ElementMut::new(&mut p[range], dims, m).unwrap_or_else(|e| rel.corrupt(tid.block, e));
-        (!e.is_deleted() && e.push_duplicate(heap_tid, vector)).then_some(())
+        let mut e = ElementMut::new(&mut p[range], &codec, m).unwrap_or_else(|e| rel.corrupt(tid.block, e));
+        (!e.is_deleted() && codec.same_vector(e.payload(), payload) && e.push_duplicate(heap_tid, &codec, payload))
+            .then_some(())
     })
     .is_some()
 }
@@ -167,11 +165,11 @@ fn reuse_free_element(
     level: usize,
     heap_tid: ItemPointer,
     lists: &[Vec<ItemPointer>],
-    vector: &HalfVector,
+    payload: &[u8],
 ) -> Option<(ItemPointer, ItemPointer)> {
     let hint = store.meta.free_hint?;
     let rel = store.rel;
-    let (dims, m) = (store.meta.dims as usize, store.meta.m as usize);
+    let (codec, m) = (store.meta.codec, store.meta.m as usize);
     let nblocks = rel.nblocks();
     let end = nblocks.min(hint.saturating_add(FREE_SCAN_PAGES));
     // First scanned block that still has a free element after this insert.
@@ -180,12 +178,12 @@ fn reuse_free_element(
         let mut remaining = false;
         let claimed = rel.modify(block, |p| {
             let mut claimed = None;
-            rel.for_each_element_mut(block, p, dims, m, |offset, e| {
+            rel.for_each_element_mut(block, p, &codec, m, |offset, e| {
                 if !e.is_free() {
                     return;
                 }
-                if claimed.is_none() && e.capacity() >= level {
-                    e.reuse(level, heap_tid, vector);
+                if claimed.is_none() && e.capacity() >= level && e.payload_capacity() >= payload.len() {
+                    e.reuse(level, heap_tid, payload);
                     claimed = Some((offset, e.neighbors()));
                 } else {
                     remaining = true;
@@ -227,13 +225,13 @@ fn write_element(
     level: usize,
     heap_tid: ItemPointer,
     lists: &[Vec<ItemPointer>],
-    vector: &HalfVector,
+    payload: &[u8],
 ) -> (ItemPointer, ItemPointer) {
-    if let Some(at) = reuse_free_element(store, level, heap_tid, lists, vector) {
+    if let Some(at) = reuse_free_element(store, level, heap_tid, lists, payload) {
         return at;
     }
     let ntid = put_item(&store.rel, &encode_neighbors(store.meta.m as usize, level, lists));
-    let etid = put_item(&store.rel, &encode_element(level, &[heap_tid], ntid, vector));
+    let etid = put_item(&store.rel, &encode_element(level, &[heap_tid], ntid, payload));
     (etid, ntid)
 }
 

@@ -1,5 +1,7 @@
-//! Index options (`WITH (m = 16, ef_construction = 64)`) and the
-//! `hnsw.ef_search` GUC.
+//! Index options (`WITH (m = 16, ef_construction = 64)`) and the `hnsw.*`
+//! GUCs: `ef_search`, and the iterative-scan settings `iterative_scan`,
+//! `max_scan_tuples`, `scan_mem_multiplier` (pgvector 0.8's names, ranges and
+//! defaults).
 //!
 //! Reloptions are registered in `_PG_init` with `add_reloption_kind`, as
 //! contrib/bloom and pgvector do; PostgreSQL itself then reports a value out
@@ -16,6 +18,7 @@
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
+use pgrx::PostgresGucEnum;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::raise_detail;
@@ -44,6 +47,36 @@ pub static EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_EF_SEARCH
 /// `maintenance_work_mem` allows, so the batching path can be tested on a
 /// small index.
 pub static DEBUG_VACUUM_BATCH_BLOCKS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// `hnsw.iterative_scan`: whether an index scan that has returned its
+/// `ef_search` nearest elements goes on searching when the executor wants
+/// more rows (because a `WHERE` clause rejected some).
+#[derive(PostgresGucEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IterativeScan {
+    /// One beam of `ef_search`, as before: at most that many elements.
+    #[name = c"off"]
+    Off,
+    /// Go on in batches; a later batch may hold rows nearer than the last
+    /// returned one (returned anyway, so rows can come out slightly out of
+    /// order).
+    #[name = c"relaxed_order"]
+    RelaxedOrder,
+    /// Go on in batches, returning rows in order: a row a later batch finds
+    /// nearer than one already returned is skipped.
+    #[name = c"strict_order"]
+    StrictOrder,
+}
+
+/// `hnsw.iterative_scan` (default `off`).
+pub static ITERATIVE_SCAN: GucSetting<IterativeScan> = GucSetting::<IterativeScan>::new(IterativeScan::Off);
+/// Default `hnsw.max_scan_tuples`.
+pub const DEFAULT_MAX_SCAN_TUPLES: i32 = 20_000;
+/// `hnsw.max_scan_tuples`: elements an iterative scan may visit after its
+/// first pass (a soft limit: the batch under way finishes its expansion).
+pub static MAX_SCAN_TUPLES: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_SCAN_TUPLES);
+/// `hnsw.scan_mem_multiplier`: an iterative scan's memory as a multiple of
+/// `work_mem`.
+pub static SCAN_MEM_MULTIPLIER: GucSetting<f64> = GucSetting::<f64>::new(1.0);
 
 /// The reloption kind PostgreSQL assigned to `hnsw` in this backend.
 static RELOPT_KIND: AtomicU32 = AtomicU32::new(0);
@@ -88,6 +121,34 @@ pub fn init() {
         &EF_SEARCH,
         1,
         1000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"hnsw.iterative_scan",
+        c"Sets the mode for iterative scans",
+        c"off, relaxed_order or strict_order: whether a scan continues past ef_search elements when a WHERE clause filters rows.",
+        &ITERATIVE_SCAN,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"hnsw.max_scan_tuples",
+        c"Sets the max number of tuples to visit for iterative scans",
+        c"A soft budget of elements visited after the first pass; past it the scan returns what it already holds, nearest first.",
+        &MAX_SCAN_TUPLES,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"hnsw.scan_mem_multiplier",
+        c"Sets the multiple of work_mem to use for iterative scans",
+        c"An iterative scan stops expanding once its bookkeeping would exceed this multiple of work_mem.",
+        &SCAN_MEM_MULTIPLIER,
+        1.0,
+        1000.0,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -190,4 +251,21 @@ pub fn graph_m(index: pg_sys::Relation) -> usize {
 /// The current `hnsw.ef_search`.
 pub fn ef_search() -> usize {
     EF_SEARCH.get().max(1) as usize
+}
+
+/// The current `hnsw.iterative_scan`.
+pub fn iterative_scan() -> IterativeScan {
+    ITERATIVE_SCAN.get()
+}
+
+/// The current `hnsw.max_scan_tuples`.
+pub fn max_scan_tuples() -> usize {
+    MAX_SCAN_TUPLES.get().max(1) as usize
+}
+
+/// Bytes an iterative scan may hold: `hnsw.scan_mem_multiplier × work_mem`.
+pub fn scan_memory_limit() -> usize {
+    // SAFETY: reading a GUC variable of this backend.
+    let work_mem_kb = unsafe { pg_sys::work_mem } as f64;
+    (SCAN_MEM_MULTIPLIER.get() * work_mem_kb * 1024.0) as usize
 }

@@ -6,12 +6,14 @@
 //! special space ([`Special`]) marks it as ours.
 //!
 //! - Block 0 is the **meta page** ([`Meta`]): magic number, format version,
-//!   dimensions, `M`, `ef_construction`, metric and the entry point.
+//!   the element codec (type, metric, dimensions), `M`, `ef_construction`,
+//!   the entry point and a hint to reusable space.
 //! - Other blocks are **graph pages** holding two kinds of items:
-//!   - an **element item**: level, deleted flag, up to
-//!     [`MAX_HEAP_TIDS`] heap TIDs, the address of its neighbor item and the
-//!     vector in half precision with its scale and rounding error
-//!     ([`HalfVector`], `88 + 2·dims` bytes);
+//!   - an **element item**: a 72-byte header (level, deleted/free flags, up
+//!     to [`MAX_HEAP_TIDS`] heap TIDs, the address of its neighbor item) and
+//!     the vector's **payload**, whose layout the index's
+//!     [`Codec`](super::codec::Codec) defines (for `vector`: half-precision
+//!     codes with their scale and rounding error, `72 + 16 + 2·dims` bytes);
 //!   - a **neighbor item**: `2·M` slots for layer 0 and `M` for each layer
 //!     above (`4 + 6·M·(level + 2)` bytes), updated in place so a new link
 //!     never rewrites the vector.
@@ -20,7 +22,7 @@
 //! [`NeighborsRef::new`]) before any field is used; a bad page is a
 //! [`PageError`], never a panic or an out-of-bounds read.
 
-use crate::distance::{HalfVector, Metric};
+use crate::hnsw::codec::Codec;
 pub use crate::hnsw::graph::MAX_HEAP_TIDS;
 
 /// PostgreSQL block size this format is laid out for.
@@ -42,17 +44,19 @@ pub const SPECIAL_OFFSET: usize = BLCKSZ - SPECIAL_SIZE;
 pub const META_BLOCK: u32 = 0;
 /// Meta page magic number ("HNSW").
 pub const MAGIC: u32 = 0x484E_5357;
-/// Version of this format, checked on every open.
-pub const FORMAT_VERSION: u32 = 3;
+/// Version of this format, checked on every open (4: element payloads by
+/// codec, the stable part of a `vector` payload first).
+pub const FORMAT_VERSION: u32 = 4;
 /// Tag in every page's special space identifying an `hnsw` page.
 pub const PAGE_ID: u16 = 0xFF91;
-/// Most dimensions an indexed vector may have: an element item must fit a page.
-pub const MAX_INDEX_DIMS: usize = 2000;
-
-/// Bytes of an element item before its vector.
-pub const ELEMENT_HEADER_SIZE: usize = 88;
-/// Where the element header's vector fields begin (after the heap TIDs).
-const VECTOR_FIELDS: usize = 72;
+/// Bytes of an element item before its payload.
+pub const ELEMENT_HEADER_SIZE: usize = 72;
+/// Bytes at the start of an element item a scan copies out under a pin
+/// ([`ElementHead`]): kind, level, flags, heap TID count, neighbor item,
+/// capacity.
+pub const ELEMENT_HEAD_SIZE: usize = 12;
+/// Offset of the heap TIDs in an element item.
+const HEAP_TIDS_AT: usize = 12;
 /// Bytes of a neighbor item before its slots.
 pub const NEIGHBORS_HEADER_SIZE: usize = 4;
 /// Bytes per neighbor slot (block u32, offset u16).
@@ -207,6 +211,37 @@ pub fn add_item(page: &mut [u8], item: &[u8]) -> Option<u16> {
     Some(((lower - PAGE_HEADER_SIZE) / ITEM_ID_SIZE + 1) as u16)
 }
 
+/// Checks the header of a graph page (its first [`PAGE_HEADER_SIZE`] bytes,
+/// copied out by a reader that holds only a pin, since `pd_lower` and
+/// `pd_upper` move as items are added) and returns `(number of line
+/// pointers, pd_upper)`.
+pub fn graph_header_bounds(header: &[u8; PAGE_HEADER_SIZE]) -> Result<(u16, usize), PageError> {
+    let (lower, upper, special) =
+        (u16_at(header, 12) as usize, u16_at(header, 14) as usize, u16_at(header, 16) as usize);
+    if u16_at(header, 18) != BLCKSZ as u16 | PAGE_LAYOUT_VERSION
+        || !(PAGE_HEADER_SIZE <= lower && lower <= upper && upper <= special && special == SPECIAL_OFFSET)
+    {
+        return err(format!("bad page header lower={lower} upper={upper} special={special}"));
+    }
+    Ok((((lower - PAGE_HEADER_SIZE) / ITEM_ID_SIZE) as u16, upper))
+}
+
+/// Byte offset of the line pointer of item `offset` (from 1).
+pub const fn line_pointer_at(offset: u16) -> usize {
+    PAGE_HEADER_SIZE + (offset as usize).saturating_sub(1) * ITEM_ID_SIZE
+}
+
+/// Bounds of item `offset` from its line pointer `lp` on a page whose
+/// `pd_upper` is `upper` (both read from the page), validated: a normal line
+/// pointer to an aligned item inside the item area.
+pub fn line_pointer_range(lp: u32, upper: usize, offset: u16) -> Result<std::ops::Range<usize>, PageError> {
+    let (off, flags, len) = ((lp & 0x7FFF) as usize, (lp >> 15) & 3, (lp >> 17) as usize);
+    if flags != 1 || off < upper || off + len > SPECIAL_OFFSET || off % MAXIMUM_ALIGNOF != 0 {
+        return err(format!("bad line pointer {offset}: off={off} len={len} flags={flags}"));
+    }
+    Ok(off..off + len)
+}
+
 /// A page whose header and special space have been validated.
 #[derive(Clone, Copy)]
 pub struct PageRef<'a> {
@@ -244,17 +279,11 @@ impl<'a> PageRef<'a> {
     /// page, saving a cache miss per element on the scan's hot path; every
     /// item read through it is still bounds- and kind-checked.
     pub fn graph_header_only(bytes: &'a [u8]) -> Result<PageRef<'a>, PageError> {
-        if bytes.len() != BLCKSZ {
+        let Some(header) = bytes.first_chunk::<PAGE_HEADER_SIZE>().filter(|_| bytes.len() == BLCKSZ) else {
             return err(format!("page of {} bytes", bytes.len()));
-        }
-        let (lower, upper, special) =
-            (u16_at(bytes, 12) as usize, u16_at(bytes, 14) as usize, u16_at(bytes, 16) as usize);
-        if u16_at(bytes, 18) != BLCKSZ as u16 | PAGE_LAYOUT_VERSION
-            || !(PAGE_HEADER_SIZE <= lower && lower <= upper && upper <= special && special == SPECIAL_OFFSET)
-        {
-            return err(format!("bad page header lower={lower} upper={upper} special={special}"));
-        }
-        Ok(PageRef { bytes, max_offset: ((lower - PAGE_HEADER_SIZE) / ITEM_ID_SIZE) as u16 })
+        };
+        let (max_offset, _) = graph_header_bounds(header)?;
+        Ok(PageRef { bytes, max_offset })
     }
 
     /// Number of line pointers.
@@ -267,13 +296,8 @@ impl<'a> PageRef<'a> {
         if offset == 0 || offset > self.max_offset {
             return err(format!("item {offset} beyond {} line pointers", self.max_offset));
         }
-        let lp = u32_at(self.bytes, PAGE_HEADER_SIZE + (offset as usize - 1) * ITEM_ID_SIZE);
-        let (off, flags, len) = ((lp & 0x7FFF) as usize, (lp >> 15) & 3, (lp >> 17) as usize);
-        let upper = u16_at(self.bytes, 14) as usize;
-        if flags != 1 || off < upper || off + len > SPECIAL_OFFSET || off % MAXIMUM_ALIGNOF != 0 {
-            return err(format!("bad line pointer {offset}: off={off} len={len} flags={flags}"));
-        }
-        Ok(off..off + len)
+        let lp = u32_at(self.bytes, line_pointer_at(offset));
+        line_pointer_range(lp, u16_at(self.bytes, 14) as usize, offset)
     }
 
     /// The bytes of item `offset`.
@@ -283,16 +307,14 @@ impl<'a> PageRef<'a> {
 }
 
 /// The meta page's contents, stored right after the page header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Meta {
-    /// Dimensions of every vector in the index.
-    pub dims: u32,
+    /// How elements are stored and compared: type, metric, dimensions.
+    pub codec: Codec,
     /// `M`.
     pub m: u32,
     /// `ef_construction`.
     pub ef_construction: u32,
-    /// Distance the graph is built for.
-    pub metric: Metric,
     /// Entry point element and its level; `None` for an empty graph.
     pub entry: Option<(ItemPointer, u16)>,
     /// First block that may hold free (reusable) elements, set by VACUUM.
@@ -305,6 +327,11 @@ pub struct Meta {
     pub healed_blocks: u32,
 }
 
+/// Bytes of meta data: `magic u32 | version u32 | dims u32 | m u32 |
+/// ef_construction u32 | metric u32 | entry ItemPointer (6) | entry level u16
+/// | free hint u32 | kind u32 | healed_blocks u32 | reserved u32`.
+/// `healed_blocks` was added after format 4 shipped: meta pages written
+/// before it have `pd_lower` at 40 bytes of meta data and zeros after.
 const META_SIZE: usize = 48;
 
 impl Meta {
@@ -314,14 +341,15 @@ impl Meta {
         let b = &mut page[PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + META_SIZE];
         put_u32(b, 0, MAGIC);
         put_u32(b, 4, FORMAT_VERSION);
-        put_u32(b, 8, self.dims);
+        put_u32(b, 8, self.codec.dims() as u32);
         put_u32(b, 12, self.m);
         put_u32(b, 16, self.ef_construction);
-        put_u32(b, 20, self.metric as u32);
+        put_u32(b, 20, self.codec.metric_code() as u32);
         let (entry, level) = self.entry.unwrap_or((ItemPointer::INVALID, 0));
         entry.write(b, 24);
         put_u16(b, 30, level);
         put_u32(b, 32, self.free_hint.unwrap_or(u32::MAX));
+        put_u32(b, 36, self.codec.kind() as u32);
         put_u32(b, 40, self.healed_blocks);
         // pd_lower covers the meta data so GenericXLog logs it.
         put_u16(page, 12, (PAGE_HEADER_SIZE + META_SIZE) as u16);
@@ -335,15 +363,16 @@ impl Meta {
             return err(format!("bad magic number {:#x}", u32_at(b, 0)));
         }
         if u32_at(b, 4) != FORMAT_VERSION {
-            return err(format!("unsupported format version {}", u32_at(b, 4)));
+            return err(format!("unsupported format version {} (this build reads {FORMAT_VERSION})", u32_at(b, 4)));
         }
         let (dims, m, ef_construction) = (u32_at(b, 8), u32_at(b, 12), u32_at(b, 16));
-        if dims == 0 || dims as usize > MAX_INDEX_DIMS || !(2..=100).contains(&m) || ef_construction == 0 {
-            return err(format!("bad parameters dims={dims} m={m} ef_construction={ef_construction}"));
+        if !(2..=100).contains(&m) || ef_construction == 0 {
+            return err(format!("bad parameters m={m} ef_construction={ef_construction}"));
         }
-        let metric = u8::try_from(u32_at(b, 20)).ok().and_then(Metric::from_code);
-        let Some(metric) = metric else {
-            return err(format!("bad metric {}", u32_at(b, 20)));
+        let (metric, kind) = (u32_at(b, 20), u32_at(b, 36));
+        let codec = match (u8::try_from(kind), u8::try_from(metric)) {
+            (Ok(kind), Ok(metric)) => Codec::from_codes(kind, metric, dims as usize).map_err(PageError)?,
+            _ => return err(format!("bad element kind {kind} or metric {metric}")),
         };
         let entry = ItemPointer::read(b, 24);
         let level = u16_at(b, 30);
@@ -353,13 +382,13 @@ impl Meta {
         let entry = entry.is_valid().then_some((entry, level));
         let free_hint = Some(u32_at(b, 32)).filter(|&h| h != u32::MAX && h != 0);
         let healed_blocks = u32_at(b, 40);
-        Ok(Meta { dims, m, ef_construction, metric, entry, free_hint, healed_blocks })
+        Ok(Meta { codec, m, ef_construction, entry, free_hint, healed_blocks })
     }
 }
 
-/// Size of an element item for `dims`-dimensional vectors.
-pub const fn element_item_size(dims: usize) -> usize {
-    ELEMENT_HEADER_SIZE + 2 * dims
+/// Size of an element item whose payload has `payload_len` bytes.
+pub const fn element_item_size(payload_len: usize) -> usize {
+    ELEMENT_HEADER_SIZE + payload_len
 }
 
 /// Size of a neighbor item for an element of top layer `level`.
@@ -374,36 +403,23 @@ pub fn max_level(m: usize) -> usize {
 }
 
 /// Encodes an element item: `kind u8 | level u8 | flags u8 | ntids u8 |
-/// neighbors ItemPointer (6) | capacity u8 | reserved u8 | heap_tids [10 × 6] |
-/// scale f32 | err_l2 f32 | err_l1 f32 | norm f32 | half codes u16[dims]`.
-/// `capacity` is the level its neighbor item was sized for (a reused element
-/// may have a lower level).
-pub fn encode_element(level: usize, heap_tids: &[ItemPointer], neighbors: ItemPointer, vector: &HalfVector) -> Vec<u8> {
+/// neighbors ItemPointer (6) | capacity u8 | version u8 | heap_tids [10 × 6] |
+/// payload`. `capacity` is the level its neighbor item was sized for (a
+/// reused element may have a lower level); `version` counts reuses, so a scan
+/// that remembered an element across batches can tell it was replaced.
+pub fn encode_element(level: usize, heap_tids: &[ItemPointer], neighbors: ItemPointer, payload: &[u8]) -> Vec<u8> {
     assert!(heap_tids.len() <= MAX_HEAP_TIDS && level <= 255);
-    let mut b = vec![0u8; element_item_size(vector.codes.len())];
+    let mut b = vec![0u8; element_item_size(payload.len())];
     b[0] = KIND_ELEMENT;
     b[1] = level as u8;
     b[3] = heap_tids.len() as u8;
     neighbors.write(&mut b, 4);
     b[10] = level as u8;
     for (i, t) in heap_tids.iter().enumerate() {
-        t.write(&mut b, 12 + SLOT_SIZE * i);
+        t.write(&mut b, HEAP_TIDS_AT + SLOT_SIZE * i);
     }
-    put_vector_fields(&mut b, vector.scale, vector.err_l2, vector.err_l1, vector.norm);
-    for (i, c) in vector.codes.iter().enumerate() {
-        put_u16(&mut b, ELEMENT_HEADER_SIZE + 2 * i, *c);
-    }
+    b[ELEMENT_HEADER_SIZE..].copy_from_slice(payload);
     b
-}
-
-fn put_vector_fields(b: &mut [u8], scale: f32, err_l2: f32, err_l1: f32, norm: f32) {
-    for (i, v) in [scale, err_l2, err_l1, norm].into_iter().enumerate() {
-        put_u32(b, VECTOR_FIELDS + 4 * i, v.to_bits());
-    }
-}
-
-fn f32_at(b: &[u8], at: usize) -> f32 {
-    f32::from_bits(u32_at(b, at))
 }
 
 /// Whether an item (already bounds-checked by [`PageRef::item`]) is an
@@ -412,106 +428,123 @@ pub fn is_element_item(bytes: &[u8]) -> bool {
     bytes.first() == Some(&KIND_ELEMENT)
 }
 
-/// A validated element item.
-#[derive(Clone, Copy)]
-pub struct ElementRef<'a> {
-    bytes: &'a [u8],
+/// The first [`ELEMENT_HEAD_SIZE`] bytes of an element item, decoded and
+/// checked. A scan copies them out of a pinned page: level, neighbor item
+/// and capacity never change while the element is reachable; the flags and
+/// the heap TID count may, and are read again under the content lock before
+/// a result is returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElementHead {
+    /// Top layer.
+    pub level: u8,
+    /// Deleted / free flags.
+    flags: u8,
+    /// Number of heap TIDs.
+    pub heap_tids: u8,
+    /// Where its neighbor item is.
+    pub neighbors: ItemPointer,
+    /// The level its neighbor item has room for.
+    pub capacity: u8,
+    /// How many times the element was reused (wrapping).
+    pub version: u8,
 }
 
-impl<'a> ElementRef<'a> {
-    /// Validates an element item of an index with `dims` dimensions and `M = m`.
-    pub fn new(bytes: &'a [u8], dims: usize, m: usize) -> Result<ElementRef<'a>, PageError> {
-        if bytes.len() != element_item_size(dims) || bytes[0] != KIND_ELEMENT {
-            return err(format!(
-                "not an element item (len {}, kind {})",
-                bytes.len(),
-                bytes.first().copied().unwrap_or(0)
-            ));
+impl ElementHead {
+    /// Decodes and checks the head of an element item of an index with `M = m`.
+    pub fn parse(b: &[u8; ELEMENT_HEAD_SIZE], m: usize) -> Result<ElementHead, PageError> {
+        if b[0] != KIND_ELEMENT {
+            return err(format!("not an element item (kind {})", b[0]));
         }
-        if bytes[1] as usize > max_level(m) || bytes[1] > bytes[10] || bytes[3] as usize > MAX_HEAP_TIDS {
-            return err(format!("bad element header level={} ntids={}", bytes[1], bytes[3]));
+        if b[1] as usize > max_level(m) || b[1] > b[10] || b[3] as usize > MAX_HEAP_TIDS {
+            return err(format!("bad element header level={} capacity={} ntids={}", b[1], b[10], b[3]));
         }
-        if (bytes.as_ptr() as usize + ELEMENT_HEADER_SIZE) % 2 != 0 {
-            return err("misaligned element item");
-        }
-        Ok(ElementRef { bytes })
-    }
-
-    /// Top layer of the element.
-    pub fn level(&self) -> usize {
-        self.bytes[1] as usize
+        Ok(ElementHead {
+            level: b[1],
+            flags: b[2],
+            heap_tids: b[3],
+            neighbors: ItemPointer::read(b, 4),
+            capacity: b[10],
+            version: b[11],
+        })
     }
 
     /// Whether VACUUM removed all its heap TIDs.
     pub fn is_deleted(&self) -> bool {
-        self.bytes[2] & FLAG_DELETED != 0
+        self.flags & FLAG_DELETED != 0
+    }
+
+    /// Whether VACUUM freed it for reuse.
+    pub fn is_free(&self) -> bool {
+        self.flags & FLAG_FREE != 0
+    }
+}
+
+/// A validated element item, read under the content lock.
+#[derive(Clone, Copy)]
+pub struct ElementRef<'a> {
+    bytes: &'a [u8],
+    head: ElementHead,
+}
+
+impl<'a> ElementRef<'a> {
+    /// Validates an element item of an index with element codec `codec` and
+    /// `M = m`.
+    pub fn new(bytes: &'a [u8], codec: &Codec, m: usize) -> Result<ElementRef<'a>, PageError> {
+        let Some(head) = bytes.first_chunk::<ELEMENT_HEAD_SIZE>() else {
+            return err(format!("element item of {} bytes", bytes.len()));
+        };
+        let head = ElementHead::parse(head, m)?;
+        if bytes.len() < ELEMENT_HEADER_SIZE {
+            return err(format!("element item of {} bytes", bytes.len()));
+        }
+        let payload = &bytes[ELEMENT_HEADER_SIZE..];
+        codec.validate(payload.len(), payload).map_err(|e| PageError(format!("{e:?}")))?;
+        Ok(ElementRef { bytes, head })
+    }
+
+    /// The decoded head.
+    pub fn head(&self) -> ElementHead {
+        self.head
+    }
+
+    /// Top layer of the element.
+    pub fn level(&self) -> usize {
+        self.head.level as usize
+    }
+
+    /// Whether VACUUM removed all its heap TIDs.
+    pub fn is_deleted(&self) -> bool {
+        self.head.is_deleted()
     }
 
     /// Where its neighbor item is.
     pub fn neighbors(&self) -> ItemPointer {
-        ItemPointer::read(self.bytes, 4)
+        self.head.neighbors
     }
 
     /// Whether VACUUM freed it for reuse (no live link points to it).
     pub fn is_free(&self) -> bool {
-        self.bytes[2] & FLAG_FREE != 0
+        self.head.is_free()
     }
 
     /// The level its neighbor item has room for.
     pub fn capacity(&self) -> usize {
-        self.bytes[10] as usize
+        self.head.capacity as usize
     }
 
     /// Number of heap TIDs.
     pub fn heap_tid_count(&self) -> usize {
-        self.bytes[3] as usize
+        self.head.heap_tids as usize
     }
 
     /// Heap TID `i` (`i < heap_tid_count()`).
     pub fn heap_tid(&self, i: usize) -> ItemPointer {
-        ItemPointer::read(self.bytes, 12 + SLOT_SIZE * i)
+        ItemPointer::read(self.bytes, HEAP_TIDS_AT + SLOT_SIZE * i)
     }
 
-    /// The vector's half-precision codes, read in place (length `dims`).
-    pub fn codes(&self) -> &'a [u16] {
-        // Alignment was checked in `new`, and the length is even.
-        bytemuck::cast_slice(&self.bytes[ELEMENT_HEADER_SIZE..])
-    }
-
-    /// The power of two the codes are multiplied by.
-    pub fn scale(&self) -> f32 {
-        f32_at(self.bytes, VECTOR_FIELDS)
-    }
-
-    /// Upper bound of `‖x − stored‖₂` over the element's heap rows.
-    pub fn err_l2(&self) -> f32 {
-        f32_at(self.bytes, VECTOR_FIELDS + 4)
-    }
-
-    /// Upper bound of `‖x − stored‖₁` over the element's heap rows.
-    pub fn err_l1(&self) -> f32 {
-        f32_at(self.bytes, VECTOR_FIELDS + 8)
-    }
-
-    /// Upper bound of `‖x‖₂` over the element's heap rows.
-    pub fn norm(&self) -> f32 {
-        f32_at(self.bytes, VECTOR_FIELDS + 12)
-    }
-
-    /// The graph distance from `query` to the stored vector.
-    #[inline]
-    pub fn distance(&self, metric: Metric, query: &[f32]) -> f32 {
-        metric.distance_half(query, self.codes(), self.scale())
-    }
-
-    /// The stored vector as `f32`, into `out`.
-    pub fn decode(&self, out: &mut Vec<f32>) {
-        HalfVector::decode(self.codes(), self.scale(), out)
-    }
-
-    /// Whether `v` encodes to exactly the stored codes and scale.
-    pub fn same_codes(&self, v: &HalfVector) -> bool {
-        self.scale() == v.scale && self.codes() == &v.codes[..]
+    /// The payload (validated by the codec).
+    pub fn payload(&self) -> &'a [u8] {
+        &self.bytes[ELEMENT_HEADER_SIZE..]
     }
 }
 
@@ -523,8 +556,8 @@ pub struct ElementMut<'a> {
 
 impl<'a> ElementMut<'a> {
     /// Validates and wraps an element item for writing.
-    pub fn new(bytes: &'a mut [u8], dims: usize, m: usize) -> Result<ElementMut<'a>, PageError> {
-        ElementRef::new(bytes, dims, m)?;
+    pub fn new(bytes: &'a mut [u8], codec: &Codec, m: usize) -> Result<ElementMut<'a>, PageError> {
+        ElementRef::new(bytes, codec, m)?;
         Ok(ElementMut { bytes })
     }
 
@@ -544,7 +577,7 @@ impl<'a> ElementMut<'a> {
         if n >= MAX_HEAP_TIDS {
             return false;
         }
-        tid.write(self.bytes, 12 + SLOT_SIZE * n);
+        tid.write(self.bytes, HEAP_TIDS_AT + SLOT_SIZE * n);
         self.bytes[3] = n as u8 + 1;
         true
     }
@@ -553,13 +586,14 @@ impl<'a> ElementMut<'a> {
     /// were removed.
     pub fn retain_heap_tids(&mut self, mut keep: impl FnMut(ItemPointer) -> bool) -> usize {
         let n = self.bytes[3] as usize;
-        let tids: Vec<ItemPointer> = (0..n).map(|i| ItemPointer::read(self.bytes, 12 + SLOT_SIZE * i)).collect();
+        let tids: Vec<ItemPointer> =
+            (0..n).map(|i| ItemPointer::read(self.bytes, HEAP_TIDS_AT + SLOT_SIZE * i)).collect();
         let kept: Vec<ItemPointer> = tids.into_iter().filter(|t| keep(*t)).collect();
         for (i, t) in kept.iter().enumerate() {
-            t.write(self.bytes, 12 + SLOT_SIZE * i);
+            t.write(self.bytes, HEAP_TIDS_AT + SLOT_SIZE * i);
         }
         for i in kept.len()..n {
-            ItemPointer::INVALID.write(self.bytes, 12 + SLOT_SIZE * i);
+            ItemPointer::INVALID.write(self.bytes, HEAP_TIDS_AT + SLOT_SIZE * i);
         }
         self.bytes[3] = kept.len() as u8;
         n - kept.len()
@@ -580,6 +614,16 @@ impl<'a> ElementMut<'a> {
         self.bytes[10] as usize
     }
 
+    /// Bytes available for a payload (the item's size is fixed).
+    pub fn payload_capacity(&self) -> usize {
+        self.bytes.len() - ELEMENT_HEADER_SIZE
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[ELEMENT_HEADER_SIZE..]
+    }
+
     /// Where its neighbor item is.
     pub fn neighbors(&self) -> ItemPointer {
         ItemPointer::read(self.bytes, 4)
@@ -591,27 +635,31 @@ impl<'a> ElementMut<'a> {
         self.bytes[3] = 0;
     }
 
-    /// Adds heap row `heap_tid`, whose vector `v` has the element's codes
-    /// ([`ElementRef::same_codes`]), widening the stored error bounds to
-    /// cover it; `false` if all heap-TID slots are used.
-    pub fn push_duplicate(&mut self, heap_tid: ItemPointer, v: &HalfVector) -> bool {
+    /// Adds heap row `heap_tid`, whose payload `payload` holds the same
+    /// vector ([`Codec::same_vector`]), folding it in with
+    /// [`Codec::merge_duplicate`]; `false` if all heap-TID slots are used.
+    pub fn push_duplicate(&mut self, heap_tid: ItemPointer, codec: &Codec, payload: &[u8]) -> bool {
         if !self.push_heap_tid(heap_tid) {
             return false;
         }
-        let old = |i: usize| f32_at(self.bytes, VECTOR_FIELDS + 4 * i);
-        let (scale, err_l2, err_l1, norm) = (old(0), old(1).max(v.err_l2), old(2).max(v.err_l1), old(3).max(v.norm));
-        put_vector_fields(self.bytes, scale, err_l2, err_l1, norm);
+        codec.merge_duplicate(&mut self.bytes[ELEMENT_HEADER_SIZE..], payload);
         true
     }
 
     /// Rewrites a free element for a new vector at `level`, which must not
-    /// exceed [`ElementMut::capacity`] (the neighbor item keeps its size).
-    pub fn reuse(&mut self, level: usize, heap_tid: ItemPointer, vector: &HalfVector) {
+    /// exceed [`ElementMut::capacity`] (the neighbor item keeps its size);
+    /// `payload` must fit [`ElementMut::payload_capacity`] (the rest is
+    /// zeroed).
+    pub fn reuse(&mut self, level: usize, heap_tid: ItemPointer, payload: &[u8]) {
         assert!(level <= self.capacity(), "reused element level above its capacity");
-        let (neighbors, capacity) = (ItemPointer::read(self.bytes, 4), self.bytes[10]);
-        let fresh = encode_element(level, &[heap_tid], neighbors, vector);
+        assert!(payload.len() <= self.payload_capacity(), "reused element payload too large");
+        let (neighbors, capacity, version) = (ItemPointer::read(self.bytes, 4), self.bytes[10], self.bytes[11]);
+        let mut padded = payload.to_vec();
+        padded.resize(self.payload_capacity(), 0);
+        let fresh = encode_element(level, &[heap_tid], neighbors, &padded);
         self.bytes.copy_from_slice(&fresh);
         self.bytes[10] = capacity;
+        self.bytes[11] = version.wrapping_add(1);
     }
 }
 
@@ -724,18 +772,26 @@ impl PageImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::distance::Metric;
 
     fn tid(block: u32, offset: u16) -> ItemPointer {
         ItemPointer { block, offset }
     }
 
+    fn dense(metric: Metric, dims: usize) -> Codec {
+        Codec::Vector { metric, dims }
+    }
+
+    fn payload(codec: &Codec, v: &[f32]) -> Vec<u8> {
+        codec.encode(&codec.prepare_dense(v).unwrap().unwrap())
+    }
+
     #[test]
     fn meta_round_trips_and_rejects_damage() {
         let meta = Meta {
-            dims: 384,
+            codec: dense(Metric::Cosine, 384),
             m: 16,
             ef_construction: 64,
-            metric: Metric::Cosine,
             entry: Some((tid(3, 2), 4)),
             free_hint: Some(7),
             healed_blocks: 12,
@@ -743,6 +799,15 @@ mod tests {
         let mut page = PageImage::new(PageKind::Meta);
         meta.write_page(&mut page.0);
         assert_eq!(Meta::read_page(&page.0).unwrap(), meta);
+        for codec in [
+            Codec::HalfVec { metric: Metric::L1, dims: 4000 },
+            Codec::Bit { metric: crate::hnsw::codec::BitMetric::Jaccard, bits: 64000 },
+            Codec::SparseVec { metric: Metric::InnerProduct, dims: 1_000_000_000 },
+        ] {
+            let m = Meta { codec, ..meta };
+            m.write_page(&mut page.0);
+            assert_eq!(Meta::read_page(&page.0).unwrap(), m);
+        }
 
         let empty = Meta { entry: None, free_hint: None, ..meta };
         empty.write_page(&mut page.0);
@@ -763,6 +828,12 @@ mod tests {
         bad.0[PAGE_HEADER_SIZE + 4] = 9;
         assert!(Meta::read_page(&bad.0).unwrap_err().0.contains("version"));
         let mut bad = page.clone();
+        bad.0[PAGE_HEADER_SIZE + 36] = 9;
+        assert!(Meta::read_page(&bad.0).is_err(), "unknown element kind");
+        let mut bad = page.clone();
+        put_u32(&mut bad.0, PAGE_HEADER_SIZE + 8, 5000);
+        assert!(Meta::read_page(&bad.0).is_err(), "too many dimensions for vector");
+        let mut bad = page.clone();
         bad.0[SPECIAL_OFFSET] = 0;
         assert!(Meta::read_page(&bad.0).is_err());
         assert!(Meta::read_page(&[0u8; BLCKSZ]).is_err(), "zeroed page");
@@ -770,26 +841,41 @@ mod tests {
 
     #[test]
     fn items_are_added_until_full_and_read_back() {
+        let codec = dense(Metric::L2, 384);
         let mut page = PageImage::new(PageKind::Graph);
         let vector: Vec<f32> = (0..384).map(|i| i as f32 * 0.5).collect();
-        let item = encode_element(1, &[tid(7, 1)], tid(1, 2), &HalfVector::encode(&vector));
+        let item = encode_element(1, &[tid(7, 1)], tid(1, 2), &payload(&codec, &vector));
+        assert_eq!(item.len(), 856, "72 + 4 + 2·384 + 12");
         let mut offsets = Vec::new();
         while let Some(off) = add_item(&mut page.0, &item) {
             offsets.push(off);
         }
         assert_eq!(offsets, (1..=9).collect::<Vec<u16>>(), "9 elements of 856 bytes fit an 8 KB page");
         let p = PageRef::new(&page.0, PageKind::Graph).unwrap();
-        let e = ElementRef::new(p.item(3).unwrap(), 384, 16).unwrap();
+        let e = ElementRef::new(p.item(3).unwrap(), &codec, 16).unwrap();
         assert_eq!(e.level(), 1);
         assert_eq!(e.heap_tid(0), tid(7, 1));
         assert_eq!(e.neighbors(), tid(1, 2));
         let mut decoded = Vec::new();
-        e.decode(&mut decoded);
+        codec.decode(e.payload(), &mut decoded);
+        let decoded: Vec<f32> = decoded.into_iter().map(f32::from_bits).collect();
         assert_eq!(decoded, vector, "i/2 for i < 384 is exact in half precision with scale 128");
-        assert_eq!((e.scale(), e.err_l2(), e.err_l1()), (128.0, 0.0, 0.0));
         assert!(p.item(10).is_err());
         assert!(p.item(0).is_err());
-        assert!(ElementRef::new(p.item(1).unwrap(), 383, 16).is_err(), "wrong dims");
+        assert!(ElementRef::new(p.item(1).unwrap(), &dense(Metric::L2, 382), 16).is_err(), "wrong dims");
+    }
+
+    #[test]
+    fn element_head_is_what_a_scan_copies_out() {
+        let codec = dense(Metric::L2, 2);
+        let mut item = encode_element(2, &[tid(1, 1), tid(1, 2)], tid(5, 6), &payload(&codec, &[1.0, 2.0]));
+        let head = ElementHead::parse(item.first_chunk().unwrap(), 16).unwrap();
+        assert_eq!((head.level, head.heap_tids, head.neighbors, head.capacity), (2, 2, tid(5, 6), 2));
+        assert!(!head.is_deleted() && !head.is_free());
+        ElementMut::new(&mut item, &codec, 16).unwrap().set_deleted();
+        assert!(ElementHead::parse(item.first_chunk().unwrap(), 16).unwrap().is_deleted());
+        item[1] = 3;
+        assert!(ElementHead::parse(item.first_chunk().unwrap(), 16).is_err(), "level above capacity");
     }
 
     #[test]
@@ -815,8 +901,9 @@ mod tests {
 
     #[test]
     fn corrupt_line_pointers_and_items_are_errors_not_panics() {
+        let codec = dense(Metric::L2, 2);
         let mut page = PageImage::new(PageKind::Graph);
-        let item = encode_element(0, &[tid(1, 1)], tid(1, 2), &HalfVector::encode(&[1.0, 2.0]));
+        let item = encode_element(0, &[tid(1, 1)], tid(1, 2), &payload(&codec, &[1.0, 2.0]));
         add_item(&mut page.0, &item).unwrap();
         // Line pointer pointing past the special space.
         let mut bad = page.clone();
@@ -829,14 +916,27 @@ mod tests {
         // Element claiming too many heap TIDs.
         let mut raw = item.clone();
         raw[3] = 11;
-        assert!(ElementRef::new(&raw, 2, 16).is_err());
+        assert!(ElementRef::new(&raw, &codec, 16).is_err());
         // Neighbor item whose length does not match its level.
         let mut n = encode_neighbors(4, 0, &[]);
         n[1] = 3;
         assert!(NeighborsRef::new(&n, 4).is_err());
-        // Random garbage never panics.
+        // Random garbage never panics, for every codec.
+        let codecs = [
+            codec,
+            Codec::HalfVec { metric: Metric::Cosine, dims: 2 },
+            Codec::Bit { metric: crate::hnsw::codec::BitMetric::Hamming, bits: 70 },
+            Codec::SparseVec { metric: Metric::L2, dims: 100 },
+        ];
+        let query = |c: &Codec| -> Vec<u32> {
+            match c {
+                Codec::Bit { .. } => c.prepare_bits(70, &[0xAB; 9]).unwrap().unwrap(),
+                Codec::SparseVec { .. } => c.prepare_sparse(100, &[3, 50], &[1.0, -2.0]).unwrap().unwrap(),
+                _ => c.prepare_dense(&[1.0, 2.0]).unwrap().unwrap(),
+            }
+        };
         let mut seed = 12345u64;
-        for _ in 0..2000 {
+        for round in 0..2000 {
             let mut junk = [0u8; BLCKSZ];
             for b in junk.iter_mut() {
                 seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -845,11 +945,19 @@ mod tests {
             junk[18..20].copy_from_slice(&((BLCKSZ as u16) | 4).to_ne_bytes());
             junk[SPECIAL_OFFSET..SPECIAL_OFFSET + 2].copy_from_slice(&PAGE_ID.to_ne_bytes());
             junk[SPECIAL_OFFSET + 2] = PageKind::Graph as u8;
+            let codec = &codecs[round % codecs.len()];
+            let q = query(codec);
             if let Ok(p) = PageRef::new(&junk, PageKind::Graph) {
                 for off in 0..=p.max_offset().min(50) {
                     if let Ok(bytes) = p.item(off) {
-                        let _ = ElementRef::new(bytes, 2, 16)
-                            .map(|e| (e.distance(Metric::L2, &[1.0, 2.0]), e.codes().len(), e.neighbors()));
+                        let _ = ElementRef::new(bytes, codec, 16).map(|e| {
+                            let mut out = Vec::new();
+                            codec.decode(e.payload(), &mut out);
+                            (
+                                codec.distance_to_payload(&q, e.payload()),
+                                codec.order_value(1.0, codec.query_norms(&q), e.payload()),
+                            )
+                        });
                         let _ = NeighborsRef::new(bytes, 16);
                     }
                 }
@@ -860,50 +968,81 @@ mod tests {
 
     #[test]
     fn heap_tids_push_retain_and_reuse() {
-        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &HalfVector::encode(&[1.0]));
-        let mut e = ElementMut::new(&mut item, 1, 16).unwrap();
+        let codec = dense(Metric::L2, 1);
+        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &payload(&codec, &[1.0]));
+        let mut e = ElementMut::new(&mut item, &codec, 16).unwrap();
         for i in 2..=10 {
             assert!(e.push_heap_tid(tid(1, i)));
         }
         assert!(!e.push_heap_tid(tid(1, 11)), "full at 10");
         assert_eq!(e.retain_heap_tids(|t| t.offset % 2 == 0), 5);
         e.set_deleted();
-        let r = ElementRef::new(&item, 1, 16).unwrap();
+        let r = ElementRef::new(&item, &codec, 16).unwrap();
         assert_eq!(r.heap_tid_count(), 5);
         assert!(r.is_deleted() && !r.is_free());
-        let mut e = ElementMut::new(&mut item, 1, 16).unwrap();
+        let mut e = ElementMut::new(&mut item, &codec, 16).unwrap();
         e.set_free();
-        assert!(ElementRef::new(&item, 1, 16).unwrap().is_free());
-        let mut e = ElementMut::new(&mut item, 1, 16).unwrap();
-        e.reuse(0, tid(4, 4), &HalfVector::encode(&[2.0]));
-        let r = ElementRef::new(&item, 1, 16).unwrap();
+        assert!(ElementRef::new(&item, &codec, 16).unwrap().is_free());
+        let mut e = ElementMut::new(&mut item, &codec, 16).unwrap();
+        e.reuse(0, tid(4, 4), &payload(&codec, &[2.0]));
+        let r = ElementRef::new(&item, &codec, 16).unwrap();
         assert!(!r.is_deleted() && !r.is_free());
         let mut decoded = Vec::new();
-        r.decode(&mut decoded);
-        assert_eq!((r.heap_tid_count(), r.heap_tid(0), r.neighbors(), decoded), (1, tid(4, 4), tid(9, 9), vec![2.0]));
+        codec.decode(r.payload(), &mut decoded);
+        assert_eq!((r.heap_tid_count(), r.heap_tid(0), r.neighbors()), (1, tid(4, 4), tid(9, 9)));
+        assert_eq!(r.head().version, 1, "reuse bumps the version");
+        assert_eq!(decoded, vec![2.0f32.to_bits()]);
+    }
+
+    #[test]
+    fn sparse_elements_reuse_larger_items() {
+        let codec = Codec::SparseVec { metric: Metric::L2, dims: 10 };
+        let big = codec.encode(&codec.prepare_sparse(10, &[1, 2, 3], &[1.0, 2.0, 3.0]).unwrap().unwrap());
+        let small = codec.encode(&codec.prepare_sparse(10, &[7], &[5.0]).unwrap().unwrap());
+        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &big);
+        let mut e = ElementMut::new(&mut item, &codec, 16).unwrap();
+        e.set_free();
+        e.reuse(0, tid(2, 2), &small);
+        let r = ElementRef::new(&item, &codec, 16).unwrap();
+        let q = codec.prepare_sparse(10, &[7], &[5.0]).unwrap().unwrap();
+        assert_eq!(codec.distance_to_payload(&q, r.payload()), 0.0, "padding after the pairs is ignored");
+        assert!(codec.same_vector(r.payload(), &small));
     }
 
     #[test]
     fn duplicates_widen_the_error_bounds() {
+        let codec = dense(Metric::L2, 3);
         let x = [0.1f32, 0.2, 0.3];
         let near = [0.1f32 + 1e-6, 0.2, 0.3];
-        let (hx, hn) = (HalfVector::encode(&x), HalfVector::encode(&near));
-        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &hx);
-        assert!(ElementRef::new(&item, 3, 16).unwrap().same_codes(&hn), "both round to the same codes");
-        assert!(hn.err_l2 > hx.err_l2 || hn.err_l1 > hx.err_l1);
-        let mut e = ElementMut::new(&mut item, 3, 16).unwrap();
-        assert!(e.push_duplicate(tid(1, 2), &hn));
-        let r = ElementRef::new(&item, 3, 16).unwrap();
+        let (px, pn) = (payload(&codec, &x), payload(&codec, &near));
+        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &px);
+        assert!(codec.same_vector(ElementRef::new(&item, &codec, 16).unwrap().payload(), &pn), "same codes");
+        let q = codec.prepare_dense(&near).unwrap().unwrap();
+        let norms = codec.query_norms(&codec.prepare_dense(&near).unwrap().unwrap());
+        let before = codec.order_value(0.0, norms, &px);
+        let mut e = ElementMut::new(&mut item, &codec, 16).unwrap();
+        assert!(e.push_duplicate(tid(1, 2), &codec, &pn));
+        let r = ElementRef::new(&item, &codec, 16).unwrap();
         assert_eq!(r.heap_tid_count(), 2);
-        assert_eq!(r.err_l2(), hx.err_l2.max(hn.err_l2));
-        assert_eq!(r.err_l1(), hx.err_l1.max(hn.err_l1));
-        assert_eq!(r.norm(), hx.norm.max(hn.norm));
-        assert!(!r.same_codes(&HalfVector::encode(&[0.1, 0.2, 0.31])));
+        let after = codec.order_value(0.0, norms, r.payload());
+        assert!(after <= before, "wider error bounds give a lower (still valid) bound");
+        assert!(codec.distance_to_payload(&q, r.payload()) >= 0.0);
+        assert!(!codec.same_vector(r.payload(), &payload(&codec, &[0.1, 0.2, 0.31])));
     }
 
     #[test]
     fn limits_fit_a_page() {
-        assert!(item_footprint(element_item_size(MAX_INDEX_DIMS)) <= EMPTY_PAGE_SPACE);
+        use crate::hnsw::codec::{BitMetric, MAX_BITS, MAX_DENSE_DIMS, MAX_SPARSE_NNZ};
+        for codec in [
+            dense(Metric::L2, MAX_DENSE_DIMS),
+            Codec::HalfVec { metric: Metric::L2, dims: MAX_DENSE_DIMS },
+            Codec::Bit { metric: BitMetric::Hamming, bits: MAX_BITS },
+            Codec::SparseVec { metric: Metric::L2, dims: 100_000 },
+        ] {
+            let size = element_item_size(codec.max_payload_len());
+            assert!(item_footprint(size) <= EMPTY_PAGE_SPACE, "{codec:?}: {size} bytes");
+        }
+        assert_eq!(Codec::SparseVec { metric: Metric::L2, dims: 100_000 }.max_payload_len(), 4 + 8 * MAX_SPARSE_NNZ);
         for m in [2, 16, 48, 100] {
             assert!(item_footprint(neighbor_item_size(m, max_level(m))) <= EMPTY_PAGE_SPACE, "m={m}");
         }

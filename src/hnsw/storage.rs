@@ -24,11 +24,12 @@ use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use rustc_hash::FxHashMap;
 
+use super::codec::Codec;
 use super::graph::{GraphKey, GraphStore, Params};
 use super::page::{
-    self, ElementMut, ElementRef, ItemPointer, Meta, NeighborsRef, PageError, PageKind, PageRef, BLCKSZ, META_BLOCK,
+    self, ElementHead, ElementMut, ElementRef, ItemPointer, Meta, NeighborsRef, PageError, PageKind, PageRef, BLCKSZ,
+    ELEMENT_HEADER_SIZE, ELEMENT_HEAD_SIZE, META_BLOCK, PAGE_HEADER_SIZE,
 };
-use crate::distance::{self, Metric};
 use crate::error::raise_hint;
 
 /// An open index relation (borrowed from the caller; never closed here).
@@ -36,6 +37,9 @@ use crate::error::raise_hint;
 pub struct IndexRel {
     rel: pg_sys::Relation,
     fork: pg_sys::ForkNumber::Type,
+    /// Whether the relation lives in backend-local buffers (a temporary
+    /// index): such relations never use the per-backend buffer hints.
+    local: bool,
 }
 
 /// Per backend: the shared buffer each recently read index block was found
@@ -90,6 +94,12 @@ thread_local! {
     static RECENT: std::cell::RefCell<RecentBuffers> = const { std::cell::RefCell::new(RecentBuffers { rels: Vec::new() }) };
 }
 
+/// Whether `rel` lives in backend-local buffers (a temporary relation).
+fn uses_local_buffers(rel: pg_sys::Relation) -> bool {
+    // SAFETY: rd_rel of an open relation is valid.
+    unsafe { (*(*rel).rd_rel).relpersistence as u8 == pg_sys::RELPERSISTENCE_TEMP }
+}
+
 /// `ExclusiveLock` (lmgr lock mode 7).
 pub const EXCLUSIVE_LOCK: pg_sys::LOCKMODE = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
 /// Page-lock number used as the scan lock (a lock tag, not a real page lock).
@@ -101,12 +111,12 @@ pub const SHARE_LOCK: pg_sys::LOCKMODE = pg_sys::ShareLock as pg_sys::LOCKMODE;
 impl IndexRel {
     /// Wraps the main fork of an open index relation.
     pub fn new(rel: pg_sys::Relation) -> IndexRel {
-        IndexRel { rel, fork: pg_sys::ForkNumber::MAIN_FORKNUM }
+        IndexRel { rel, fork: pg_sys::ForkNumber::MAIN_FORKNUM, local: uses_local_buffers(rel) }
     }
 
     /// Wraps the init fork (for `ambuildempty` of unlogged indexes).
     pub fn init_fork(rel: pg_sys::Relation) -> IndexRel {
-        IndexRel { rel, fork: pg_sys::ForkNumber::INIT_FORKNUM }
+        IndexRel { rel, fork: pg_sys::ForkNumber::INIT_FORKNUM, local: uses_local_buffers(rel) }
     }
 
     /// The raw relation pointer.
@@ -153,6 +163,9 @@ impl IndexRel {
 
     /// The shared buffer `block` was last found in by this backend, if any.
     pub(crate) fn recent_buffer(&self, block: u32) -> Option<pg_sys::Buffer> {
+        if self.local {
+            return None;
+        }
         // SAFETY: the relation is open, so rd_node is valid.
         let node = unsafe { (*self.rel).rd_node };
         RECENT.with(|r| r.borrow_mut().get(node, self.fork, block))
@@ -161,6 +174,10 @@ impl IndexRel {
     /// [`IndexRel::recent_buffer`] for several blocks at once, appended to
     /// `out` in order.
     pub(crate) fn recent_buffers(&self, blocks: impl Iterator<Item = u32>, out: &mut Vec<Option<pg_sys::Buffer>>) {
+        if self.local {
+            out.extend(blocks.map(|_| None));
+            return;
+        }
         // SAFETY: the relation is open, so rd_node is valid.
         let node = unsafe { (*self.rel).rd_node };
         RECENT.with(|r| {
@@ -197,7 +214,9 @@ impl IndexRel {
                 std::ptr::null_mut(),
             )
         };
-        RECENT.with(|r| r.borrow_mut().set(node, self.fork, block, buf));
+        if !self.local {
+            RECENT.with(|r| r.borrow_mut().set(node, self.fork, block, buf));
+        }
         buf
     }
 
@@ -328,7 +347,7 @@ impl IndexRel {
         &self,
         block: u32,
         page: &mut [u8],
-        dims: usize,
+        codec: &Codec,
         m: usize,
         mut f: impl FnMut(u16, &mut ElementMut<'_>),
     ) {
@@ -339,7 +358,7 @@ impl IndexRel {
         for offset in 1..=max_offset {
             let range = self.item_range(block, page, offset);
             if page::is_element_item(&page[range.clone()]) {
-                let mut e = ElementMut::new(&mut page[range], dims, m).unwrap_or_else(|e| self.corrupt(block, e));
+                let mut e = ElementMut::new(&mut page[range], codec, m).unwrap_or_else(|e| self.corrupt(block, e));
                 f(offset, &mut e);
             }
         }
@@ -470,31 +489,41 @@ pub struct ElementNode {
     pub deleted: bool,
     /// How many heap TIDs it has.
     pub heap_tids: u8,
+    /// Its reuse count when read: a scan that holds the node across batches
+    /// checks it before trusting the element again.
+    pub version: u8,
 }
 
 impl ElementNode {
-    /// The node for element `tid` as read from its item.
-    pub fn read(tid: ItemPointer, e: &ElementRef<'_>) -> ElementNode {
-        let n = e.heap_tid_count();
+    /// The node for element `tid` with head `head`.
+    pub fn new(tid: ItemPointer, head: &ElementHead) -> ElementNode {
         ElementNode {
             tid,
-            neighbors: e.neighbors(),
-            level: e.level() as u8,
-            deleted: e.is_deleted(),
-            heap_tids: n as u8,
+            neighbors: head.neighbors,
+            level: head.level,
+            deleted: head.is_deleted(),
+            heap_tids: head.heap_tids,
+            version: head.version,
         }
+    }
+
+    /// The node for element `tid` as read from its item.
+    pub fn read(tid: ItemPointer, e: &ElementRef<'_>) -> ElementNode {
+        ElementNode::new(tid, &e.head())
     }
 }
 
-/// The graph in buffer pages, as a [`GraphStore`].
+/// The graph in buffer pages, as a [`GraphStore`]. Queries are vectors in
+/// the working form of the index's [`Codec`].
 pub struct PageStore {
     /// The index.
     pub rel: IndexRel,
     /// The meta page read when the operation began.
     pub meta: Meta,
-    /// Vectors read for [`GraphStore::distance_between`] (inserts only).
-    vectors: FxHashMap<ItemPointer, Vec<f32>>,
-    /// Scratch for `visit_many`: pinned buffer, its page, item offset.
+    /// Working forms of stored vectors read for
+    /// [`GraphStore::distance_between`] (inserts and VACUUM only).
+    vectors: FxHashMap<ItemPointer, Vec<u32>>,
+    /// Scratch for `visit_many`: pinned buffer, its page, item bounds.
     pinned: Vec<(pg_sys::Buffer, *const u8, std::ops::Range<usize>)>,
     /// Scratch for `visit_many`: each key's buffer hint.
     hints: Vec<Option<pg_sys::Buffer>>,
@@ -517,6 +546,40 @@ fn prefetch(p: *const u8) {
     };
 }
 
+/// Copies `N` bytes at `at` out of a page that may be written concurrently
+/// (one plain read of each byte, through a raw pointer, so no Rust reference
+/// ever covers bytes another backend may change).
+///
+/// # Safety
+/// `page` must point at a pinned shared buffer page of [`BLCKSZ`] bytes and
+/// `at + N <= BLCKSZ`.
+unsafe fn copy_out<const N: usize>(page: *const u8, at: usize) -> [u8; N] {
+    debug_assert!(at + N <= BLCKSZ);
+    let mut out = [0u8; N];
+    // SAFETY: in bounds of the pinned page (caller's contract); `out` is ours.
+    unsafe { std::ptr::copy_nonoverlapping(page.add(at), out.as_mut_ptr(), N) };
+    out
+}
+
+/// Bounds of item `offset` of a page held only by a pin: the page header and
+/// the line pointer are copied out first (`pd_lower`/`pd_upper` move as
+/// other backends add items; an existing line pointer never changes), then
+/// validated.
+///
+/// # Safety
+/// `page` must point at a pinned shared buffer page of [`BLCKSZ`] bytes.
+unsafe fn pinned_item_range(page: *const u8, offset: u16) -> Result<std::ops::Range<usize>, PageError> {
+    // SAFETY: the header lies at the start of the pinned page.
+    let header = unsafe { copy_out::<PAGE_HEADER_SIZE>(page, 0) };
+    let (max_offset, upper) = page::graph_header_bounds(&header)?;
+    if offset == 0 || offset > max_offset {
+        return Err(PageError(format!("item {offset} beyond {max_offset} line pointers")));
+    }
+    // SAFETY: offset <= max_offset, so the line pointer lies below pd_lower.
+    let lp = u32::from_ne_bytes(unsafe { copy_out::<4>(page, page::line_pointer_at(offset)) });
+    page::line_pointer_range(lp, upper, offset)
+}
+
 impl PageStore {
     /// A store over `rel` described by `meta`.
     pub fn new(rel: IndexRel, meta: Meta) -> PageStore {
@@ -528,22 +591,18 @@ impl PageStore {
         Params { m: self.meta.m as usize, ef_construction: self.meta.ef_construction as usize }
     }
 
-    /// The metric from the meta page.
-    pub fn metric(&self) -> Metric {
-        self.meta.metric
-    }
-
-    fn dims(&self) -> usize {
-        self.meta.dims as usize
+    /// The element codec from the meta page.
+    pub fn codec(&self) -> &Codec {
+        &self.meta.codec
     }
 
     /// Reads element `tid` and calls `f` with it (share-locked, in place).
     pub fn with_element<R>(&self, tid: ItemPointer, f: impl FnOnce(ElementRef<'_>) -> R) -> R {
-        let (dims, m) = (self.dims(), self.meta.m as usize);
+        let (codec, m) = (self.meta.codec, self.meta.m as usize);
         self.rel.read(tid.block, |bytes| {
             let element = PageRef::graph_header_only(bytes)
                 .and_then(|p| p.item(tid.offset))
-                .and_then(|item| ElementRef::new(item, dims, m));
+                .and_then(|item| ElementRef::new(item, &codec, m));
             match element {
                 Ok(e) => f(e),
                 Err(e) => self.rel.corrupt(tid.block, e),
@@ -573,14 +632,15 @@ impl PageStore {
     fn cache_vector(&mut self, tid: ItemPointer) {
         if !self.vectors.contains_key(&tid) {
             let mut v = Vec::new();
-            self.with_element(tid, |e| e.decode(&mut v));
+            let codec = self.meta.codec;
+            self.with_element(tid, |e| codec.decode(e.payload(), &mut v));
             self.vectors.insert(tid, v);
         }
     }
 
-    /// A copy of element `tid`'s vector as stored (decoded from half
-    /// precision; cached).
-    pub fn vector(&mut self, tid: ItemPointer) -> &[f32] {
+    /// Element `tid`'s stored vector in working form (decoded from its
+    /// payload; cached).
+    pub fn vector(&mut self, tid: ItemPointer) -> &[u32] {
         self.cache_vector(tid);
         &self.vectors[&tid]
     }
@@ -600,20 +660,55 @@ impl PageStore {
             }
         })
     }
+
+    /// The distance from `query` to the element whose item occupies `item`
+    /// of the pinned `page`, and its node. Reads only bytes that never change
+    /// while the element is reachable (see [`GraphStore::visit_many`]); the
+    /// head's flags and heap TID count are a snapshot.
+    ///
+    /// # Safety
+    /// `page` must point at a page pinned by this backend, and `item` must be
+    /// bounds of an item of it from [`pinned_item_range`].
+    unsafe fn visit_pinned(
+        &self,
+        query: &[u32],
+        key: ItemPointer,
+        page: *const u8,
+        item: &std::ops::Range<usize>,
+    ) -> Result<(f32, ElementNode), PageError> {
+        let (codec, m) = (&self.meta.codec, self.meta.m as usize);
+        if item.len() < ELEMENT_HEADER_SIZE {
+            return Err(PageError(format!("element item of {} bytes", item.len())));
+        }
+        // SAFETY: the item lies inside the pinned page (from pinned_item_range).
+        let head = ElementHead::parse(&unsafe { copy_out::<ELEMENT_HEAD_SIZE>(page, item.start) }, m)?;
+        let payload_len = item.len() - ELEMENT_HEADER_SIZE;
+        // SAFETY: the stable part of the payload lies inside the item, and no
+        // backend writes those bytes while the element is reachable: scans
+        // and inserts only reach reachable elements, and VACUUM frees an
+        // element for reuse only after every link to it is gone and every
+        // scan that could hold its address has finished.
+        let stable = unsafe {
+            std::slice::from_raw_parts(page.add(item.start + ELEMENT_HEADER_SIZE), codec.stable_len(payload_len))
+        };
+        codec.validate(payload_len, stable).map_err(|e| PageError(format!("{e:?}")))?;
+        Ok((codec.distance_to_payload(query, stable), ElementNode::new(key, &head)))
+    }
 }
 
 impl GraphStore for PageStore {
     type Key = ItemPointer;
     type Node = ElementNode;
+    type Query = [u32];
 
     fn key(&self, node: &ElementNode) -> ItemPointer {
         node.tid
     }
 
-    fn visit(&mut self, query: &[f32], key: ItemPointer) -> Option<(f32, ElementNode)> {
-        let metric = self.meta.metric;
+    fn visit(&mut self, query: &[u32], key: ItemPointer) -> Option<(f32, ElementNode)> {
+        let codec = self.meta.codec;
         self.visits += 1;
-        Some(self.with_element(key, |e| (e.distance(metric, query), ElementNode::read(key, &e))))
+        Some(self.with_element(key, |e| (codec.distance_to_payload(query, e.payload()), ElementNode::read(key, &e))))
     }
 
     /// Visits `keys` so their cache misses overlap: first prefetch the
@@ -626,21 +721,22 @@ impl GraphStore for PageStore {
     ///
     /// Elements are read under a pin only, without the content lock, by the
     /// rule PostgreSQL's heap follows for tuple data (see
-    /// `src/backend/storage/buffer/README`, "Buffer access rules"): the bytes
-    /// read here — the item's line pointer, the element's level, its
-    /// neighbor-item address, its vector codes and scale — are never changed
-    /// while the element is reachable from the graph. Writers of the same
-    /// page (new items, neighbor lists, heap TIDs, the deleted flag, the
-    /// error bounds) copy the page image back with the same values for those
-    /// bytes; an element's vector is rewritten only when an insert reuses a
-    /// free element, which VACUUM freed with scans locked out after dropping
-    /// every link to it. Fields that do change (heap TIDs, the deleted flag,
-    /// the error bounds) are read again under the content lock before a
-    /// result is returned.
-    fn visit_many(&mut self, query: &[f32], keys: &[ItemPointer], out: &mut Vec<Option<(f32, ElementNode)>>) {
+    /// `src/backend/storage/buffer/README`, "Buffer access rules"). Bytes
+    /// other backends may change meanwhile (the page header's `pd_lower` and
+    /// `pd_upper`, an element's flags, heap TID count and heap TIDs, the error
+    /// bounds of a `vector` payload) are copied out through raw pointers and
+    /// never covered by a Rust reference; Rust slices are made only over bytes
+    /// that never change while the element is reachable: its line pointer,
+    /// level, neighbor-item address and the stable part of its payload
+    /// ([`Codec::stable_len`]). Writers of the same page copy the page image
+    /// back with the same values for those bytes; an element's payload is
+    /// rewritten only when an insert reuses a free element, which VACUUM
+    /// freed with scans locked out after dropping every link to it. The
+    /// changing fields are read again under the content lock before a result
+    /// is returned.
+    fn visit_many(&mut self, query: &[u32], keys: &[ItemPointer], out: &mut Vec<Option<(f32, ElementNode)>>) {
         out.clear();
         self.visits += keys.len() as u64;
-        let (dims, m, metric) = (self.dims(), self.meta.m as usize, self.meta.metric);
         let mut pinned = std::mem::take(&mut self.pinned);
         pinned.clear();
         let mut hints = std::mem::take(&mut self.hints);
@@ -648,26 +744,25 @@ impl GraphStore for PageStore {
         self.rel.recent_buffers(keys.iter().map(|k| k.block), &mut hints);
         hints.iter().flatten().for_each(|&b| IndexRel::prefetch_buffer(b));
         let finish = |(buf, page, item): &(pg_sys::Buffer, *const u8, std::ops::Range<usize>), k: &ItemPointer| {
-            // SAFETY: still pinned; `item` lies inside the page (checked when
-            // it was pinned).
-            let bytes = unsafe { std::slice::from_raw_parts(*page, BLCKSZ) };
-            let e = ElementRef::new(&bytes[item.clone()], dims, m).unwrap_or_else(|e| self.rel.corrupt(k.block, e));
-            let visited = (e.distance(metric, query), ElementNode::read(*k, &e));
+            // SAFETY: `page` is still pinned and `item` came from
+            // pinned_item_range on it.
+            let visited = unsafe { self.visit_pinned(query, *k, *page, item) };
             // SAFETY: releasing the pin taken when it was pinned.
             unsafe { pg_sys::ReleaseBuffer(*buf) };
-            visited
+            visited.unwrap_or_else(|e| self.rel.corrupt(k.block, e))
         };
         for (k, &hint) in keys.iter().zip(hints.iter()) {
             let buf = self.rel.pin(k.block, hint);
-            // SAFETY: `buf` is pinned, so its page stays at this address and
-            // the bytes read are stable while pinned (see above).
+            // SAFETY: `buf` is pinned, so its page stays at this address.
             let page = unsafe { pg_sys::BufferGetPage(buf) } as *const u8;
-            // SAFETY: a pinned page is BLCKSZ bytes of shared memory.
-            let bytes = unsafe { std::slice::from_raw_parts(page, BLCKSZ) };
-            let range = PageRef::graph_header_only(bytes)
-                .and_then(|p| p.item_range(k.offset))
-                .unwrap_or_else(|e| self.rel.corrupt(k.block, e));
-            distance::prefetch(&bytes[range.clone()]);
+            // SAFETY: `page` is pinned and BLCKSZ bytes long.
+            let range = unsafe { pinned_item_range(page, k.offset) }.unwrap_or_else(|e| self.rel.corrupt(k.block, e));
+            // SAFETY: a prefetch is a hint; the addresses lie inside the page.
+            unsafe {
+                for line in (range.start..range.end).step_by(64) {
+                    prefetch(page.add(line));
+                }
+            }
             pinned.push((buf, page, range));
             if pinned.len() - out.len() == PIN_WINDOW {
                 let i = out.len();
@@ -696,9 +791,10 @@ impl GraphStore for PageStore {
     }
 
     fn distance_between(&mut self, a: &ElementNode, b: &ElementNode) -> f32 {
+        use super::graph::Space;
         self.cache_vector(a.tid);
         self.cache_vector(b.tid);
-        self.meta.metric.distance(&self.vectors[&a.tid], &self.vectors[&b.tid])
+        self.meta.codec.distance(&self.vectors[&a.tid], &self.vectors[&b.tid])
     }
 }
 

@@ -98,6 +98,15 @@
 //!     do not link to D; deleted elements outside D are walked through, but
 //!     step 3 rewrote their lists too.
 //!
+//!     An iterative scan (`hnsw.iterative_scan`) holds the scan lock for its
+//!     first pass and for each later batch, not in between: its held
+//!     candidates may include an element freed (and reused) meanwhile. That
+//!     is what the element's version is for (`scan.rs`): reuse increments
+//!     it, and a scan returns an element's heap TIDs only if the version it
+//!     read is still there; a freed element is deleted and has no links, and a
+//!     reused one is a valid element, so expanding either stays within the
+//!     graph.
+//!
 //! Hence an element is freed (and may be reused by the next insert) only
 //! when nothing can reach it: no scan follows the address of an element that
 //! is being freed and reused, no insert links to one, and the entry point is
@@ -317,7 +326,7 @@ fn remove_dead_tids(
     words: usize,
     mut dead: impl FnMut(ItemPointer) -> bool,
 ) -> Removal {
-    let (dims, m) = (meta.dims as usize, meta.m as usize);
+    let (codec, m) = (meta.codec, meta.m as usize);
     let first = ranges.first().cloned().unwrap_or(1..1);
     let batch_len = first.end.saturating_sub(first.start).max(1);
     let mut out = Removal {
@@ -334,7 +343,7 @@ fn remove_dead_tids(
         let mut found = Vec::new();
         rel.modify(block, |p| {
             let mut changed = false;
-            rel.for_each_element_mut(block, p, dims, m, |offset, e| {
+            rel.for_each_element_mut(block, p, &codec, m, |offset, e| {
                 if e.is_free() {
                     return;
                 }
@@ -373,14 +382,14 @@ fn remove_dead_tids(
 /// For a batch after the first: marks the elements of `range` that have no
 /// heap TIDs deleted, and returns every deleted, not free element there.
 fn mark_batch(rel: &IndexRel, meta: &Meta, range: std::ops::Range<u32>, words: usize) -> ItemBitmap {
-    let (dims, m) = (meta.dims as usize, meta.m as usize);
+    let (codec, m) = (meta.codec, meta.m as usize);
     let mut deleted = ItemBitmap::new(range.clone(), words);
     for block in range {
         vacuum_delay();
         let mut found = Vec::new();
         rel.modify(block, |p| {
             let mut changed = false;
-            rel.for_each_element_mut(block, p, dims, m, |offset, e| {
+            rel.for_each_element_mut(block, p, &codec, m, |offset, e| {
                 if e.is_free() {
                     return;
                 }
@@ -408,7 +417,7 @@ fn mark_batch(rel: &IndexRel, meta: &Meta, range: std::ops::Range<u32>, words: u
 /// copied out so `f` may read other pages).
 fn elements_of(store: &PageStore, block: u32, out: &mut Vec<(ElementNode, bool)>) {
     out.clear();
-    let (rel, dims, m) = (store.rel, store.meta.dims as usize, store.meta.m as usize);
+    let (rel, codec, m) = (store.rel, store.meta.codec, store.meta.m as usize);
     rel.read(block, |p| {
         if page::page_is_new(p) {
             return;
@@ -419,7 +428,7 @@ fn elements_of(store: &PageStore, block: u32, out: &mut Vec<(ElementNode, bool)>
             if !page::is_element_item(item) {
                 continue;
             }
-            let e = ElementRef::new(item, dims, m).unwrap_or_else(|e| rel.corrupt(block, e));
+            let e = ElementRef::new(item, &codec, m).unwrap_or_else(|e| rel.corrupt(block, e));
             out.push((ElementNode::read(ItemPointer { block, offset }, &e), e.is_free()));
         }
     });
@@ -582,7 +591,7 @@ fn move_entry(rel: &IndexRel, deleted: &ItemBitmap, highest: Option<(ItemPointer
 /// item (one WAL record per element page and per neighbor page), then lowers
 /// the meta page's free hint to the first block with a free element.
 fn free(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) {
-    let (dims, m) = (meta.dims as usize, meta.m as usize);
+    let (codec, m) = (meta.codec, meta.m as usize);
     let mut first_free: Option<u32> = None;
     let mut blocks: Vec<u32> = Vec::new();
     let mut last = None;
@@ -599,7 +608,7 @@ fn free(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) {
         rel.modify(block, |p| {
             for offset in deleted.offsets(block) {
                 let range = rel.item_range(block, p, offset);
-                let mut e = ElementMut::new(&mut p[range], dims, m).unwrap_or_else(|e| rel.corrupt(block, e));
+                let mut e = ElementMut::new(&mut p[range], &codec, m).unwrap_or_else(|e| rel.corrupt(block, e));
                 if e.is_deleted() && !e.is_free() {
                     e.set_free();
                     neighbor_items.push(e.neighbors());
@@ -1064,10 +1073,9 @@ mod tests {
     #[pg_test]
     fn heal_walks_again_only_after_doubling() {
         let meta = |healed_blocks| Meta {
-            dims: 3,
+            codec: crate::hnsw::codec::Codec::Vector { metric: crate::distance::Metric::L2, dims: 3 },
             m: 16,
             ef_construction: 64,
-            metric: crate::distance::Metric::L2,
             entry: None,
             free_hint: None,
             healed_blocks,

@@ -3,56 +3,48 @@
 //! vector to real[] IMPLICIT).
 
 use pgrx::prelude::*;
-use pgrx::{AnyNumeric, PgSqlErrorCode};
+use pgrx::AnyNumeric;
 
+use super::arrays::array_to_f32;
 use super::{check_dim, check_element, check_expected_dim, Vector};
-use crate::error::raise;
 
-/// Builds a vector from array elements, enforcing pgvector's rules: no NULL
-/// elements, finite values, `1..=16000` elements, and the target typmod.
-fn from_elements(items: impl Iterator<Item = Option<f64>>, typmod: i32) -> Vector {
-    let mut values = Vec::new();
-    for item in items {
-        let Some(x) = item else {
-            raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "array must not contain nulls");
-        };
-        let f = x as f32;
-        if x.is_finite() && !f.is_finite() {
-            raise(
-                PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
-                format!("\"{x}\" is out of range for type vector"),
-            );
-        }
-        check_element(f);
-        values.push(f);
+/// Builds a vector from a cast's source array, with pgvector's checks in its
+/// order: one dimension, no NULLs, `1..=16000` elements, the target typmod,
+/// then finite elements (a `double precision` beyond `real`'s range becomes
+/// infinite and is rejected as such).
+fn from_array<T>(a: Array<'_, T>, typmod: i32) -> Vector {
+    let values = array_to_f32(a, |n| {
+        check_dim(n);
+        check_expected_dim(typmod, n);
+    });
+    for &x in &values {
+        check_element(x);
     }
-    check_dim(values.len());
-    check_expected_dim(typmod, values.len());
     Vector::from_slice(&values)
 }
 
 /// `integer[]` to `vector`.
 #[pg_extern(immutable, strict, parallel_safe, name = "array_to_vector")]
 fn array_to_vector_int4(a: Array<i32>, typmod: i32, _explicit: bool) -> Vector {
-    from_elements(a.iter().map(|x| x.map(f64::from)), typmod)
+    from_array(a, typmod)
 }
 
 /// `real[]` to `vector`.
 #[pg_extern(immutable, strict, parallel_safe, name = "array_to_vector")]
 fn array_to_vector_float4(a: Array<f32>, typmod: i32, _explicit: bool) -> Vector {
-    from_elements(a.iter().map(|x| x.map(f64::from)), typmod)
+    from_array(a, typmod)
 }
 
 /// `double precision[]` to `vector`.
 #[pg_extern(immutable, strict, parallel_safe, name = "array_to_vector")]
 fn array_to_vector_float8(a: Array<f64>, typmod: i32, _explicit: bool) -> Vector {
-    from_elements(a.iter(), typmod)
+    from_array(a, typmod)
 }
 
 /// `numeric[]` to `vector`.
 #[pg_extern(immutable, strict, parallel_safe, name = "array_to_vector")]
 fn array_to_vector_numeric(a: Array<AnyNumeric>, typmod: i32, _explicit: bool) -> Vector {
-    from_elements(a.iter().map(|x| x.map(|n| n.to_string().parse::<f64>().unwrap_or(f64::NAN))), typmod)
+    from_array(a, typmod)
 }
 
 /// `vector` to `real[]`.

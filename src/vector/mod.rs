@@ -5,9 +5,14 @@
 //! varlena that distance functions read in place. See [`datum::Vector`].
 
 pub mod aggregates;
+pub mod arrays;
+pub mod bit;
 pub mod casts;
 pub mod datum;
+pub(crate) mod glue;
+pub mod halfvec;
 pub mod ops;
+pub mod sparsevec;
 pub mod text;
 
 use pgrx::datum::Internal;
@@ -49,76 +54,125 @@ CREATE TYPE vector (
 );
 
 /// Raises the error pgvector gives when a value does not match the column's
-/// `vector(n)` (SQLSTATE 22000).
+/// `vector(n)` / `halfvec(n)` / `sparsevec(n)` (SQLSTATE 22000).
 pub fn check_expected_dim(typmod: i32, dim: usize) {
-    if typmod != -1 && typmod as usize != dim {
+    if typmod != -1 && typmod as i64 != dim as i64 {
         raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, format!("expected {typmod} dimensions, not {dim}"));
     }
 }
 
 /// Raises pgvector's error for operands of different lengths (SQLSTATE 22000).
 pub fn check_same_dims(a: &Vector, b: &Vector) {
-    if a.dim() != b.dim() {
-        raise(
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            format!("different vector dimensions {} and {}", a.dim(), b.dim()),
-        );
+    check_same_dims_of("vector", a.dim(), b.dim());
+}
+
+/// Raises `different <type> dimensions A and B` (SQLSTATE 22000) unless `a == b`.
+pub fn check_same_dims_of(type_name: &str, a: usize, b: usize) {
+    if a != b {
+        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, format!("different {type_name} dimensions {a} and {b}"));
     }
 }
 
 /// Checks a dimension count built from user input (`1..=16000`).
 pub fn check_dim(dim: usize) {
-    if !(1..=VECTOR_MAX_DIM).contains(&dim) {
-        invalid_dim(dim)
-    }
+    check_dim_of("vector", dim, VECTOR_MAX_DIM);
 }
 
-/// Raises pgvector's error for a dimension count outside `1..=16000`.
-fn invalid_dim(dim: usize) -> ! {
+/// Checks a dimension count of type `type_name` against `1..=max`: below is
+/// SQLSTATE 22000, above 54000, with pgvector's wording.
+pub fn check_dim_of(type_name: &str, dim: usize, max: usize) {
     if dim < 1 {
-        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "vector must have at least 1 dimension")
+        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, format!("{type_name} must have at least 1 dimension"))
     }
-    raise(
-        PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-        format!("vector cannot have more than {VECTOR_MAX_DIM} dimensions"),
-    )
+    if dim > max {
+        raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("{type_name} cannot have more than {max} dimensions"),
+        )
+    }
 }
 
 /// Checks one element produced by input, arithmetic or a cast (finite, not NaN).
 pub fn check_element(x: f32) {
-    if !x.is_finite() {
-        invalid_element(x)
+    check_element_of("vector", x);
+}
+
+/// Raises `NaN not allowed in <type>` / `infinite value not allowed in
+/// <type>` (SQLSTATE 22000) for a non-finite element.
+pub fn check_element_of(type_name: &str, x: f32) {
+    if x.is_nan() {
+        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, format!("NaN not allowed in {type_name}"))
+    }
+    if x.is_infinite() {
+        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, format!("infinite value not allowed in {type_name}"))
     }
 }
 
-/// Raises pgvector's error for a NaN or infinite element.
-fn invalid_element(x: f32) -> ! {
-    if x.is_nan() {
-        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "NaN not allowed in vector")
+/// Raises the `ERROR` for text `input` of type `type_name` (at most `max_dim`
+/// dimensions) that the parser rejected with `err`, with pgvector's wording
+/// and SQLSTATE for each case.
+pub fn raise_parse_error(type_name: &str, input: &str, max_dim: usize, err: ParseError) -> ! {
+    use PgSqlErrorCode::*;
+    let syntax = format!("invalid input syntax for type {type_name}: \"{input}\"");
+    match err {
+        ParseError::Syntax(None) => raise(ERRCODE_INVALID_TEXT_REPRESENTATION, syntax),
+        ParseError::Syntax(Some(detail)) => raise_detail(ERRCODE_INVALID_TEXT_REPRESENTATION, syntax, detail),
+        ParseError::Empty => raise(ERRCODE_DATA_EXCEPTION, format!("{type_name} must have at least 1 dimension")),
+        ParseError::TooManyDimensions => {
+            raise(ERRCODE_PROGRAM_LIMIT_EXCEEDED, format!("{type_name} cannot have more than {max_dim} dimensions"))
+        }
+        ParseError::TooManyElements => raise(
+            ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("{type_name} cannot have more than {} non-zero elements", sparsevec::SPARSEVEC_MAX_NNZ),
+        ),
+        ParseError::OutOfRange(t) => {
+            raise(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE, format!("\"{t}\" is out of range for type {type_name}"))
+        }
+        ParseError::NaN => check_element_of(type_name, f32::NAN),
+        ParseError::Infinite => check_element_of(type_name, f32::INFINITY),
+        ParseError::ExpectedDim { expected, got } => check_expected_dim(expected, got),
+        ParseError::IndexOutOfBounds => raise(ERRCODE_DATA_EXCEPTION, format!("{type_name} index out of bounds")),
+        ParseError::DuplicateIndex => {
+            raise(ERRCODE_DATA_EXCEPTION, format!("{type_name} indices must not contain duplicates"))
+        }
     }
-    raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "infinite value not allowed in vector")
+    unreachable!("every parse error raises")
+}
+
+/// Parses the type modifier list of `type_name(n)`: exactly one integer in
+/// `1..=max` (pgvector's wording and SQLSTATEs otherwise).
+pub fn typmod_in(list: Array<&CStr>, type_name: &str, max: usize) -> i32 {
+    let items: Vec<Option<&CStr>> = list.iter().collect();
+    if items.len() != 1 {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid type modifier");
+    }
+    let text = items[0].map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+    let n: i64 = text.trim().parse().unwrap_or_else(|_| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+            format!("invalid input syntax for type integer: \"{text}\""),
+        )
+    });
+    if n < 1 {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("dimensions for type {type_name} must be at least 1"),
+        );
+    }
+    if n > max as i64 {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("dimensions for type {type_name} cannot exceed {max}"),
+        );
+    }
+    n as i32
 }
 
 /// Text input: `'[1,2,3]'`, with `vector(n)` enforced when `typmod` is set.
 #[pg_extern(immutable, strict, parallel_safe, sql = false)]
 fn vector_in(input: &CStr, _oid: pg_sys::Oid, typmod: i32) -> Vector {
     let text = input.to_string_lossy();
-    let values = match text::parse_vector(&text) {
-        Ok(v) => v,
-        Err(ParseError::Syntax(detail)) => raise_detail(
-            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
-            format!("invalid input syntax for type vector: \"{text}\""),
-            detail,
-        ),
-        Err(ParseError::Empty) => invalid_dim(0),
-        Err(ParseError::TooManyDimensions) => invalid_dim(VECTOR_MAX_DIM + 1),
-        Err(ParseError::OutOfRange(t)) => raise(
-            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
-            format!("\"{t}\" is out of range for type vector"),
-        ),
-        Err(ParseError::NaN) => invalid_element(f32::NAN),
-        Err(ParseError::Infinite) => invalid_element(f32::INFINITY),
-    };
+    let values = text::parse_vector(&text).unwrap_or_else(|e| raise_parse_error("vector", &text, VECTOR_MAX_DIM, e));
     check_expected_dim(typmod, values.len());
     Vector::from_slice(&values)
 }
@@ -157,27 +211,7 @@ fn vector_out(v: Vector) -> CString {
 /// Type modifier input: `vector(n)` with `n` in `1..=16000`.
 #[pg_extern(immutable, strict, parallel_safe, sql = false)]
 fn vector_typmod_in(list: Array<&CStr>) -> i32 {
-    let items: Vec<Option<&CStr>> = list.iter().collect();
-    if items.len() != 1 {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid type modifier");
-    }
-    let text = items[0].map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
-    let n: i64 = text.trim().parse().unwrap_or_else(|_| {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
-            format!("invalid input syntax for type integer: \"{text}\""),
-        )
-    });
-    if n < 1 {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "dimensions for type vector must be at least 1");
-    }
-    if n > VECTOR_MAX_DIM as i64 {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("dimensions for type vector cannot exceed {VECTOR_MAX_DIM}"),
-        );
-    }
-    n as i32
+    typmod_in(list, "vector", VECTOR_MAX_DIM)
 }
 
 /// Binary input in pgvector's wire format: int16 dim, int16 unused (0),
@@ -188,9 +222,10 @@ fn vector_recv(buf: Internal, _oid: pg_sys::Oid, typmod: i32) -> Vector {
     // receive function; pq_getmsg* check bounds and raise on short input.
     unsafe {
         let buf = buf.unwrap().expect("recv buffer").cast_mut_ptr::<pg_sys::StringInfoData>();
-        let dim = pg_sys::pq_getmsgint(buf, 2) as u16 as i16;
-        let unused = pg_sys::pq_getmsgint(buf, 2) as u16 as i16;
-        check_dim(dim.max(0) as usize);
+        // Read as pgvector does: unsigned 16-bit fields.
+        let dim = pg_sys::pq_getmsgint(buf, 2) as u16;
+        let unused = pg_sys::pq_getmsgint(buf, 2) as u16;
+        check_dim(dim as usize);
         check_expected_dim(typmod, dim as usize);
         if unused != 0 {
             raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, format!("expected unused to be 0, not {unused}"));

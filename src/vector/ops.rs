@@ -74,19 +74,27 @@ fn l2_normalize(a: Vector) -> Vector {
     out
 }
 
+/// The 0-based range of elements `start .. start+count-1` (1-based `start`,
+/// clipped to `1..=dim`) that `subvector` returns, or `None` when it would
+/// be empty (`count < 1`, or `start` past the end): pgvector's rule, in
+/// `i64` so no argument can overflow.
+pub fn subvector_range(dim: usize, start: i32, count: i32) -> Option<std::ops::Range<usize>> {
+    let (start, count) = (start as i64, count as i64);
+    let first = start.max(1);
+    let end = (start + count).min(dim as i64 + 1);
+    if count < 1 || end <= first {
+        return None;
+    }
+    Some((first - 1) as usize..(end - 1) as usize)
+}
+
 /// Elements `start .. start+count-1` (1-based, clipped to the vector, as
 /// pgvector's `subvector`).
 #[pg_extern(immutable, strict, parallel_safe)]
 fn subvector(a: Vector, start: i32, count: i32) -> Vector {
-    let (start, count) = (start as i64, count as i64);
-    let mut end = start + count;
-    let first = start.max(1);
-    end = end.min(a.dim() as i64 + 1);
-    if count < 1 || end <= first {
-        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "vector must have at least 1 dimension");
-    }
-    let slice = &a.as_slice()[(first - 1) as usize..(end - 1) as usize];
-    Vector::from_slice(slice)
+    let range = subvector_range(a.dim(), start, count)
+        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, "vector must have at least 1 dimension"));
+    Vector::from_slice(&a.as_slice()[range])
 }
 
 fn elementwise(a: &Vector, b: &Vector, f: impl Fn(f32, f32) -> f32) -> Vector {

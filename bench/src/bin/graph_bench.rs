@@ -18,7 +18,7 @@ fn main() {
     let truth = read_ivecs(&dir.join("groundtruth.ivecs"), usize::MAX);
     let params = Params { m: 16, ef_construction: 64 };
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-    let mut g = MemoryGraph::new(Metric::Cosine, base[0].len(), params, 16);
+    let mut g = MemoryGraph::new(Metric::Cosine, params, 16);
     let t = Instant::now();
     for (i, v) in base.iter().enumerate() {
         g.insert(v, i as u64, random_level(rng.gen::<f64>(), params.level_multiplier(), 16));
