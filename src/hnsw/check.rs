@@ -155,12 +155,16 @@ fn heap_target(index_oid: pg_sys::Oid) -> Option<(String, String)> {
     Some((row[0].clone(), row[1].clone()))
 }
 
-/// The schema of this extension (quoted), to call its functions by their
+/// The schema of the extension that owns the `hnsw` access method (quoted;
+/// whatever the extension is named), to call its functions by their
 /// qualified names whatever the caller's `search_path`.
 fn extension_schema() -> String {
     query_row(
-        "SELECT pg_catalog.quote_ident(n.nspname::pg_catalog.text) FROM pg_catalog.pg_extension e \
-         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_hnsw'",
+        "SELECT pg_catalog.quote_ident(n.nspname::pg_catalog.text) FROM pg_catalog.pg_depend d \
+         JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
+         WHERE d.classid = 'pg_catalog.pg_am'::pg_catalog.regclass AND d.deptype = 'e' \
+           AND d.objid = (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'hnsw')",
         1,
     )
     .map(|r| r[0].clone())
