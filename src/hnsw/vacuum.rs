@@ -98,14 +98,13 @@
 //!     do not link to D; deleted elements outside D are walked through, but
 //!     step 3 rewrote their lists too.
 //!
-//!     An iterative scan (`hnsw.iterative_scan`) holds the scan lock for its
-//!     first pass and for each later batch, not in between: its held
-//!     candidates may include an element freed (and reused) meanwhile. That
-//!     is what the element's version is for (`scan.rs`): reuse increments
-//!     it, and a scan returns an element's heap TIDs only if the version it
-//!     read is still there; a freed element is deleted and has no links, and a
-//!     reused one is a valid element, so expanding either stays within the
-//!     graph.
+//! An iterative scan (`hnsw.iterative_scan`) holds the scan lock for its
+//! first pass and for each later batch, not in between: its held candidates
+//! may include an element freed (and reused) meanwhile. That is what the
+//! element's version is for (`scan.rs`): reuse increments it, and a scan
+//! returns an element's heap TIDs only if the version it read is still
+//! there; a freed element is deleted and has no links, and a reused one is a
+//! valid element, so expanding either stays within the graph.
 //!
 //! Hence an element is freed (and may be reused by the next insert) only
 //! when nothing can reach it: no scan follows the address of an element that
