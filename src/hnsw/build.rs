@@ -49,7 +49,14 @@ fn progress(param: u32, value: i64) {
 
 /// The meta page contents of an index of `codec` elements.
 fn meta_for(codec: Codec, params: Params, entry: Option<(ItemPointer, u16)>) -> Meta {
-    Meta { codec, m: params.m as u32, ef_construction: params.ef_construction as u32, entry, free_hint: None }
+    Meta {
+        codec,
+        m: params.m as u32,
+        ef_construction: params.ef_construction as u32,
+        entry,
+        free_hint: None,
+        healed_blocks: 0,
+    }
 }
 
 /// `ambuild`: builds the index over every row of `heap`.

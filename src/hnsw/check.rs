@@ -5,10 +5,31 @@
 //! before checking that it points at an element it has seen.
 //!
 //! Checks: the meta page; every page and item; element → neighbor item
-//! links; neighbor lists (bounds, targets live and present on the layer);
-//! every live element reachable from the entry point; every live heap row
-//! indexed exactly once. The graph is checked under the graph lock in
-//! exclusive mode, so in-flight inserts finish first.
+//! links; neighbor lists (bounds, targets present on the layer and not
+//! free); every live element reachable from the entry point over layer-0
+//! links, walking through deleted elements as scans do; every live heap row
+//! indexed exactly once.
+//!
+//! Links to *deleted* elements are legal (VACUUM repairs them before it
+//! frees the elements; an interrupted VACUUM leaves them for the next one):
+//! they are counted in the detail, and so are deleted elements. A link from
+//! a live element to a *free* one, a free element that the walk from the
+//! entry point meets, or a free entry point is a failure: a scan could
+//! follow it into a reused element. (A deleted element that nothing reaches
+//! may still link to a free one while VACUUM frees a batch page by page.)
+//!
+//! Who may run it: the index's owner (or a superuser), since it takes the
+//! index's insert lock and reports heap TIDs; others get SQLSTATE 42501.
+//!
+//! Locks: the graph is read under the insert lock in exclusive mode, so
+//! inserts wait until the graph part is done (queries go on); the heap part
+//! runs after it is released. No other heavyweight lock is taken meanwhile
+//! (the nesting rule on [`IndexRel::lock_graph`]).
+//!
+//! Memory: about 24 bytes per element, 12 per neighbor item and 8 per heap
+//! TID, checked against `maintenance_work_mem`; more is an `ERROR` (SQLSTATE
+//! 53200) that says how much to set. The heap is read through a cursor, in
+//! chunks.
 //!
 //! A page whose *header* is damaged is rejected by PostgreSQL's own buffer
 //! manager when read ("invalid page in block N of relation ..."), which
@@ -16,19 +37,70 @@
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgRelation, PgSqlErrorCode};
-use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::codec::{Codec, Kind};
 use super::page::{self, ElementRef, ItemPointer, Meta, NeighborsRef, PageKind, PageRef};
-use super::storage::{IndexRel, EXCLUSIVE_LOCK, SHARE_LOCK};
-use crate::error::raise;
+use super::storage::{from_pg_tid, IndexRel, EXCLUSIVE_LOCK};
+use super::vacuum::{try_reserve, work_mem_bytes};
+use crate::error::{raise, raise_hint};
 
+const DELETED: u8 = 1;
+const FREE: u8 = 2;
+
+/// An element as the check remembers it.
+#[derive(Clone, Copy)]
 struct Element {
-    level: usize,
-    deleted: bool,
-    free: bool,
+    tid: ItemPointer,
     neighbors: ItemPointer,
+    level: u8,
+    flags: u8,
+}
+
+impl Element {
+    fn deleted(&self) -> bool {
+        self.flags & DELETED != 0
+    }
+
+    fn free(&self) -> bool {
+        self.flags & FREE != 0
+    }
+}
+
+/// What the graph part collected, in address order.
+#[derive(Default)]
+struct Graph {
+    elements: Vec<Element>,
+    /// Neighbor items and their top layer.
+    neighbor_items: Vec<(ItemPointer, u8)>,
+    /// Heap TIDs of elements that are not deleted.
     heap_tids: Vec<ItemPointer>,
+}
+
+impl Graph {
+    fn element(&self, t: ItemPointer) -> Option<(usize, &Element)> {
+        let i = self.elements.binary_search_by(|e| e.tid.cmp(&t)).ok()?;
+        Some((i, &self.elements[i]))
+    }
+
+    fn bytes(&self) -> usize {
+        self.elements.capacity() * std::mem::size_of::<Element>()
+            + self.neighbor_items.capacity() * std::mem::size_of::<(ItemPointer, u8)>()
+            + self.heap_tids.capacity() * std::mem::size_of::<ItemPointer>()
+    }
+}
+
+/// Raises the out-of-memory `ERROR` when the check would need more than
+/// `maintenance_work_mem`.
+fn within_budget(bytes: usize) {
+    let budget = work_mem_bytes();
+    if bytes > budget {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY,
+            "hnsw_index_check needs more memory than maintenance_work_mem allows",
+            format!("it needs more than {} kB", bytes / 1024),
+            format!("SET maintenance_work_mem = '{}MB' and run it again.", (2 * bytes).div_ceil(1 << 20)),
+        );
+    }
 }
 
 /// One report row: `(check_name, passed, detail)`.
@@ -58,51 +130,53 @@ impl Problems {
     }
 }
 
-/// The indexed table and column, for the heap check.
-fn heap_target(index_oid: pg_sys::Oid) -> Option<(String, String)> {
+fn at(t: ItemPointer) -> String {
+    format!("({},{})", t.block, t.offset)
+}
+
+/// Runs `sql` (no parameters) and returns the first row's text columns.
+fn query_row(sql: &str, columns: usize) -> Option<Vec<String>> {
     Spi::connect(|c| {
-        let sql = format!(
-            "SELECT i.indrelid::regclass::text, quote_ident(a.attname::text) FROM pg_index i \
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
-             WHERE i.indexrelid = {} AND i.indkey[0] <> 0",
-            index_oid.to_u32()
-        );
-        let row = c.select(&sql, None, &[]).ok()?.first();
-        Some((row.get::<String>(1).ok()??, row.get::<String>(2).ok()??))
+        let row = c.select(sql, None, &[]).ok()?.first();
+        (1..=columns).map(|i| row.get::<String>(i).ok().flatten()).collect()
     })
 }
 
-fn parse_ctid(s: &str) -> Option<ItemPointer> {
-    let (b, o) = s.trim_matches(|c| c == '(' || c == ')').split_once(',')?;
-    Some(ItemPointer { block: b.parse().ok()?, offset: o.parse().ok()? })
+/// The indexed table and column (quoted), or `None` for an expression index.
+fn heap_target(index_oid: pg_sys::Oid) -> Option<(String, String)> {
+    let sql = format!(
+        "SELECT i.indrelid::pg_catalog.regclass::pg_catalog.text, pg_catalog.quote_ident(a.attname::pg_catalog.text) \
+         FROM pg_catalog.pg_index i \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+         WHERE i.indexrelid = {} AND i.indkey[0] <> 0",
+        index_oid.to_u32()
+    );
+    let row = query_row(&sql, 2)?;
+    Some((row[0].clone(), row[1].clone()))
 }
 
-fn check_graph(rel: &IndexRel) -> (Vec<Row>, Option<FxHashMap<ItemPointer, Element>>) {
-    let mut rows = Vec::new();
-    if rel.nblocks() == 0 {
-        rows.push(("meta page".into(), false, "the index has no pages".into()));
-        return (rows, None);
-    }
-    let meta = match rel.read(page::META_BLOCK, Meta::read_page) {
-        Ok(m) => {
-            rows.push((
-                "meta page".into(),
-                true,
-                format!("{:?} m {} ef_construction {}", m.codec, m.m, m.ef_construction),
-            ));
-            m
-        }
-        Err(e) => {
-            rows.push(("meta page".into(), false, e.0));
-            return (rows, None);
-        }
-    };
+/// The schema of the extension that owns the `hnsw` access method (quoted;
+/// whatever the extension is named), to call its functions by their
+/// qualified names whatever the caller's `search_path`.
+fn extension_schema() -> String {
+    query_row(
+        "SELECT pg_catalog.quote_ident(n.nspname::pg_catalog.text) FROM pg_catalog.pg_depend d \
+         JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
+         WHERE d.classid = 'pg_catalog.pg_am'::pg_catalog.regclass AND d.deptype = 'e' \
+           AND d.objid = (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'hnsw')",
+        1,
+    )
+    .map(|r| r[0].clone())
+    .unwrap_or_else(|| "public".into())
+}
+
+/// Reads every page (under the caller's lock) into `graph`, reporting page
+/// and item problems in `pages`.
+fn collect(rel: &IndexRel, meta: &Meta, graph: &mut Graph, pages: &mut Problems) {
     let (codec, m) = (meta.codec, meta.m as usize);
-    let mut elements: FxHashMap<ItemPointer, Element> = FxHashMap::default();
-    let mut neighbor_items: FxHashMap<ItemPointer, Vec<Vec<ItemPointer>>> = FxHashMap::default();
-    let mut pages = Problems::default();
-    let nblocks = rel.nblocks();
-    for block in 1..nblocks {
+    for block in 1..rel.nblocks() {
+        pgrx::check_for_interrupts!();
         rel.read(block, |p| {
             if page::page_is_new(p) {
                 return;
@@ -111,8 +185,12 @@ fn check_graph(rel: &IndexRel) -> (Vec<Row>, Option<FxHashMap<ItemPointer, Eleme
                 Ok(r) => r,
                 Err(e) => return pages.add(format!("block {block}: {e}")),
             };
+            let n = r.max_offset() as usize;
+            try_reserve(&mut graph.elements, n, "hnsw_index_check");
+            try_reserve(&mut graph.neighbor_items, n, "hnsw_index_check");
+            try_reserve(&mut graph.heap_tids, n * page::MAX_HEAP_TIDS, "hnsw_index_check");
             for offset in 1..=r.max_offset() {
-                let at = ItemPointer { block, offset };
+                let tid = ItemPointer { block, offset };
                 let item = match r.item(offset) {
                     Ok(i) => i,
                     Err(e) => {
@@ -121,155 +199,235 @@ fn check_graph(rel: &IndexRel) -> (Vec<Row>, Option<FxHashMap<ItemPointer, Eleme
                     }
                 };
                 if page::is_element_item(item) {
-                    match ElementRef::new(item, &codec, m).and_then(|e| {
+                    let element = ElementRef::new(item, &codec, m).and_then(|e| {
                         codec.validate_deep(e.payload()).map(|_| e).map_err(|x| page::PageError(format!("{x:?}")))
-                    }) {
+                    });
+                    match element {
                         Ok(e) => {
-                            let heap_tids = (0..e.heap_tid_count()).map(|i| e.heap_tid(i)).collect();
-                            let (level, deleted, free, neighbors) =
-                                (e.level(), e.is_deleted(), e.is_free(), e.neighbors());
-                            elements.insert(at, Element { level, deleted, free, neighbors, heap_tids });
+                            let flags = (e.is_deleted() as u8 * DELETED) | (e.is_free() as u8 * FREE);
+                            if flags == 0 {
+                                graph.heap_tids.extend((0..e.heap_tid_count()).map(|i| e.heap_tid(i)));
+                            }
+                            let (neighbors, level) = (e.neighbors(), e.level() as u8);
+                            graph.elements.push(Element { tid, neighbors, level, flags });
                         }
-                        Err(e) => pages.add(format!("element ({block},{offset}): {e}")),
+                        Err(e) => pages.add(format!("element {}: {e}", at(tid))),
                     }
                 } else {
                     match NeighborsRef::new(item, m) {
-                        Ok(n) => {
-                            let lists = (0..=n.level())
-                                .map(|layer| {
-                                    let mut l = Vec::new();
-                                    n.read_layer(layer, &mut l);
-                                    l
-                                })
-                                .collect();
-                            neighbor_items.insert(at, lists);
-                        }
-                        Err(e) => pages.add(format!("neighbor item ({block},{offset}): {e}")),
+                        Ok(n) => graph.neighbor_items.push((tid, n.level() as u8)),
+                        Err(e) => pages.add(format!("neighbor item {}: {e}", at(tid))),
                     }
                 }
             }
         });
+        within_budget(graph.bytes());
     }
-    let live = elements.values().filter(|e| !e.deleted).count();
-    rows.push(pages.row("pages and items", format!("{} pages, {} elements ({live} live)", nblocks, elements.len())));
-
-    let mut lists = Problems::default();
-    for (at, e) in elements.iter().filter(|(_, e)| !e.deleted) {
-        let Some(n) = neighbor_items.get(&e.neighbors) else {
-            lists.add(format!("element ({},{}) points at a missing neighbor item", at.block, at.offset));
-            continue;
-        };
-        if n.len() <= e.level {
-            lists.add(format!(
-                "element ({},{}) has level {} but room for {}",
-                at.block,
-                at.offset,
-                e.level,
-                n.len() - 1
-            ));
-            continue;
-        }
-        for (layer, list) in n.iter().enumerate().take(e.level + 1) {
-            let max = if layer == 0 { 2 * m } else { m };
-            if list.len() > max {
-                lists.add(format!("({},{}) layer {layer}: {} links > {max}", at.block, at.offset, list.len()));
-            }
-            for t in list {
-                match elements.get(t) {
-                    None => lists.add(format!(
-                        "({},{}) layer {layer} links to ({},{}), not an element",
-                        at.block, at.offset, t.block, t.offset
-                    )),
-                    Some(x) if x.deleted || x.free => {
-                        lists.add(format!("({},{}) links to deleted ({},{})", at.block, at.offset, t.block, t.offset))
-                    }
-                    Some(x) if x.level < layer => lists.add(format!(
-                        "({},{}) layer {layer} links to ({},{}) of level {}",
-                        at.block, at.offset, t.block, t.offset, x.level
-                    )),
-                    Some(_) => {}
-                }
-            }
-        }
-    }
-    rows.push(lists.row("neighbor lists", "within bounds, pointing at live elements".into()));
-
-    // Reachability: breadth-first over every layer's links from the entry point.
-    let mut reach = Problems::default();
-    match meta.entry {
-        None if live > 0 => reach.add(format!("no entry point but {live} live elements")),
-        None => {}
-        Some((entry, level)) => match elements.get(&entry) {
-            Some(e) if !e.deleted && e.level == level as usize => {
-                let mut seen: FxHashSet<ItemPointer> = FxHashSet::default();
-                let mut queue = vec![entry];
-                seen.insert(entry);
-                while let Some(t) = queue.pop() {
-                    let Some(e) = elements.get(&t) else { continue };
-                    let Some(n) = neighbor_items.get(&e.neighbors) else { continue };
-                    for list in n.iter().take(e.level + 1) {
-                        for &x in list {
-                            if elements.get(&x).is_some_and(|x| !x.deleted) && seen.insert(x) {
-                                queue.push(x);
-                            }
-                        }
-                    }
-                }
-                for (at, _) in elements.iter().filter(|(at, e)| !e.deleted && !seen.contains(at)) {
-                    reach.add(format!("element ({},{}) unreachable", at.block, at.offset));
-                }
-            }
-            _ => reach.add(format!(
-                "entry point ({},{}) level {level} is not a live element of that level",
-                entry.block, entry.offset
-            )),
-        },
-    }
-    rows.push(reach.row("reachable from entry point", format!("all {live} live elements")));
-    (rows, Some(elements))
 }
 
-fn check_heap(index_oid: pg_sys::Oid, codec: &Codec, elements: &FxHashMap<ItemPointer, Element>) -> Row {
+/// Calls `f(layer, list)` for each layer `0..=level` of the neighbor item at
+/// `n` (already known to be a valid neighbor item of level >= `level`).
+fn read_lists(rel: &IndexRel, m: usize, n: ItemPointer, level: usize, mut f: impl FnMut(usize, &[ItemPointer])) {
+    let mut list = Vec::new();
+    rel.read(n.block, |p| {
+        let item = PageRef::new(p, PageKind::Graph).and_then(|r| r.item(n.offset));
+        if let Ok(item) = item {
+            if let Ok(items) = NeighborsRef::new(item, m) {
+                for layer in 0..=level.min(items.level()) {
+                    list.clear();
+                    items.read_layer(layer, &mut list);
+                    f(layer, &list);
+                }
+            }
+        }
+    });
+}
+
+/// The neighbor-list check over every element that is not free.
+fn check_lists(rel: &IndexRel, m: usize, graph: &Graph) -> Row {
+    let mut p = Problems::default();
+    let mut deleted_links = 0usize;
+    // Elements in the order of their neighbor items, so each page is read
+    // about once.
+    let mut order: Vec<u32> = Vec::new();
+    try_reserve(&mut order, graph.elements.len(), "hnsw_index_check");
+    order.extend((0..graph.elements.len() as u32).filter(|&i| !graph.elements[i as usize].free()));
+    order.sort_by_key(|&i| graph.elements[i as usize].neighbors);
+    for i in order {
+        let e = graph.elements[i as usize];
+        let Ok(n) = graph.neighbor_items.binary_search_by(|x| x.0.cmp(&e.neighbors)) else {
+            p.add(format!("element {} points at a missing neighbor item", at(e.tid)));
+            continue;
+        };
+        let room = graph.neighbor_items[n].1;
+        if room < e.level {
+            p.add(format!("element {} has level {} but room for {room}", at(e.tid), e.level));
+            continue;
+        }
+        read_lists(rel, m, e.neighbors, e.level as usize, |layer, list| {
+            let max = if layer == 0 { 2 * m } else { m };
+            if list.len() > max {
+                p.add(format!("{} layer {layer}: {} links > {max}", at(e.tid), list.len()));
+            }
+            for &t in list {
+                match graph.element(t) {
+                    None => p.add(format!("{} layer {layer} links to {}, not an element", at(e.tid), at(t))),
+                    // From a live element: a scan could follow it into a
+                    // reused element. (From a deleted one it matters only
+                    // if scans reach that element: see the reachability
+                    // check; VACUUM frees unreachable elements page by page.)
+                    Some((_, x)) if x.free() && !e.deleted() => {
+                        p.add(format!("{} links to free element {}", at(e.tid), at(t)))
+                    }
+                    Some((_, x)) if x.free() => {}
+                    Some((_, x)) if (x.level as usize) < layer => {
+                        p.add(format!("{} layer {layer} links to {} of level {}", at(e.tid), at(t), x.level))
+                    }
+                    Some((_, x)) => deleted_links += x.deleted() as usize,
+                }
+            }
+        });
+    }
+    p.row(
+        "neighbor lists",
+        format!("within bounds, pointing at elements that are not free; {deleted_links} links to deleted elements"),
+    )
+}
+
+/// Reachability: a walk over layer-0 links from the entry point, through
+/// live and deleted (not free) elements, as scans walk. Layer 0 is where
+/// every search ends, so an element reachable only through upper layers is
+/// missed by nearly every query: it counts as unreachable. A free element
+/// that an element of the walk links to (on any layer) is a failure: a scan
+/// could follow that link into a reused element.
+fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> Row {
+    let mut p = Problems::default();
+    let name = "reachable from entry point";
+    let Some((entry, level)) = meta.entry else {
+        if live > 0 {
+            p.add(format!("no entry point but {live} live elements"));
+        }
+        return p.row(name, "empty graph".into());
+    };
+    let (start, e) = match graph.element(entry) {
+        Some((i, e)) if !e.free() && e.level as u16 == level => (i, *e),
+        _ => {
+            p.add(format!("entry point {} level {level} is not an element of that level", at(entry)));
+            return p.row(name, String::new());
+        }
+    };
+    let mut seen: Vec<u64> = Vec::new();
+    let words = graph.elements.len().div_ceil(64);
+    try_reserve(&mut seen, words, "hnsw_index_check");
+    seen.resize(words, 0);
+    let mark = |seen: &mut Vec<u64>, i: usize| {
+        let new = seen[i / 64] & (1 << (i % 64)) == 0;
+        seen[i / 64] |= 1 << (i % 64);
+        new
+    };
+    let mut queue: Vec<u32> = vec![start as u32];
+    mark(&mut seen, start);
+    let m = meta.m as usize;
+    while let Some(i) = queue.pop() {
+        pgrx::check_for_interrupts!();
+        let x = graph.elements[i as usize];
+        let mut next = Vec::new();
+        read_lists(rel, m, x.neighbors, x.level as usize, |layer, list| {
+            for (j, y) in list.iter().filter_map(|&t| graph.element(t)) {
+                if y.free() {
+                    p.add(format!("free element {} is reachable (linked from {})", at(y.tid), at(x.tid)));
+                } else if layer == 0 {
+                    next.push(j);
+                }
+            }
+        });
+        for j in next {
+            if mark(&mut seen, j) {
+                try_reserve(&mut queue, 1, "hnsw_index_check");
+                queue.push(j as u32);
+            }
+        }
+    }
+    for (i, x) in graph.elements.iter().enumerate() {
+        if x.flags == 0 && seen[i / 64] & (1 << (i % 64)) == 0 {
+            p.add(format!("element {} unreachable", at(x.tid)));
+        }
+    }
+    let note = if e.deleted() { " (the entry point is deleted: VACUUM will move it)" } else { "" };
+    p.row(name, format!("all {live} live elements{note}"))
+}
+
+/// Every live heap row indexed exactly once: the index's heap TIDs sorted,
+/// the heap's rows read through a cursor in chunks.
+fn check_heap(index_oid: pg_sys::Oid, codec: &Codec, graph: &mut Graph) -> Row {
     let name = "heap rows indexed once".to_string();
     let Some((table, column)) = heap_target(index_oid) else {
         return (name, true, "skipped: expression index".into());
     };
-    let mut count: FxHashMap<ItemPointer, u32> = FxHashMap::default();
-    for e in elements.values().filter(|e| !e.deleted) {
-        for t in &e.heap_tids {
-            *count.entry(*t).or_default() += 1;
-        }
+    let tids = &mut graph.heap_tids;
+    tids.sort_unstable();
+    let mut p = Problems::default();
+    for w in tids.chunk_by(|a, b| a == b).filter(|w| w.len() > 1) {
+        p.add(format!("row {} is indexed {} times", at(w[0]), w.len()));
     }
+    tids.dedup();
+    let mut found: Vec<u64> = Vec::new();
+    let words = tids.len().div_ceil(64);
+    try_reserve(&mut found, words, "hnsw_index_check");
+    found.resize(words, 0);
     // Zero vectors are not indexed under cosine distance.
     let filter = match (codec.kind(), codec.normalizes()) {
         (_, false) => String::new(),
-        (Kind::Vector, true) => format!(" AND vector_norm({column}) > 0"),
-        (_, true) => format!(" AND l2_norm({column}) > 0"),
+        (Kind::Vector, true) => format!(" AND {}.vector_norm({column}) OPERATOR(pg_catalog.>) 0", extension_schema()),
+        (_, true) => format!(" AND {}.l2_norm({column}) OPERATOR(pg_catalog.>) 0", extension_schema()),
     };
-    let sql = format!("SELECT ctid::text FROM {table} WHERE {column} IS NOT NULL{filter}");
-    let heap: Vec<ItemPointer> = Spi::connect(|c| {
-        c.select(&sql, None, &[])
-            .map(|rows| rows.filter_map(|r| r.get::<String>(1).ok().flatten().and_then(|s| parse_ctid(&s))).collect())
-            .unwrap_or_default()
-    });
-    let mut p = Problems::default();
-    for t in &heap {
-        match count.get(t) {
-            None => p.add(format!("row {:?} is not indexed", (t.block, t.offset))),
-            Some(&n) if n > 1 => p.add(format!("row {:?} is indexed {n} times", (t.block, t.offset))),
-            Some(_) => {}
+    let sql = format!("SELECT ctid FROM {table} WHERE {column} IS NOT NULL{filter}");
+    let mut heap_rows = 0usize;
+    // One SPI session per chunk, so each chunk's rows are freed before the next.
+    let cursor = Spi::connect(|c| c.open_cursor(sql.as_str(), &[]).detach_into_name());
+    loop {
+        pgrx::check_for_interrupts!();
+        let rows: Vec<ItemPointer> = Spi::connect(|c| {
+            let mut cursor = c.find_cursor(&cursor).expect("the check's cursor is open");
+            let rows: Vec<ItemPointer> = cursor
+                .fetch(10_000)
+                .map(|t| {
+                    t.filter_map(|r| r.get::<pg_sys::ItemPointerData>(1).ok().flatten())
+                        .map(|t| from_pg_tid(&t))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !rows.is_empty() {
+                cursor.detach_into_name();
+            }
+            rows
+        });
+        if rows.is_empty() {
+            break;
+        }
+        heap_rows += rows.len();
+        for t in rows {
+            match tids.binary_search(&t) {
+                Ok(i) => found[i / 64] |= 1 << (i % 64),
+                Err(_) => p.add(format!("row {} is not indexed", at(t))),
+            }
         }
     }
-    let extra = count.len().saturating_sub(heap.len());
-    p.row(&name, format!("{} rows; {extra} index entries for rows not visible (not yet vacuumed)", heap.len()))
+    let extra = (0..tids.len()).filter(|&i| found[i / 64] & (1 << (i % 64)) == 0).count();
+    p.row(&name, format!("{heap_rows} rows; {extra} index entries for rows not visible (not yet vacuumed)"))
 }
 
 /// Checks the on-disk invariants of an `hnsw` index and returns one row per
-/// check (`check_name`, `passed`, `detail`).
+/// check (`check_name`, `passed`, `detail`). Only the index's owner (or a
+/// superuser) may run it (SQLSTATE 42501 otherwise).
 #[pg_extern(parallel_unsafe)]
 fn hnsw_index_check(
     index: PgRelation,
 ) -> TableIterator<'static, (name!(check_name, String), name!(passed, bool), name!(detail, String))> {
+    // SAFETY: checking ownership of an existing relation for the current user.
+    if !unsafe { pg_sys::pg_class_ownercheck(index.oid(), pg_sys::GetUserId()) } {
+        raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of index {}", index.name()));
+    }
     // SAFETY: PgRelation holds an open relation; rd_rel is valid.
     let (relkind, relam) = unsafe { ((*index.rd_rel).relkind as u8, (*index.rd_rel).relam) };
     // SAFETY: get_am_name looks up the catalog and returns a palloc'd name or null.
@@ -285,15 +443,42 @@ fn hnsw_index_check(
         raise(PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("\"{}\" is not an hnsw index", index.name()));
     }
     let rel = IndexRel::new(index.as_ptr());
-    rel.lock_graph(EXCLUSIVE_LOCK);
-    rel.lock_scans(SHARE_LOCK);
-    let (mut rows, elements) = check_graph(&rel);
-    rel.unlock_scans(SHARE_LOCK);
-    rel.unlock_graph(EXCLUSIVE_LOCK);
-    if let Some(elements) = elements {
-        if let Ok(meta) = rel.read(page::META_BLOCK, Meta::read_page) {
-            rows.push(check_heap(index.oid(), &meta.codec, &elements));
-        }
+    let mut rows = Vec::new();
+    if rel.nblocks() == 0 {
+        rows.push(("meta page".into(), false, "the index has no pages".into()));
+        return TableIterator::new(rows);
     }
+    rel.lock_graph(EXCLUSIVE_LOCK);
+    let meta = match rel.read(page::META_BLOCK, Meta::read_page) {
+        Ok(m) => m,
+        Err(e) => {
+            rel.unlock_graph(EXCLUSIVE_LOCK);
+            rows.push(("meta page".into(), false, e.0));
+            return TableIterator::new(rows);
+        }
+    };
+    rows.push((
+        "meta page".into(),
+        true,
+        format!("{:?} m {} ef_construction {}", meta.codec, meta.m, meta.ef_construction),
+    ));
+    let mut graph = Graph::default();
+    let mut pages = Problems::default();
+    collect(&rel, &meta, &mut graph, &mut pages);
+    let live = graph.elements.iter().filter(|e| e.flags == 0).count();
+    let free = graph.elements.iter().filter(|e| e.free()).count();
+    let deleted = graph.elements.len() - live - free;
+    rows.push(pages.row(
+        "pages and items",
+        format!(
+            "{} pages, {} elements ({live} live, {deleted} deleted, {free} free)",
+            rel.nblocks(),
+            graph.elements.len()
+        ),
+    ));
+    rows.push(check_lists(&rel, meta.m as usize, &graph));
+    rows.push(check_reachable(&rel, &meta, &graph, live));
+    rel.unlock_graph(EXCLUSIVE_LOCK);
+    rows.push(check_heap(index.oid(), &meta.codec, &mut graph));
     TableIterator::new(rows)
 }

@@ -44,7 +44,6 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::options::{self, IterativeScan};
-use super::storage::IndexRel;
 
 /// The cost of a path the index cannot serve (no ORDER BY distance): infinite,
 /// as pgvector does, so it loses even to a sequential scan that
@@ -118,10 +117,9 @@ pub unsafe extern "C-unwind" fn amcostestimate(
         let tuples = (*info).tuples.max(1.0);
         let index = pg_sys::index_open((*info).indexoid, pg_sys::NoLock as pg_sys::LOCKMODE);
         // The graph's M from its meta page (not the reloption, which ALTER
-        // INDEX may have changed since the build); an unreadable or empty
-        // index is priced with the default.
-        let rel = IndexRel::new(index);
-        let m = if rel.nblocks() > 0 { rel.read_meta().m as f64 } else { options::DEFAULT_M as f64 };
+        // INDEX may have changed since the build); never raises, so a
+        // damaged index cannot make planning fail.
+        let m = options::graph_m(index) as f64;
         pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
 
         let ef = options::ef_search() as f64;

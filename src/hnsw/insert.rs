@@ -329,7 +329,10 @@ pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &Element
             Some(())
         });
         if !raced {
-            for dropped in current.iter().copied().filter(|c| !kept.contains(c)) {
+            // Never relink a deleted element: VACUUM relies on inserts not
+            // adding links to elements they read as deleted (vacuum.rs, (a)).
+            let deleted = |t: &ItemPointer| nodes.iter().any(|n| n.tid == *t && n.deleted);
+            for dropped in current.iter().copied().filter(|c| !kept.contains(c) && !deleted(c)) {
                 relink(store, new, dropped, layer);
             }
             return true;

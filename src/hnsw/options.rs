@@ -5,7 +5,15 @@
 //!
 //! Reloptions are registered in `_PG_init` with `add_reloption_kind`, as
 //! contrib/bloom and pgvector do; PostgreSQL itself then reports a value out
-//! of range with the option's name and bounds.
+//! of range with the option's name and bounds. The combination rule
+//! `ef_construction >= 2·M` is checked by [`amoptions`] whenever options are
+//! validated: at `CREATE INDEX` and at `ALTER INDEX ... SET/RESET`, so an
+//! `ALTER` can never leave options that a later `REINDEX` would refuse.
+//!
+//! `ALTER INDEX ... SET (m = ..., ef_construction = ...)` changes only the
+//! options stored in the catalog: the existing graph keeps the values it was
+//! built with (its meta page's), for inserts and for the planner's cost, and
+//! the new values take effect at the next `REINDEX`.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
@@ -15,6 +23,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::raise_detail;
 use crate::hnsw::graph::Params;
+use crate::hnsw::page::{Meta, META_BLOCK};
+use crate::hnsw::storage::IndexRel;
 
 /// Default `M`.
 pub const DEFAULT_M: i32 = 16;
@@ -30,6 +40,13 @@ pub const DEFAULT_EF_SEARCH: i32 = 40;
 /// `hnsw.ef_search`: the size of the candidate list during a scan, which is
 /// also the most rows one index scan returns.
 pub static EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_EF_SEARCH);
+
+/// `hnsw.debug_vacuum_batch_blocks`: for tests only (hidden from `SHOW ALL`,
+/// superuser-only). When above 0, VACUUM handles deleted elements in batches
+/// of at most this many index blocks instead of as many as
+/// `maintenance_work_mem` allows, so the batching path can be tested on a
+/// small index.
+pub static DEBUG_VACUUM_BATCH_BLOCKS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// `hnsw.iterative_scan`: whether an index scan that has returned its
 /// `ef_search` nearest elements goes on searching when the executor wants
@@ -135,6 +152,16 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"hnsw.debug_vacuum_batch_blocks",
+        c"For tests: most index blocks one VACUUM batch covers (0 = as maintenance_work_mem allows)",
+        c"",
+        &DEBUG_VACUUM_BATCH_BLOCKS,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL,
+    );
 }
 
 /// `amoptions`: parses and validates `WITH (...)` (`validate` raises on bad
@@ -154,8 +181,8 @@ pub unsafe extern "C-unwind" fn amoptions(reloptions: pg_sys::Datum, validate: b
         },
     ];
     // SAFETY: the table describes HnswOptions exactly; build_reloptions
-    // pallocs a struct of the given size.
-    unsafe {
+    // pallocs a struct of the given size (or returns null for no options).
+    let parsed = unsafe {
         pg_sys::build_reloptions(
             reloptions,
             validate,
@@ -164,21 +191,30 @@ pub unsafe extern "C-unwind" fn amoptions(reloptions: pg_sys::Datum, validate: b
             table.as_ptr(),
             table.len() as i32,
         ) as *mut pg_sys::bytea
+    };
+    if validate {
+        // SAFETY: null or the struct just built.
+        let (m, ef) = unsafe { values(parsed as *const HnswOptions) };
+        check_combination(m, ef);
+    }
+    parsed
+}
+
+/// `(m, ef_construction)` from parsed options, defaults for a null pointer.
+///
+/// # Safety
+/// `opts` is null or points at an `HnswOptions` built by [`amoptions`].
+unsafe fn values(opts: *const HnswOptions) -> (i32, i32) {
+    if opts.is_null() {
+        (DEFAULT_M, DEFAULT_EF_CONSTRUCTION)
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { ((*opts).m, (*opts).ef_construction) }
     }
 }
 
-/// The construction parameters of an index (defaults when none were given),
-/// checking that `ef_construction >= 2·M`.
-pub fn params_of(index: pg_sys::Relation) -> Params {
-    // SAFETY: rd_options is null or the struct amoptions built.
-    let (m, ef) = unsafe {
-        let opts = (*index).rd_options as *const HnswOptions;
-        if opts.is_null() {
-            (DEFAULT_M, DEFAULT_EF_CONSTRUCTION)
-        } else {
-            ((*opts).m, (*opts).ef_construction)
-        }
-    };
+/// Raises pgvector's error (SQLSTATE 22023) unless `ef_construction >= 2·m`.
+fn check_combination(m: i32, ef: i32) {
     if ef < 2 * m {
         raise_detail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -186,7 +222,30 @@ pub fn params_of(index: pg_sys::Relation) -> Params {
             format!("m = {m}, ef_construction = {ef}"),
         );
     }
+}
+
+/// The construction parameters in an index's options (defaults when none
+/// were given), checking that `ef_construction >= 2·M`: for building a new
+/// graph (`CREATE INDEX`, `REINDEX`). An existing graph's parameters are on
+/// its meta page ([`graph_m`]).
+pub fn params_of(index: pg_sys::Relation) -> Params {
+    // SAFETY: rd_options is null or the struct amoptions built.
+    let (m, ef) = unsafe { values((*index).rd_options as *const HnswOptions) };
+    check_combination(m, ef);
     Params { m: m as usize, ef_construction: ef as usize }
+}
+
+/// `M` of the index's existing graph, from its meta page; the options' `M`
+/// if the meta page cannot be read (an index still being built, or a damaged
+/// one: the planner must not fail on that). Never raises.
+pub fn graph_m(index: pg_sys::Relation) -> usize {
+    let rel = IndexRel::new(index);
+    let from_meta = (rel.nblocks() > 0).then(|| rel.read(META_BLOCK, Meta::read_page).ok()).flatten();
+    match from_meta {
+        Some(meta) => meta.m as usize,
+        // SAFETY: rd_options is null or the struct amoptions built.
+        None => unsafe { values((*index).rd_options as *const HnswOptions) }.0 as usize,
+    }
 }
 
 /// The current `hnsw.ef_search`.

@@ -319,12 +319,20 @@ pub struct Meta {
     pub entry: Option<(ItemPointer, u16)>,
     /// First block that may hold free (reusable) elements, set by VACUUM.
     pub free_hint: Option<u32>,
+    /// Number of blocks the index had when VACUUM last relinked elements
+    /// left without inbound links (0: never). VACUUM without deletions
+    /// walks the graph again only once the index has doubled since.
+    /// Added after format 3 was released, at the end of the meta data: older
+    /// meta pages read 0 (the bytes past their `pd_lower` are zero).
+    pub healed_blocks: u32,
 }
 
 /// Bytes of meta data: `magic u32 | version u32 | dims u32 | m u32 |
 /// ef_construction u32 | metric u32 | entry ItemPointer (6) | entry level u16
-/// | free hint u32 | kind u32`.
-const META_SIZE: usize = 40;
+/// | free hint u32 | kind u32 | healed_blocks u32 | reserved u32`.
+/// `healed_blocks` was added after format 4 shipped: meta pages written
+/// before it have `pd_lower` at 40 bytes of meta data and zeros after.
+const META_SIZE: usize = 48;
 
 impl Meta {
     /// Writes the meta page image (`page` is one block).
@@ -342,6 +350,7 @@ impl Meta {
         put_u16(b, 30, level);
         put_u32(b, 32, self.free_hint.unwrap_or(u32::MAX));
         put_u32(b, 36, self.codec.kind() as u32);
+        put_u32(b, 40, self.healed_blocks);
         // pd_lower covers the meta data so GenericXLog logs it.
         put_u16(page, 12, (PAGE_HEADER_SIZE + META_SIZE) as u16);
     }
@@ -372,7 +381,8 @@ impl Meta {
         }
         let entry = entry.is_valid().then_some((entry, level));
         let free_hint = Some(u32_at(b, 32)).filter(|&h| h != u32::MAX && h != 0);
-        Ok(Meta { codec, m, ef_construction, entry, free_hint })
+        let healed_blocks = u32_at(b, 40);
+        Ok(Meta { codec, m, ef_construction, entry, free_hint, healed_blocks })
     }
 }
 
@@ -784,6 +794,7 @@ mod tests {
             ef_construction: 64,
             entry: Some((tid(3, 2), 4)),
             free_hint: Some(7),
+            healed_blocks: 12,
         };
         let mut page = PageImage::new(PageKind::Meta);
         meta.write_page(&mut page.0);
@@ -801,6 +812,14 @@ mod tests {
         let empty = Meta { entry: None, free_hint: None, ..meta };
         empty.write_page(&mut page.0);
         assert_eq!(Meta::read_page(&page.0).unwrap().entry, None);
+
+        // A meta page written before `healed_blocks` existed (pd_lower at
+        // 40 bytes of meta data, zeros after) reads 0.
+        let mut old = page.clone();
+        meta.write_page(&mut old.0);
+        old.0[PAGE_HEADER_SIZE + 40..PAGE_HEADER_SIZE + 48].fill(0);
+        put_u16(&mut old.0, 12, (PAGE_HEADER_SIZE + 40) as u16);
+        assert_eq!(Meta::read_page(&old.0).unwrap(), Meta { healed_blocks: 0, ..meta });
 
         let mut bad = page.clone();
         bad.0[PAGE_HEADER_SIZE] ^= 0xFF;

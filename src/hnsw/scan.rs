@@ -255,13 +255,18 @@ unsafe fn first_pass(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     unsafe { count_index_scan(rel.raw()) };
     state.mode = options::iterative_scan();
     let ef_search = options::ef_search();
-    rel.lock_scans(SHARE_LOCK);
-    let meta = rel.read_meta();
-    let mut store = PageStore::new(rel, meta);
-    let codec = *store.codec();
+    // The query is read (and detoasted, which takes heavyweight locks on the
+    // TOAST table) before the scan lock: no heavyweight lock is requested
+    // while a page lock is held (see `IndexRel::lock_graph`).
+    let codec = *PageStore::new(rel, rel.read_meta()).codec();
     // SAFETY: the key is a datum of the operator's right-hand type, which is
     // the indexed type.
     let query = unsafe { order_by_key(scan) }.map(|datum| unsafe { prepare_datum(&codec, datum) });
+    rel.lock_scans(SHARE_LOCK);
+    // The entry point is read under the scan lock (VACUUM moves it before
+    // it frees elements).
+    let meta = rel.read_meta();
+    let mut store = PageStore::new(rel, meta);
     match (query, meta.entry) {
         (_, None) | (Some(None), _) => state.done = true,
         (None, Some((entry, _))) => {

@@ -395,9 +395,19 @@ impl IndexRel {
     }
 
     /// Takes the index-wide lock that orders inserts against entry-point
-    /// changes and VACUUM (a heavyweight page lock on the meta block, so
-    /// deadlocks are detected): `SHARE_LOCK` for ordinary inserts,
-    /// `EXCLUSIVE_LOCK` to change the entry point.
+    /// changes and VACUUM (a heavyweight page lock on the meta block's number,
+    /// not a buffer lock, so waits are visible in `pg_locks`, honour
+    /// `lock_timeout` and deadlocks are detected): every insert holds it in
+    /// `SHARE_LOCK` from reading the entry point to its last link, or in
+    /// `EXCLUSIVE_LOCK` when it changes the entry point; VACUUM takes it in
+    /// `EXCLUSIVE_LOCK` only for an instant ([`IndexRel::wait_for_inserts`])
+    /// or to move the entry point.
+    ///
+    /// Nesting rule: no other heavyweight lock is ever requested while this
+    /// lock or [`IndexRel::lock_scans`] is held, except the relation
+    /// extension lock, and the two are never held together. PostgreSQL
+    /// 15.0–15.3 assert exactly that (`IsPageLockHeld` in `lock.c`), so
+    /// assert-enabled builds of those minor versions accept the extension.
     pub fn lock_graph(&self, mode: pg_sys::LOCKMODE) {
         // SAFETY: the relation is open; the lock is released by
         // `unlock_graph` or at transaction end.
@@ -411,9 +421,12 @@ impl IndexRel {
     }
 
     /// Takes the lock that orders scans against VACUUM freeing elements:
-    /// scans hold it in `SHARE_LOCK` while they search; VACUUM takes
-    /// `EXCLUSIVE_LOCK` before it frees deleted elements, so no scan can
-    /// hold the address of an element that is being reused.
+    /// scans hold it in `SHARE_LOCK` from reading the entry point until they
+    /// have read the heap TIDs of their results; VACUUM takes it in
+    /// `EXCLUSIVE_LOCK` only for an instant ([`IndexRel::wait_for_scans`])
+    /// before it frees elements, so no scan can still hold the address of an
+    /// element that is freed and reused. Same nesting rule as
+    /// [`IndexRel::lock_graph`].
     pub fn lock_scans(&self, mode: pg_sys::LOCKMODE) {
         // SAFETY: the relation is open; released below or at transaction end.
         unsafe { pg_sys::LockPage(self.rel, SCAN_LOCK, mode) }
@@ -423,6 +436,24 @@ impl IndexRel {
     pub fn unlock_scans(&self, mode: pg_sys::LOCKMODE) {
         // SAFETY: as above; we hold the lock in `mode`.
         unsafe { pg_sys::UnlockPage(self.rel, SCAN_LOCK, mode) }
+    }
+
+    /// Waits until every insert that holds [`IndexRel::lock_graph`] now has
+    /// finished (takes the lock in `EXCLUSIVE_LOCK` and releases it at once).
+    /// Inserts that start afterwards see every change this backend made
+    /// before the call (the lock manager's locks order the memory accesses).
+    /// Inserts that arrive while we wait queue behind us for as long as the
+    /// slowest insert in progress takes: one insert, not a pass.
+    pub fn wait_for_inserts(&self) {
+        self.lock_graph(EXCLUSIVE_LOCK);
+        self.unlock_graph(EXCLUSIVE_LOCK);
+    }
+
+    /// Waits until every scan that holds [`IndexRel::lock_scans`] now has
+    /// finished its search, as [`IndexRel::wait_for_inserts`] does for inserts.
+    pub fn wait_for_scans(&self) {
+        self.lock_scans(EXCLUSIVE_LOCK);
+        self.unlock_scans(EXCLUSIVE_LOCK);
     }
 
     /// Rewrites the meta page's free-element hint.

@@ -1,50 +1,345 @@
-//! `ambulkdelete` and `amvacuumcleanup`: removing dead rows from the graph.
+//! `ambulkdelete` and `amvacuumcleanup`: removing dead rows from the graph
+//! while queries and inserts go on.
 //!
-//! The vacuum path, in three passes (as pgvector's `hnswvacuum.c`):
-//! 1. **Remove heap TIDs** that VACUUM's callback reports dead; an element left
-//!    with none is marked *deleted*. Scans still walk through deleted
-//!    elements (their links keep the graph connected) but never return them,
-//!    and inserts never link to them.
-//! 2. **Repair** every live element whose neighbor list points at a deleted
-//!    element: the candidates are its live neighbors plus the live neighbors
-//!    of the deleted ones, pruned with the neighbor-selection heuristic
-//!    (inserts run concurrently; each list is rewritten only if it did not
-//!    change meanwhile).
-//! 3. **Free**, with inserts and scans locked out: drop any link to a deleted
-//!    element that a concurrent insert added, move the entry point if it was
-//!    deleted, and mark deleted elements *free*. Inserts reuse free elements
-//!    in place, found through the meta page's free hint.
+//! # What VACUUM does
+//! `ambulkdelete`, for the dead heap rows VACUUM reports:
+//! 1. **Remove heap TIDs**, one page at a time under its buffer lock; an
+//!    element left without heap TIDs is marked *deleted*. Scans still walk
+//!    through deleted elements (their links keep the graph connected) but
+//!    never return them; inserts never add a link to one.
+//! 2. **Wait for inserts** in progress ([`IndexRel::wait_for_inserts`]): an
+//!    insert that read an element before step 1 marked it may still link to
+//!    it; an insert that starts after the wait sees the mark.
+//! 3. **Repair**, one pass over the elements: every list that links to a
+//!    deleted element is rewritten without it; a live element's freed slots
+//!    are refilled from the deleted neighbors' own live neighbors with the
+//!    neighbor-selection heuristic, keeping every live link it had. Each
+//!    rewrite is a compare-and-set against concurrent inserts, retried
+//!    until it holds.
+//! 4. **Move the entry point** if it is deleted, to the highest live element
+//!    step 3 met, under the insert lock in exclusive mode (which also waits
+//!    for every insert in progress).
+//! 5. **Wait for scans** in progress ([`IndexRel::wait_for_scans`]).
+//! 6. **Free** the deleted elements and clear their neighbor items: later
+//!    inserts reuse them in place, found through the meta page's free hint.
+//!
+//! `amvacuumcleanup` then makes sure searches can reach every live element.
+//! Concurrent inserts pruning the same lists can, rarely, strand one, and so
+//! can an insert killed between pruning a list and relinking what it
+//! dropped, or step 3 when an element's only inbound link came from a
+//! deleted element. One read-only pass counts layer-0 inbound links; then a
+//! walk from the entry point over layer 0 (where every search ends) finds
+//! the live elements it cannot reach, and each gets a compare-and-set link
+//! from one of its own reachable neighbors (or the entry point), after which
+//! the walk continues from it. Last, an element with a single inbound link
+//! that none of its own neighbors gives it (reachable, but a search for its
+//! own vector closes in on its neighbors and misses it) gets a link from one
+//! of them. (When the bitmaps for the whole index do not fit the VACUUM
+//! memory, batches do the same for elements without any layer-0 inbound
+//! link and for the weakly linked ones, without the walk.)
+//!
+//! `amvacuumcleanup` does so after every `ambulkdelete`; a VACUUM that
+//! deleted nothing (autovacuum of an insert-only table) walks the index only
+//! when the index has at least doubled since the last walk (`healed_blocks`
+//! on the meta page), so routine autovacuums cost one meta-page read.
+//!
+//! # Locks
+//! No heavyweight lock is held across a pass. Steps 2 and 4 take the insert
+//! lock ([`IndexRel::lock_graph`]) exclusively and step 5 the scan lock
+//! ([`IndexRel::lock_scans`]), each only until the inserts or scans in
+//! progress have finished: an insert or a query that arrives meanwhile waits
+//! for one other insert or query, never for a pass over the index. Step 3
+//! and the orphan links take the insert lock in share mode while they
+//! rewrite one element's lists (so `hnsw_index_check`, which holds it
+//! exclusively, sees a graph that does not change under it). The two locks
+//! are never held together and no other heavyweight lock is requested while
+//! one is held (the nesting rule on [`IndexRel::lock_graph`]).
+//!
+//! # Memory
+//! The deleted elements of a batch are a bitmap over the item slots of its
+//! blocks ([`ItemBitmap`]: a few bytes per block), as are the inbound-link
+//! counts and the reached set of the orphan pass (whose walk also keeps a
+//! queue of element addresses). A batch covers as many blocks as
+//! `maintenance_work_mem` (`autovacuum_work_mem` in autovacuum workers, when
+//! set) allows; steps 2–6 run once per batch, and elements emptied outside
+//! the current batch stay unmarked (live, without heap TIDs) until theirs.
+//! Every large allocation uses `try_reserve`, so running out of memory is an
+//! `ERROR` (SQLSTATE 53200), never an abort.
+//!
+//! # Why freeing is safe
+//! Let D be the elements a batch frees: those of its blocks that are deleted
+//! and not free when steps 2–6 begin (only VACUUM marks elements deleted or
+//! free, and PostgreSQL runs one VACUUM per table at a time).
+//!
+//! (a) *From the end of step 3 on, no element outside D links to D.* Step 3
+//!     reads every list of every element outside D that is not free, and
+//!     rewrites each that links to D until a compare-and-set holds. Its own
+//!     rewrites only drop links to D and add live elements. Every insert that
+//!     ran before step 2 has finished before step 3 starts. Every insert that
+//!     started after step 2 read the elements of D after they were marked
+//!     (the lock manager orders its lock after our wait, and our marks
+//!     before it), and an insert never adds a link to an element it read as
+//!     deleted: the search leaves deleted candidates out of a new element's
+//!     lists, pruning a full list drops them, and the relinking of elements
+//!     pruned from a list skips them. Elements reused from an earlier free
+//!     get their lists from such an insert. So a list, once step 3 has
+//!     checked it, never links to D again, and step 3 ends before step 4.
+//! (b) *From step 4 on, the entry point is not in D*: step 4 moves it under
+//!     the exclusive insert lock, to a live element; afterwards only inserts
+//!     move it, each to its own new element.
+//! (c) *When step 6 starts, no insert or scan holds the address of an
+//!     element of D*, and none can obtain one later. A search reaches an
+//!     element only from the entry point through lists. Inserts that were
+//!     running when step 4 took its lock have finished; scans that were
+//!     running when step 5 took its lock have finished (a scan holds the
+//!     scan lock from reading the entry point until it has read its results'
+//!     heap TIDs). Every insert or scan started after those moments started
+//!     from an entry point outside D (b) and, by (a), reads only lists that
+//!     do not link to D; deleted elements outside D are walked through, but
+//!     step 3 rewrote their lists too.
+//!
+//! An iterative scan (`hnsw.iterative_scan`) holds the scan lock for its
+//! first pass and for each later batch, not in between: its held candidates
+//! may include an element freed (and reused) meanwhile. That is what the
+//! element's version is for (`scan.rs`): reuse increments it, and a scan
+//! returns an element's heap TIDs only if the version it read is still
+//! there; a freed element is deleted and has no links, and a reused one is a
+//! valid element, so expanding either stays within the graph.
+//!
+//! Hence an element is freed (and may be reused by the next insert) only
+//! when nothing can reach it: no scan follows the address of an element that
+//! is being freed and reused, no insert links to one, and the entry point is
+//! never a freed element. `hnsw_index_check` reports a link to a free element
+//! or a free entry point as a failure.
+//!
+//! Crashes: every change is a WAL record of one page. A crash during steps
+//! 1–5 leaves deleted elements that are not free; the next VACUUM's D
+//! contains them and it starts again at step 2. A crash during step 6 leaves
+//! some of D free (unreachable, by (a)–(c)) and the rest deleted. An element
+//! freed without its neighbor item cleared is harmless: reuse rewrites every
+//! layer of it.
+//!
+//! Hot standbys: page locks are not WAL-logged, so steps 2, 4 and 5 do not
+//! wait for queries running on a standby; a standby query that is walking
+//! the graph while the primary frees and reuses an element can read the new
+//! element's bytes: a wrong distance for that query, not an error (reuse
+//! keeps the element's size, its neighbor item and that item's capacity).
+//!
+//! Steps follow pgvector's `hnswvacuum.c` (mark, wait for inserts, repair,
+//! wait for inserts and scans, free); the data structures, batching and the
+//! orphan pass are ours.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use rustc_hash::FxHashSet;
+use pgrx::PgSqlErrorCode;
 
 use super::graph::{Candidate, GraphStore};
-use super::page::{self, ElementMut, ElementRef, ItemPointer, NeighborsRef, PageKind, PageRef};
+use super::options;
+use super::page::{
+    self, item_footprint, neighbor_item_size, ElementMut, ElementRef, ItemPointer, Meta, NeighborsRef, PageError,
+    PageKind, PageRef, ELEMENT_HEADER_SIZE, EMPTY_PAGE_SPACE, META_BLOCK,
+};
 use super::storage::{to_pg_tid, ElementNode, IndexRel, PageStore, EXCLUSIVE_LOCK, SHARE_LOCK};
+use crate::error::raise_detail;
 
-/// What pass 1 found.
-#[derive(Default)]
-struct Removal {
-    live_tids: f64,
-    removed_tids: f64,
-    /// Elements that are deleted (now or by an earlier VACUUM) but not free.
-    deleted: FxHashSet<ItemPointer>,
+/// Reserves room for `additional` more items in `v`, raising `ERROR: out of
+/// memory` (SQLSTATE 53200) instead of aborting when the allocation fails.
+pub(crate) fn try_reserve<T>(v: &mut Vec<T>, additional: usize, what: &str) {
+    if v.try_reserve(additional).is_err() {
+        raise_detail(
+            PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY,
+            "out of memory",
+            format!("Failed on request of {} bytes for {what}.", additional.saturating_mul(std::mem::size_of::<T>())),
+        );
+    }
+}
+
+/// The memory one VACUUM of one index may use for its own bookkeeping, in
+/// bytes: `autovacuum_work_mem` in an autovacuum worker when it is set,
+/// otherwise `maintenance_work_mem` (the limits VACUUM applies to its own
+/// dead-row store).
+pub(crate) fn work_mem_bytes() -> usize {
+    // SAFETY: reading backend globals; GetConfigOption returns a pointer to
+    // a static buffer (or null when missing_ok and the option is unknown).
+    let kb = unsafe {
+        let autovacuum = if pg_sys::MyBackendType == pg_sys::BackendType::B_AUTOVAC_WORKER {
+            let p = pg_sys::GetConfigOption(c"autovacuum_work_mem".as_ptr(), true, false);
+            (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_str().ok()?.parse::<i64>().ok()).flatten()
+        } else {
+            None
+        };
+        autovacuum.filter(|&kb| kb > 0).unwrap_or(pg_sys::maintenance_work_mem as i64)
+    };
+    (kb.max(64) as usize).saturating_mul(1024)
+}
+
+/// Most item slots a graph page can have for `M = m`: every item is at
+/// least as large as an element header or a layer-0 neighbor item.
+fn max_items_per_page(m: usize) -> usize {
+    let smallest = ELEMENT_HEADER_SIZE.min(neighbor_item_size(m, 0));
+    EMPTY_PAGE_SPACE / item_footprint(smallest)
+}
+
+/// One bit per item slot of a range of index blocks: a set of element
+/// addresses in `⌈max items per page / 64⌉` words per block (16 bytes per
+/// block for `M = 16`, so 1 MiB covers a 512 MiB index).
+pub(crate) struct ItemBitmap {
+    blocks: std::ops::Range<u32>,
+    words: usize,
+    bits: Vec<u64>,
+    count: usize,
+}
+
+impl ItemBitmap {
+    /// Words per block for an index with `M = m`.
+    pub(crate) fn words_per_block(m: usize) -> usize {
+        max_items_per_page(m).div_ceil(64)
+    }
+
+    /// An empty set over `blocks` (allocation failure is an `ERROR`).
+    pub(crate) fn new(blocks: std::ops::Range<u32>, words: usize) -> ItemBitmap {
+        let n = (blocks.end.saturating_sub(blocks.start) as usize).saturating_mul(words);
+        let mut bits = Vec::new();
+        try_reserve(&mut bits, n, "an hnsw element bitmap");
+        bits.resize(n, 0);
+        ItemBitmap { blocks, words, bits, count: 0 }
+    }
+
+    /// Bytes needed for `blocks` blocks of `words` words.
+    pub(crate) fn bytes_for(blocks: u32, words: usize) -> usize {
+        blocks as usize * words * 8
+    }
+
+    /// Whether `t` lies in the blocks covered and its offset fits a page.
+    pub(crate) fn covers(&self, t: ItemPointer) -> bool {
+        self.blocks.contains(&t.block) && t.offset >= 1 && (t.offset as usize - 1) < self.words * 64
+    }
+
+    fn slot(&self, t: ItemPointer) -> Option<(usize, u64)> {
+        if !self.covers(t) {
+            return None;
+        }
+        let bit = t.offset as usize - 1;
+        Some(((t.block - self.blocks.start) as usize * self.words + bit / 64, 1u64 << (bit % 64)))
+    }
+
+    /// Whether `t` is in the set (false outside the blocks covered).
+    pub(crate) fn contains(&self, t: ItemPointer) -> bool {
+        self.slot(t).is_some_and(|(w, b)| self.bits[w] & b != 0)
+    }
+
+    /// Adds `t`; returns whether it was new. `t` must be covered
+    /// ([`ItemBitmap::covers`]); otherwise nothing happens and `false` is
+    /// returned.
+    pub(crate) fn insert(&mut self, t: ItemPointer) -> bool {
+        let Some((w, b)) = self.slot(t) else { return false };
+        let new = self.bits[w] & b == 0;
+        self.bits[w] |= b;
+        self.count += new as usize;
+        new
+    }
+
+    /// Removes `t` if present.
+    pub(crate) fn remove(&mut self, t: ItemPointer) {
+        if let Some((w, b)) = self.slot(t) {
+            self.count -= (self.bits[w] & b != 0) as usize;
+            self.bits[w] &= !b;
+        }
+    }
+
+    /// Number of elements in the set.
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the set is empty.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The offsets in the set on `block`, ascending.
+    pub(crate) fn offsets(&self, block: u32) -> impl Iterator<Item = u16> + '_ {
+        let words: &[u64] = if self.blocks.contains(&block) {
+            let at = (block - self.blocks.start) as usize * self.words;
+            &self.bits[at..at + self.words]
+        } else {
+            &[]
+        };
+        words
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &w)| (0..64).filter(move |b| w & (1u64 << b) != 0).map(move |b| (i * 64 + b + 1) as u16))
+    }
+
+    /// Every element in the set, in address order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = ItemPointer> + '_ {
+        self.blocks.clone().flat_map(move |block| self.offsets(block).map(move |offset| ItemPointer { block, offset }))
+    }
+}
+
+/// Index blocks per batch when each block needs `bitmaps` bitmaps of
+/// `words` words: as many as the VACUUM memory allows (at least one), or
+/// `hnsw.debug_vacuum_batch_blocks` when that is set.
+fn batch_blocks(words: usize, bitmaps: usize) -> u32 {
+    let debug = options::DEBUG_VACUUM_BATCH_BLOCKS.get();
+    if debug > 0 {
+        return debug as u32;
+    }
+    let per_block = ItemBitmap::bytes_for(1, words) * bitmaps;
+    (work_mem_bytes() / per_block.max(1)).clamp(1, u32::MAX as usize) as u32
+}
+
+/// The block ranges `[1, nblocks)` split into batches of `batch` blocks.
+fn batches(nblocks: u32, batch: u32) -> Vec<std::ops::Range<u32>> {
+    (1..nblocks).step_by(batch.max(1) as usize).map(|s| s..s.saturating_add(batch).min(nblocks)).collect()
 }
 
 fn vacuum_delay() {
-    // SAFETY: VACUUM may sleep here for cost-based delay; no locks are held.
+    // SAFETY: VACUUM may sleep here for cost-based delay (it also checks
+    // for interrupts); no heavyweight or buffer lock is held by callers.
     unsafe { pg_sys::vacuum_delay_point() };
 }
 
-/// Pass 1: removes heap TIDs for which `dead` is true and marks emptied
-/// elements deleted.
-fn remove_dead_tids(rel: &IndexRel, mut dead: impl FnMut(ItemPointer) -> bool) -> Removal {
-    let meta = rel.read_meta();
+/// Raises the corruption error for an item offset that no page can have.
+fn impossible_offset(rel: &IndexRel, t: ItemPointer) -> ! {
+    rel.corrupt(t.block, PageError(format!("item offset {} is beyond what a page can hold", t.offset)))
+}
+
+/// What step 1 found.
+struct Removal {
+    live_tids: f64,
+    removed_tids: f64,
+    /// Deleted, not free elements of the first batch.
+    deleted: ItemBitmap,
+    /// Per batch: whether it has deleted or emptied elements to process.
+    pending: Vec<bool>,
+}
+
+/// Step 1: removes heap TIDs for which `dead` is true. In the first batch
+/// (`ranges[0]`) emptied elements are marked deleted and collected with the
+/// elements already deleted; elsewhere they are only noted in `pending`.
+fn remove_dead_tids(
+    rel: &IndexRel,
+    meta: &Meta,
+    ranges: &[std::ops::Range<u32>],
+    words: usize,
+    mut dead: impl FnMut(ItemPointer) -> bool,
+) -> Removal {
     let (codec, m) = (meta.codec, meta.m as usize);
-    let mut out = Removal::default();
-    for block in 1..rel.nblocks() {
+    let first = ranges.first().cloned().unwrap_or(1..1);
+    let batch_len = first.end.saturating_sub(first.start).max(1);
+    let mut out = Removal {
+        live_tids: 0.0,
+        removed_tids: 0.0,
+        deleted: ItemBitmap::new(first.clone(), words),
+        pending: vec![false; ranges.len()],
+    };
+    let end = ranges.last().map_or(1, |r| r.end);
+    for block in 1..end {
         vacuum_delay();
+        let in_first = first.contains(&block);
+        let batch = ((block - 1) / batch_len) as usize;
+        let mut found = Vec::new();
         rel.modify(block, |p| {
             let mut changed = false;
             rel.for_each_element_mut(block, p, &codec, m, |offset, e| {
@@ -53,37 +348,74 @@ fn remove_dead_tids(rel: &IndexRel, mut dead: impl FnMut(ItemPointer) -> bool) -
                 }
                 if !e.is_deleted() {
                     let removed = e.retain_heap_tids(|t| !dead(t));
-                    if removed > 0 {
-                        changed = true;
-                        if e.heap_tid_count() == 0 {
-                            e.set_deleted();
-                        }
-                    }
+                    changed |= removed > 0;
                     out.removed_tids += removed as f64;
                     out.live_tids += e.heap_tid_count() as f64;
+                    // No heap TIDs: emptied now, or by an earlier VACUUM
+                    // outside the batch it was working on.
+                    if e.heap_tid_count() == 0 && in_first {
+                        e.set_deleted();
+                        changed = true;
+                    }
                 }
-                if e.is_deleted() {
-                    out.deleted.insert(ItemPointer { block, offset });
+                if e.is_deleted() || e.heap_tid_count() == 0 {
+                    found.push((offset, e.is_deleted()));
                 }
             });
             changed.then_some(())
         });
+        for (offset, deleted) in found {
+            let t = ItemPointer { block, offset };
+            if in_first && deleted {
+                if !out.deleted.insert(t) && !out.deleted.covers(t) {
+                    impossible_offset(rel, t);
+                }
+            } else if !in_first {
+                out.pending[batch.min(ranges.len() - 1)] = true;
+            }
+        }
     }
     out
 }
 
-/// Number of heap TIDs held by live elements (read-only, share locks).
-fn count_live_tids(rel: &IndexRel) -> f64 {
-    let store = PageStore::new(*rel, rel.read_meta());
-    let mut n = 0.0;
-    for block in 1..rel.nblocks() {
-        for_each_live_element(&store, block, |e| n += e.heap_tids as f64);
+/// For a batch after the first: marks the elements of `range` that have no
+/// heap TIDs deleted, and returns every deleted, not free element there.
+fn mark_batch(rel: &IndexRel, meta: &Meta, range: std::ops::Range<u32>, words: usize) -> ItemBitmap {
+    let (codec, m) = (meta.codec, meta.m as usize);
+    let mut deleted = ItemBitmap::new(range.clone(), words);
+    for block in range {
+        vacuum_delay();
+        let mut found = Vec::new();
+        rel.modify(block, |p| {
+            let mut changed = false;
+            rel.for_each_element_mut(block, p, &codec, m, |offset, e| {
+                if e.is_free() {
+                    return;
+                }
+                if !e.is_deleted() && e.heap_tid_count() == 0 {
+                    e.set_deleted();
+                    changed = true;
+                }
+                if e.is_deleted() {
+                    found.push(offset);
+                }
+            });
+            changed.then_some(())
+        });
+        for offset in found {
+            let t = ItemPointer { block, offset };
+            if !deleted.insert(t) && !deleted.covers(t) {
+                impossible_offset(rel, t);
+            }
+        }
     }
-    n
+    deleted
 }
 
-/// Calls `f` with every live (not deleted, not free) element of `block`.
-fn for_each_live_element(store: &PageStore, block: u32, mut f: impl FnMut(ElementNode)) {
+/// Calls `f(node, free)` with every element of `block` (share-locked page,
+/// copied out so `f` may read other pages).
+fn elements_of(store: &PageStore, block: u32, out: &mut Vec<(ElementNode, bool)>) {
+    out.clear();
     let (rel, codec, m) = (store.rel, store.meta.codec, store.meta.m as usize);
     rel.read(block, |p| {
         if page::page_is_new(p) {
@@ -96,9 +428,7 @@ fn for_each_live_element(store: &PageStore, block: u32, mut f: impl FnMut(Elemen
                 continue;
             }
             let e = ElementRef::new(item, &codec, m).unwrap_or_else(|e| rel.corrupt(block, e));
-            if !e.is_deleted() {
-                f(ElementNode::read(ItemPointer { block, offset }, &e));
-            }
+            out.push((ElementNode::read(ItemPointer { block, offset }, &e), e.is_free()));
         }
     });
 }
@@ -122,19 +452,19 @@ fn replace_list(store: &PageStore, node: &ElementNode, layer: usize, old: &[Item
     .is_some()
 }
 
-/// The repaired list of `node` on `layer`: every live neighbor it had stays
-/// (so repair never takes away anyone's inbound link), and the slots of the
-/// deleted ones are refilled from *their* live neighbors, chosen with the
-/// neighbor-selection heuristic and then nearest first.
+/// The repaired list of live element `node` on `layer`: every live neighbor
+/// it had stays (so repair never takes away anyone's inbound link), and the
+/// slots of the deleted ones are refilled from *their* live neighbors,
+/// chosen with the neighbor-selection heuristic and then nearest first.
 fn repaired_list(
     store: &mut PageStore,
     node: &ElementNode,
     layer: usize,
     current: &[ItemPointer],
-    deleted: &FxHashSet<ItemPointer>,
+    deleted: &ItemBitmap,
 ) -> Vec<ItemPointer> {
     let base = store.vector(node.tid).to_vec();
-    let kept: Vec<ItemPointer> = current.iter().filter(|t| !deleted.contains(t)).copied().collect();
+    let kept: Vec<ItemPointer> = current.iter().filter(|t| !deleted.contains(**t)).copied().collect();
     let mut selected: Vec<Candidate<ElementNode>> = kept
         .iter()
         .filter_map(|&k| store.visit(&base, k))
@@ -142,10 +472,12 @@ fn repaired_list(
         .collect();
     let mut second = Vec::new();
     let mut extra: Vec<ItemPointer> = Vec::new();
-    for d in current.iter().filter(|t| deleted.contains(t)) {
+    for d in current.iter().filter(|t| deleted.contains(**t)) {
         let dnode = store.node(*d);
-        store.read_neighbors(&dnode, layer, &mut second);
-        extra.extend(second.iter().filter(|t| !deleted.contains(t) && **t != node.tid && !kept.contains(t)));
+        if dnode.level as usize >= layer {
+            store.read_neighbors(&dnode, layer, &mut second);
+            extra.extend(second.iter().filter(|t| !deleted.contains(**t) && **t != node.tid && !kept.contains(t)));
+        }
     }
     extra.sort();
     extra.dedup();
@@ -173,153 +505,146 @@ fn repaired_list(
     selected.iter().map(|c| c.node.tid).collect()
 }
 
-/// Pass 2: repairs lists that point at deleted elements (concurrently with
-/// inserts, under the graph lock in share mode).
-fn repair(rel: &IndexRel, deleted: &FxHashSet<ItemPointer>) {
-    rel.lock_graph(SHARE_LOCK);
+/// Compare-and-set attempts with the heuristic refill before falling back to
+/// just dropping the links to deleted elements.
+const REFILL_ATTEMPTS: usize = 3;
+
+/// Step 3 for one list: rewrites `node`'s list on `layer` until it no longer
+/// links to `deleted`. A deleted `node` (outside the batch) only loses the
+/// links; a live one gets them refilled. Holds the insert lock in share mode
+/// while it rewrites (see the module docs).
+fn repair_list(
+    store: &mut PageStore,
+    node: &ElementNode,
+    layer: usize,
+    deleted: &ItemBitmap,
+    list: &mut Vec<ItemPointer>,
+) {
+    let rel = store.rel;
+    let mut locked = false;
+    for attempt in 0.. {
+        store.read_neighbors(node, layer, list);
+        if !list.iter().any(|t| deleted.contains(*t)) {
+            break;
+        }
+        if !locked {
+            rel.lock_graph(SHARE_LOCK);
+            locked = true;
+        }
+        let current = list.clone();
+        let new = if node.deleted || attempt >= REFILL_ATTEMPTS {
+            current.iter().filter(|t| !deleted.contains(**t)).copied().collect()
+        } else {
+            repaired_list(store, node, layer, &current, deleted)
+        };
+        if replace_list(store, node, layer, &current, &new) {
+            break;
+        }
+        // Someone else changed the list meanwhile: read it again.
+        pgrx::check_for_interrupts!();
+    }
+    if locked {
+        rel.unlock_graph(SHARE_LOCK);
+    }
+}
+
+/// Step 3: drops every link to `deleted` from every element outside it
+/// that is not free, refilling live elements' lists. Returns the highest live
+/// element met (a candidate entry point).
+fn repair(rel: &IndexRel, deleted: &ItemBitmap) -> Option<(ItemPointer, u16)> {
     let mut store = PageStore::new(*rel, rel.read_meta());
-    let mut lists = Vec::new();
+    let mut highest: Option<(ItemPointer, u16)> = None;
+    let (mut nodes, mut list) = (Vec::new(), Vec::new());
     for block in 1..rel.nblocks() {
         vacuum_delay();
-        let mut live = Vec::new();
-        for_each_live_element(&store, block, |n| live.push(n));
-        for node in live {
+        elements_of(&store, block, &mut nodes);
+        for (node, free) in nodes.iter().copied() {
+            if free || deleted.contains(node.tid) {
+                continue;
+            }
+            if !node.deleted && highest.is_none_or(|(_, l)| node.level as u16 > l) {
+                highest = Some((node.tid, node.level as u16));
+            }
             for layer in 0..=node.level as usize {
-                for _attempt in 0..3 {
-                    store.read_neighbors(&node, layer, &mut lists);
-                    if !lists.iter().any(|t| deleted.contains(t)) {
-                        break;
-                    }
-                    let current = lists.clone();
-                    let new = repaired_list(&mut store, &node, layer, &current, deleted);
-                    if replace_list(&store, &node, layer, &current, &new) {
-                        break;
-                    }
-                }
+                repair_list(&mut store, &node, layer, deleted, &mut list);
             }
             store.clear_cache();
         }
     }
-    rel.unlock_graph(SHARE_LOCK);
+    highest
 }
 
-/// One pass over every live element: drops
-/// links to `deleted` elements, picks a new entry point if the current one
-/// is deleted (the highest live element), and links any live element that
-/// no list points to from its nearest live neighbor (replacing that list's
-/// farthest entry when full). HNSW pruning by concurrent inserts can, rarely,
-/// leave an element without inbound links; this is where VACUUM heals it.
-/// Returns the entry point to use.
-fn drop_links_and_heal(
-    rel: &IndexRel,
-    store: &PageStore,
-    entry: Option<(ItemPointer, u16)>,
-    deleted: &FxHashSet<ItemPointer>,
-) -> Option<(ItemPointer, u16)> {
-    let mut highest: Option<(ItemPointer, u16)> = None;
-    let mut lists = Vec::new();
-    let mut all_live: Vec<ElementNode> = Vec::new();
-    let mut inbound: rustc_hash::FxHashMap<ItemPointer, u32> = rustc_hash::FxHashMap::default();
-    for block in 1..rel.nblocks() {
-        let mut live = Vec::new();
-        for_each_live_element(store, block, |n| live.push(n));
-        for node in live {
-            if highest.is_none_or(|(_, l)| node.level as u16 > l) {
-                highest = Some((node.tid, node.level as u16));
-            }
-            for layer in 0..=node.level as usize {
-                store.read_neighbors(&node, layer, &mut lists);
-                if lists.iter().any(|t| deleted.contains(t)) {
-                    let kept: Vec<ItemPointer> = lists.iter().filter(|t| !deleted.contains(t)).copied().collect();
-                    replace_list(store, &node, layer, &lists.clone(), &kept);
-                    lists = kept;
-                }
-                for &t in &lists {
-                    *inbound.entry(t).or_default() += 1;
-                }
-            }
-            all_live.push(node);
-        }
-    }
-    let entry = if entry.is_none_or(|(e, _)| deleted.contains(&e)) { highest } else { entry };
-    let mut store = PageStore::new(*rel, rel.read_meta());
-    let orphans: Vec<ElementNode> = all_live
-        .iter()
-        .filter(|n| !inbound.contains_key(&n.tid) && entry.is_none_or(|(e, _)| e != n.tid))
-        .copied()
-        .collect();
-    for node in orphans {
-        // Link from one of its live layer-0 neighbors: append when there is
-        // room, else overwrite the farthest entry that keeps another inbound
-        // link (so healing never strands anyone else).
-        store.read_neighbors(&node, 0, &mut lists);
-        let hosts: Vec<ItemPointer> = lists.iter().filter(|t| !deleted.contains(t)).copied().collect();
-        for host in hosts {
-            let host = store.node(host);
-            let mut host_list = Vec::new();
-            store.read_neighbors(&host, 0, &mut host_list);
-            let mut new = host_list.clone();
-            if new.len() < store.params().max_neighbors(0) {
-                new.push(node.tid);
-            } else {
-                let base = store.vector(host.tid).to_vec();
-                let mut replaceable: Vec<(f32, usize)> = new
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, t)| inbound.get(t).copied().unwrap_or(0) >= 2)
-                    .filter_map(|(i, &t)| store.visit(&base, t).map(|(d, _)| (d, i)))
-                    .collect();
-                replaceable.sort_by(|a, b| b.0.total_cmp(&a.0));
-                let Some(&(_, i)) = replaceable.first() else { continue };
-                *inbound.entry(new[i]).or_default() -= 1;
-                new[i] = node.tid;
-            }
-            if replace_list(&store, &host, 0, &host_list, &new) {
-                *inbound.entry(node.tid).or_default() += 1;
-                break;
-            }
-        }
-        store.clear_cache();
-    }
-    entry
-}
-
-/// Pass 3: with inserts and scans locked out, drops remaining links to
-/// deleted elements, moves the entry point if needed, and frees the deleted
-/// elements for reuse.
-fn free_deleted(rel: &IndexRel, deleted: &FxHashSet<ItemPointer>) {
+/// Step 4: if the entry point is in `deleted`, moves it to `highest`, under
+/// the insert lock in exclusive mode (which also waits for the inserts in
+/// progress).
+fn move_entry(rel: &IndexRel, deleted: &ItemBitmap, highest: Option<(ItemPointer, u16)>) {
     rel.lock_graph(EXCLUSIVE_LOCK);
-    rel.lock_scans(EXCLUSIVE_LOCK);
     let meta = rel.read_meta();
-    let store = PageStore::new(*rel, meta);
-    let (codec, m) = (meta.codec, meta.m as usize);
-    let entry = drop_links_and_heal(rel, &store, meta.entry, deleted);
-    if entry != meta.entry {
-        rel.set_entry(entry);
+    if meta.entry.is_some_and(|(e, _)| deleted.contains(e)) {
+        rel.set_entry(highest);
     }
+    rel.unlock_graph(EXCLUSIVE_LOCK);
+}
+
+/// Step 6: marks every element of `deleted` free and clears its neighbor
+/// item (one WAL record per element page and per neighbor page), then lowers
+/// the meta page's free hint to the first block with a free element.
+fn free(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) {
+    let (codec, m) = (meta.codec, meta.m as usize);
     let mut first_free: Option<u32> = None;
-    for &t in deleted {
-        let neighbors = rel.modify(t.block, |p| {
-            let range = rel.item_range(t.block, p, t.offset);
-            let mut e = ElementMut::new(&mut p[range], &codec, m).unwrap_or_else(|e| rel.corrupt(t.block, e));
-            e.set_free();
-            Some(e.neighbors())
+    let mut blocks: Vec<u32> = Vec::new();
+    let mut last = None;
+    for t in deleted.iter() {
+        if last != Some(t.block) {
+            blocks.push(t.block);
+            last = Some(t.block);
+        }
+    }
+    let mut neighbor_items: Vec<ItemPointer> = Vec::new();
+    for block in blocks {
+        vacuum_delay();
+        neighbor_items.clear();
+        rel.modify(block, |p| {
+            for offset in deleted.offsets(block) {
+                let range = rel.item_range(block, p, offset);
+                let mut e = ElementMut::new(&mut p[range], &codec, m).unwrap_or_else(|e| rel.corrupt(block, e));
+                if e.is_deleted() && !e.is_free() {
+                    e.set_free();
+                    neighbor_items.push(e.neighbors());
+                }
+            }
+            (!neighbor_items.is_empty()).then_some(())
         });
-        if let Some(at) = neighbors {
-            rel.modify(at.block, |p| {
-                let range = rel.item_range(at.block, p, at.offset);
-                page::clear_neighbors(&mut p[range], m).unwrap_or_else(|e| rel.corrupt(at.block, e));
+        neighbor_items.sort();
+        for group in neighbor_items.chunk_by(|a, b| a.block == b.block) {
+            let nblock = group[0].block;
+            rel.modify(nblock, |p| {
+                for at in group {
+                    let range = rel.item_range(nblock, p, at.offset);
+                    page::clear_neighbors(&mut p[range], m).unwrap_or_else(|e| rel.corrupt(nblock, e));
+                }
                 Some(())
             });
         }
-        first_free = Some(first_free.map_or(t.block, |b| b.min(t.block)));
+        first_free = Some(first_free.map_or(block, |b| b.min(block)));
     }
     if let Some(b) = first_free {
         let current = rel.read_meta().free_hint;
         rel.set_free_hint(Some(current.map_or(b, |h| h.min(b))));
     }
-    rel.unlock_scans(EXCLUSIVE_LOCK);
-    rel.unlock_graph(EXCLUSIVE_LOCK);
+}
+
+/// Steps 2–6 for the deleted elements of one batch.
+fn free_batch(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) {
+    if deleted.is_empty() {
+        return;
+    }
+    pgrx::debug1!("hnsw index \"{}\": freeing {} deleted elements", rel.name(), deleted.len());
+    rel.wait_for_inserts();
+    let highest = repair(rel, deleted);
+    move_entry(rel, deleted, highest);
+    rel.wait_for_scans();
+    free(rel, meta, deleted);
 }
 
 fn new_stats(stats: *mut pg_sys::IndexBulkDeleteResult) -> *mut pg_sys::IndexBulkDeleteResult {
@@ -331,7 +656,7 @@ fn new_stats(stats: *mut pg_sys::IndexBulkDeleteResult) -> *mut pg_sys::IndexBul
     }
 }
 
-/// `ambulkdelete`: passes 1–3 above.
+/// `ambulkdelete`: steps 1–6 above, batch by batch.
 #[pg_guard]
 pub unsafe extern "C-unwind" fn ambulkdelete(
     info: *mut pg_sys::IndexVacuumInfo,
@@ -342,14 +667,21 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     let stats = new_stats(stats);
     // SAFETY: VACUUM passes a valid info struct and callback.
     let (rel, callback) = unsafe { (IndexRel::new((*info).index), callback.expect("VACUUM callback")) };
-    let removal = remove_dead_tids(&rel, |t| {
+    let meta = rel.read_meta();
+    let words = ItemBitmap::words_per_block(meta.m as usize);
+    let ranges = batches(rel.nblocks(), batch_blocks(words, 1));
+    let removal = remove_dead_tids(&rel, &meta, &ranges, words, |t| {
         let mut tid = to_pg_tid(t);
         // SAFETY: the callback VACUUM gave us, with its own state.
         unsafe { callback(&mut tid, callback_state) }
     });
-    if !removal.deleted.is_empty() {
-        repair(&rel, &removal.deleted);
-        free_deleted(&rel, &removal.deleted);
+    free_batch(&rel, &meta, &removal.deleted);
+    drop(removal.deleted);
+    for (range, pending) in ranges.iter().zip(&removal.pending).skip(1) {
+        if *pending {
+            let deleted = mark_batch(&rel, &meta, range.clone(), words);
+            free_batch(&rel, &meta, &deleted);
+        }
     }
     // SAFETY: stats is a valid struct (allocated above or passed in).
     unsafe {
@@ -360,8 +692,318 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     stats
 }
 
-/// `amvacuumcleanup`: heals elements left without inbound links (see
-/// [`drop_links_and_heal`]) and reports index statistics.
+/// What the orphan pass did.
+#[derive(Default)]
+struct Healed {
+    /// Heap TIDs of live elements.
+    live_tids: f64,
+    /// Highest live element.
+    highest: Option<(ItemPointer, u16)>,
+    /// Live elements found unreachable, and how many of them got a link.
+    unreachable: usize,
+    linked: usize,
+    /// Live elements with at most one inbound link, none from their own
+    /// neighbors, and how many of them got a link from one.
+    weak: usize,
+    weak_linked: usize,
+}
+
+/// Whether a live element among `tid`'s own layer-0 neighbors links back to
+/// it. An element whose only inbound links come from elsewhere is reachable
+/// but hard to find: a search for its own vector closes in on its
+/// neighbors, not on whoever links to it.
+fn linked_back(store: &PageStore, tid: ItemPointer) -> bool {
+    let node = store.node(tid);
+    let (mut out, mut back) = (Vec::new(), Vec::new());
+    store.read_neighbors(&node, 0, &mut out);
+    out.iter().any(|&u| {
+        let u = store.node(u);
+        store.read_neighbors(&u, 0, &mut back);
+        !u.deleted && back.contains(&tid)
+    })
+}
+
+/// Links each live element of `candidates` (those with fewer than two
+/// inbound links) that no neighbor links back to ([`linked_back`]) from one
+/// of its own reachable neighbors.
+fn link_weak(
+    rel: &IndexRel,
+    store: &mut PageStore,
+    candidates: Vec<ItemPointer>,
+    reached: impl Fn(ItemPointer) -> bool,
+    inbound: &mut ItemBitmap,
+    inbound2: &mut ItemBitmap,
+    healed: &mut Healed,
+) {
+    for tid in candidates {
+        if linked_back(store, tid) {
+            continue;
+        }
+        healed.weak += 1;
+        rel.lock_graph(SHARE_LOCK);
+        healed.weak_linked += link_unreached(store, tid, None, &reached, inbound, inbound2) as usize;
+        rel.unlock_graph(SHARE_LOCK);
+        store.clear_cache();
+    }
+}
+
+/// Links `tid`, a live element that searches cannot reach, from a host
+/// whose layer-0 list then points to it: first one of `tid`'s own layer-0
+/// neighbors that `reached` says searches reach (so `tid` becomes reachable
+/// too), then the entry point. A host's list gets `tid` appended when it has
+/// room; failing that (second round), `tid` replaces the host's farthest
+/// neighbor among those with at least two inbound links (`inbound2`), so
+/// healing does not strand anyone else. Compare-and-set, retried a few
+/// times. Returns whether it linked it.
+fn link_unreached(
+    store: &mut PageStore,
+    tid: ItemPointer,
+    entry: Option<ItemPointer>,
+    reached: &impl Fn(ItemPointer) -> bool,
+    inbound: &mut ItemBitmap,
+    inbound2: &mut ItemBitmap,
+) -> bool {
+    let node = store.node(tid);
+    if node.deleted {
+        return false;
+    }
+    let mut hosts = Vec::new();
+    store.read_neighbors(&node, 0, &mut hosts);
+    hosts.retain(|&h| h != tid && reached(h));
+    hosts.extend(entry.filter(|&e| e != tid));
+    let hosts: Vec<ElementNode> = hosts.into_iter().map(|h| store.node(h)).filter(|h| !h.deleted).collect();
+    let max = store.params().max_neighbors(0);
+    let mut list = Vec::new();
+    for displace in [false, true] {
+        for host in &hosts {
+            for _attempt in 0..REFILL_ATTEMPTS {
+                store.read_neighbors(host, 0, &mut list);
+                if list.contains(&tid) {
+                    return true;
+                }
+                let mut new = list.clone();
+                let mut displaced = None;
+                if new.len() < max {
+                    new.push(tid);
+                } else if !displace {
+                    break;
+                } else {
+                    let base = store.vector(host.tid).to_vec();
+                    let farthest = new
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, t)| inbound2.contains(**t))
+                        .filter_map(|(i, &t)| store.visit(&base, t).map(|(d, _)| (d, i)))
+                        .max_by(|a, b| a.0.total_cmp(&b.0));
+                    let Some((_, i)) = farthest else { break };
+                    displaced = Some(new[i]);
+                    new[i] = tid;
+                }
+                if replace_list(store, host, 0, &list, &new) {
+                    inbound.insert(tid);
+                    if let Some(d) = displaced {
+                        // It had at least two inbound links and lost one.
+                        inbound2.remove(d);
+                    }
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// One read-only pass over every element: marks live elements of `range`
+/// in `live`, and counts the layer-0 links to elements of `range` from live
+/// elements (`inbound`: at least one, `inbound2`: at least two). With
+/// `totals`, also sums live heap TIDs and finds the highest live element.
+fn count_inbound(
+    store: &PageStore,
+    nblocks: u32,
+    live: &mut ItemBitmap,
+    inbound: &mut ItemBitmap,
+    inbound2: &mut ItemBitmap,
+    mut totals: Option<&mut Healed>,
+) {
+    let rel = store.rel;
+    let (mut nodes, mut list) = (Vec::new(), Vec::new());
+    for block in 1..nblocks {
+        vacuum_delay();
+        elements_of(store, block, &mut nodes);
+        for (node, free) in nodes.iter().copied() {
+            if free || node.deleted {
+                continue;
+            }
+            if live.blocks.contains(&block) && !live.covers(node.tid) {
+                impossible_offset(&rel, node.tid);
+            }
+            live.insert(node.tid);
+            if let Some(t) = totals.as_deref_mut() {
+                t.live_tids += node.heap_tids as f64;
+                if t.highest.is_none_or(|(_, l)| node.level as u16 > l) {
+                    t.highest = Some((node.tid, node.level as u16));
+                }
+            }
+            store.read_neighbors(&node, 0, &mut list);
+            for &t in &list {
+                if t != node.tid && !inbound.insert(t) {
+                    inbound2.insert(t);
+                }
+            }
+        }
+    }
+}
+
+/// Gives a graph that has live elements but no entry point (every element
+/// was deleted while inserts went on) its highest live element as entry.
+fn ensure_entry(rel: &IndexRel, highest: Option<(ItemPointer, u16)>) -> Option<ItemPointer> {
+    if highest.is_some() && rel.read_meta().entry.is_none() {
+        rel.lock_graph(EXCLUSIVE_LOCK);
+        if rel.read_meta().entry.is_none() {
+            rel.set_entry(highest);
+        }
+        rel.unlock_graph(EXCLUSIVE_LOCK);
+    }
+    rel.read_meta().entry.map(|(e, _)| e)
+}
+
+/// Marks in `reached` every element a search reaches on layer 0 from
+/// `start`, walking through deleted (not free) elements as scans do.
+/// Returns false, leaving the walk unfinished, if its queue would outgrow
+/// `budget` bytes.
+fn walk_from(store: &PageStore, start: ItemPointer, reached: &mut ItemBitmap, budget: usize) -> bool {
+    if !reached.insert(start) {
+        return true;
+    }
+    let mut queue = vec![start];
+    let mut list = Vec::new();
+    while let Some(t) = queue.pop() {
+        pgrx::check_for_interrupts!();
+        let node = store.node(t);
+        store.read_neighbors(&node, 0, &mut list);
+        for &x in &list {
+            if reached.insert(x) {
+                if queue.len() * std::mem::size_of::<ItemPointer>() >= budget {
+                    return false;
+                }
+                try_reserve(&mut queue, 1, "an hnsw graph walk");
+                queue.push(x);
+            }
+        }
+    }
+    true
+}
+
+/// The orphan pass over the whole index at once, when its bitmaps fit the
+/// VACUUM memory: walks the graph from the entry point on layer 0 (where
+/// every search ends) and links every live element the walk does not reach,
+/// then continues the walk from it. Returns `None` (nothing linked yet) if
+/// the walk's queue would not fit, for [`heal_batched`] to take over.
+fn heal_connected(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: usize) -> Option<Healed> {
+    let all = 1..nblocks;
+    let mut healed = Healed::default();
+    let (mut live, mut inbound, mut inbound2, mut reached) = (
+        ItemBitmap::new(all.clone(), words),
+        ItemBitmap::new(all.clone(), words),
+        ItemBitmap::new(all.clone(), words),
+        ItemBitmap::new(all.clone(), words),
+    );
+    let budget = work_mem_bytes().saturating_sub(4 * ItemBitmap::bytes_for(nblocks, words));
+    count_inbound(store, nblocks, &mut live, &mut inbound, &mut inbound2, Some(&mut healed));
+    let entry = ensure_entry(rel, healed.highest)?;
+    if !walk_from(store, entry, &mut reached, budget) {
+        return None;
+    }
+    let unreached: Vec<ItemPointer> = live.iter().filter(|&t| !reached.contains(t)).collect();
+    for tid in unreached {
+        if reached.contains(tid) {
+            continue; // reached from an element linked earlier in this loop
+        }
+        healed.unreachable += 1;
+        rel.lock_graph(SHARE_LOCK);
+        let linked = link_unreached(store, tid, Some(entry), &|t| reached.contains(t), &mut inbound, &mut inbound2);
+        rel.unlock_graph(SHARE_LOCK);
+        store.clear_cache();
+        if linked {
+            healed.linked += 1;
+            if !walk_from(store, tid, &mut reached, budget) {
+                return Some(healed);
+            }
+        }
+    }
+    let weak: Vec<ItemPointer> = live.iter().filter(|&t| !inbound2.contains(t) && t != entry).collect();
+    link_weak(rel, store, weak, |t| reached.contains(t), &mut inbound, &mut inbound2, &mut healed);
+    Some(healed)
+}
+
+/// The orphan pass in batches of blocks (when one batch cannot cover the
+/// index): for each batch, counts layer-0 inbound links to its elements
+/// over the whole index and links each live element without one (except
+/// the entry point). Unlike [`heal_connected`] it cannot see groups of
+/// elements that only link to each other.
+fn heal_batched(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: usize) -> Healed {
+    let mut healed = Healed::default();
+    for (i, range) in batches(nblocks, batch_blocks(words, 3)).into_iter().enumerate() {
+        let mut live = ItemBitmap::new(range.clone(), words);
+        let mut inbound = ItemBitmap::new(range.clone(), words);
+        let mut inbound2 = ItemBitmap::new(range.clone(), words);
+        let totals = (i == 0).then_some(&mut healed);
+        count_inbound(store, nblocks, &mut live, &mut inbound, &mut inbound2, totals);
+        let entry = ensure_entry(rel, healed.highest);
+        let stranded: Vec<ItemPointer> = live.iter().filter(|&t| !inbound.contains(t) && Some(t) != entry).collect();
+        for tid in stranded {
+            healed.unreachable += 1;
+            rel.lock_graph(SHARE_LOCK);
+            let linked = link_unreached(store, tid, entry, &|_| true, &mut inbound, &mut inbound2);
+            rel.unlock_graph(SHARE_LOCK);
+            healed.linked += linked as usize;
+            store.clear_cache();
+        }
+        let weak: Vec<ItemPointer> =
+            live.iter().filter(|&t| inbound.contains(t) && !inbound2.contains(t) && Some(t) != entry).collect();
+        link_weak(rel, store, weak, |_| true, &mut inbound, &mut inbound2, &mut healed);
+    }
+    healed
+}
+
+/// The orphan pass ([`heal_connected`], or [`heal_batched`] when memory is
+/// short); records `healed_blocks` on the meta page.
+fn heal(rel: &IndexRel) -> Healed {
+    let meta = rel.read_meta();
+    let words = ItemBitmap::words_per_block(meta.m as usize);
+    let nblocks = rel.nblocks();
+    let mut store = PageStore::new(*rel, meta);
+    let whole = batch_blocks(words, 4) >= nblocks;
+    let healed = match whole.then(|| heal_connected(rel, &mut store, nblocks, words)).flatten() {
+        Some(h) => h,
+        None => heal_batched(rel, &mut store, nblocks, words),
+    };
+    pgrx::debug1!(
+        "hnsw index \"{}\": linked {} of {} elements searches could not reach, and {} of {} without a link from their neighbors",
+        rel.name(),
+        healed.linked,
+        healed.unreachable,
+        healed.weak_linked,
+        healed.weak
+    );
+    rel.modify(META_BLOCK, |p| {
+        let mut meta = Meta::read_page(p).unwrap_or_else(|e| rel.corrupt(META_BLOCK, e));
+        meta.healed_blocks = nblocks.max(1);
+        meta.write_page(p);
+        Some(())
+    });
+    healed
+}
+
+/// Whether a VACUUM that deleted nothing should walk the index for orphans:
+/// never walked before, or the index has at least doubled since.
+fn heal_due(meta: &Meta, nblocks: u32) -> bool {
+    meta.healed_blocks == 0 || nblocks / 2 >= meta.healed_blocks
+}
+
+/// `amvacuumcleanup`: the orphan pass (after any `ambulkdelete`, or when
+/// [`heal_due`]) and index statistics. Returns null, leaving the index's
+/// statistics as they were, when it did nothing.
 #[pg_guard]
 pub unsafe extern "C-unwind" fn amvacuumcleanup(
     info: *mut pg_sys::IndexVacuumInfo,
@@ -373,24 +1015,83 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
         return stats;
     }
     let rel = IndexRel::new(index);
-    if rel.nblocks() > 0 {
-        // Concurrent inserts may go on: every list change is compare-and-set,
-        // and an element inserted during the pass at worst gains a link.
-        rel.lock_graph(SHARE_LOCK);
-        let meta = rel.read_meta();
-        let store = PageStore::new(rel, meta);
-        drop_links_and_heal(&rel, &store, meta.entry, &FxHashSet::default());
-        rel.unlock_graph(SHARE_LOCK);
+    let nblocks = rel.nblocks();
+    if nblocks == 0 {
+        return stats;
     }
-    let stats = if stats.is_null() {
-        let s = new_stats(stats);
-        // SAFETY: s was just allocated.
-        unsafe { (*s).num_index_tuples = count_live_tids(&rel) };
-        s
-    } else {
-        stats
-    };
-    // SAFETY: stats is valid.
-    unsafe { (*stats).num_pages = rel.nblocks() };
+    if stats.is_null() && !heal_due(&rel.read_meta(), nblocks) {
+        return stats;
+    }
+    let healed = heal(&rel);
+    let stats = new_stats(stats);
+    // SAFETY: stats is valid (allocated above or passed in).
+    unsafe {
+        (*stats).num_index_tuples = healed.live_tids;
+        (*stats).estimated_count = false;
+        (*stats).num_pages = rel.nblocks();
+    }
     stats
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    fn tid(block: u32, offset: u16) -> ItemPointer {
+        ItemPointer { block, offset }
+    }
+
+    #[pg_test]
+    fn bitmap_sets_and_iterates() {
+        let words = ItemBitmap::words_per_block(2);
+        assert!(words * 64 >= max_items_per_page(2) && max_items_per_page(2) > 100, "{words}");
+        let mut b = ItemBitmap::new(5..9, words);
+        assert!(b.is_empty());
+        assert!(b.insert(tid(5, 1)) && b.insert(tid(8, 70)) && b.insert(tid(6, 64)));
+        assert!(!b.insert(tid(5, 1)), "already present");
+        assert!(!b.insert(tid(9, 1)) && !b.covers(tid(9, 1)), "outside the blocks");
+        assert!(!b.insert(tid(5, 0)) && !b.covers(tid(5, (words * 64 + 1) as u16)), "impossible offsets");
+        assert_eq!(b.len(), 3);
+        assert!(b.contains(tid(6, 64)) && !b.contains(tid(6, 65)) && !b.contains(tid(4, 1)));
+        assert_eq!(b.iter().collect::<Vec<_>>(), vec![tid(5, 1), tid(6, 64), tid(8, 70)]);
+        b.remove(tid(6, 64));
+        b.remove(tid(6, 64));
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.offsets(8).collect::<Vec<_>>(), vec![70]);
+        assert_eq!(b.offsets(100).count(), 0);
+    }
+
+    #[pg_test]
+    fn batches_cover_every_block_once() {
+        assert_eq!(batches(1, 10), Vec::<std::ops::Range<u32>>::new());
+        assert_eq!(batches(11, 4), vec![1..5, 5..9, 9..11]);
+        assert_eq!(batches(5, 100), vec![1..5]);
+    }
+
+    #[pg_test]
+    fn heal_walks_again_only_after_doubling() {
+        let meta = |healed_blocks| Meta {
+            codec: crate::hnsw::codec::Codec::Vector { metric: crate::distance::Metric::L2, dims: 3 },
+            m: 16,
+            ef_construction: 64,
+            entry: None,
+            free_hint: None,
+            healed_blocks,
+        };
+        assert!(heal_due(&meta(0), 10));
+        assert!(!heal_due(&meta(10), 10) && !heal_due(&meta(10), 19));
+        assert!(heal_due(&meta(10), 20));
+    }
+
+    #[pg_test]
+    fn memory_follows_maintenance_work_mem() {
+        Spi::run("SET maintenance_work_mem = '1MB'").unwrap();
+        assert_eq!(work_mem_bytes(), 1024 * 1024);
+        // 16 bytes per block for M = 16: 1 MiB covers 65,536 blocks.
+        assert_eq!(batch_blocks(ItemBitmap::words_per_block(16), 1), 65_536);
+        Spi::run("SET hnsw.debug_vacuum_batch_blocks = 3").unwrap();
+        assert_eq!(batch_blocks(2, 1), 3);
+        Spi::run("RESET hnsw.debug_vacuum_batch_blocks").unwrap();
+    }
 }
