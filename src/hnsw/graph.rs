@@ -531,25 +531,23 @@ impl<K: GraphKey, N: Copy> ResumableSearch<K, N> {
 ///   dominate every candidate, leaving lists of a few such hubs (recall@20
 ///   0.91 on `random() * random()` data; 1.00 with this rule).
 ///
-/// A new element's own lists are then filled up to their size with the
-/// nearest dominated candidates (`fill_new`, keepPrunedConnections for new
-/// elements only): their extra links cost nothing to find (the beam search
-/// found them) and raise recall at small `ef_search`; lists pruned for a
-/// reverse link keep only what the rule selects (as hnswlib), so pruning
-/// stays cheap.
+/// Lists are not filled up with dominated candidates (`keep_pruned`,
+/// Malkov's keepPrunedConnections, which pgvector applies to every list):
+/// full lists cost about 15–30% more distances per search at the same
+/// `ef_search` and three times the build time, for the same recall at the
+/// same number of distances at small `ef_search`, and less recall at large
+/// `ef_search` on clustered data (see `bench/RESULTS.md`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Heuristic {
     /// Keep a candidate tied with a kept neighbor (the paper as written).
     pub keep_ties: bool,
-    /// Fill a new element's lists with the nearest dominated candidates.
-    pub fill_new: bool,
-    /// Fill every pruned list too (keepPrunedConnections everywhere, as
-    /// pgvector): denser lists, a slower build.
+    /// Fill every list with the nearest dominated candidates (except
+    /// near-duplicates of kept ones), as pgvector does.
     pub keep_pruned: bool,
 }
 
 /// The heuristic every graph of this extension uses.
-pub const HEURISTIC: Heuristic = Heuristic { keep_ties: false, fill_new: true, keep_pruned: false };
+pub const HEURISTIC: Heuristic = Heuristic { keep_ties: false, keep_pruned: false };
 
 /// Relative slack around `d(c,c)` within which a distance counts as "as far
 /// as `c` itself" (the self distance is computed with rounding too).
@@ -848,6 +846,9 @@ pub struct Scratch {
     epoch: u32,
     /// A visited set could not grow (reported after the insert).
     failed: Option<OutOfMemory>,
+    /// Distances computed by searches (for benchmarks: a cost measure that
+    /// does not depend on the machine's load).
+    distances: u64,
     candidates: BinaryHeap<Reverse<Near>>,
     results: BinaryHeap<Near>,
     list: Vec<u32>,
@@ -1293,6 +1294,13 @@ impl<S: Space> MemoryGraph<S> {
         }
     }
 
+    /// Distances computed by [`MemoryGraph::search`] so far (a cost measure
+    /// for benchmarks that does not depend on the machine's load).
+    #[doc(hidden)]
+    pub fn search_distances(&self) -> u64 {
+        self.scratch.distances
+    }
+
     /// Changes the tuning (before the first insert; for experiments).
     #[doc(hidden)]
     pub fn set_tuning(&mut self, tuning: Tuning) {
@@ -1450,6 +1458,7 @@ impl<S: Space> MemoryGraph<S> {
         loop {
             let mut changed = false;
             self.read_list::<LOCK>(cur.id, layer, &mut list);
+            sc.distances += list.len() as u64;
             for &n in &list {
                 let d = self.space.distance(q, self.vector(n));
                 if d < cur.d {
@@ -1502,6 +1511,7 @@ impl<S: Space> MemoryGraph<S> {
                     continue;
                 }
                 let d = self.space.distance(q, self.vector(n));
+                sc.distances += 1;
                 let farthest = sc.results.peek().map_or(f32::INFINITY, |f| f.d);
                 if sc.results.len() < ef || d < farthest {
                     let found = Near { d, id: n };
@@ -1522,10 +1532,6 @@ impl<S: Space> MemoryGraph<S> {
     /// The heuristic over `candidates` (sorted, nearest first) into `kept`
     /// (see [`select_neighbors`], which this mirrors for [`Near`]s).
     fn select(&self, candidates: &[Near], max: usize, kept: &mut Vec<Near>, pruned: &mut Vec<Near>) {
-        self.select_with(candidates, max, kept, pruned, self.tuning.heuristic.keep_pruned)
-    }
-
-    fn select_with(&self, candidates: &[Near], max: usize, kept: &mut Vec<Near>, pruned: &mut Vec<Near>, keep: bool) {
         let h = self.tuning.heuristic;
         kept.clear();
         pruned.clear();
@@ -1545,7 +1551,7 @@ impl<S: Space> MemoryGraph<S> {
                 Verdict::Duplicate => {}
             }
         }
-        if keep {
+        if h.keep_pruned {
             let room = max.saturating_sub(kept.len());
             kept.extend(pruned.iter().take(room));
         }
@@ -1597,8 +1603,7 @@ impl<S: Space> MemoryGraph<S> {
         for layer in (0..=top).rev() {
             self.beam::<true>(q, params.ef_construction, layer, sc);
             let max = params.max_neighbors(layer);
-            let keep = self.tuning.heuristic.keep_pruned || self.tuning.heuristic.fill_new;
-            self.select_with(&sc.found, max, &mut kept, &mut pruned, keep);
+            self.select(&sc.found, max, &mut kept, &mut pruned);
             sc.layers[layer].clear();
             sc.layers[layer].extend_from_slice(&kept);
         }
@@ -2478,7 +2483,7 @@ mod tests {
             }
             missed as f64 / searches as f64
         };
-        let paper = Heuristic { keep_ties: true, fill_new: false, keep_pruned: false };
+        let paper = Heuristic { keep_ties: true, keep_pruned: false };
         let before = trapped(Tuning { heuristic: paper, ..Tuning::default() });
         let now = trapped(Tuning::default());
         eprintln!("searches from the cluster that miss the nearest neighbor: {before:.3} with ties kept, {now:.3} now");
