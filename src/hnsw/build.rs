@@ -205,14 +205,6 @@ pub unsafe extern "C-unwind" fn ambuild(
     let params = options::params_of(index);
     let codec = index_codec(index);
     let threads = build_threads(heap, index);
-    if threads > 1 {
-        pgrx::ereport!(
-            DEBUG1,
-            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-            format!("using {} parallel workers", threads - 1),
-            format!("The workers are threads of this backend; {threads} threads insert into the graph.")
-        );
-    }
     // SAFETY: reading a GUC variable of this backend.
     let memory_limit = unsafe { pg_sys::maintenance_work_mem } as usize * 1024;
     let mut state = BuildState {
@@ -360,6 +352,16 @@ fn start_in_memory(state: &mut BuildState, first: &[u32]) {
     let graph = MemoryGraph::with_vector_len(state.codec, state.params, state.max_level, vector_len);
     let shared = Arc::new(ParallelInsert::new(graph));
     let workers = Workers::start(&shared, state.threads - 1);
+    // Fewer threads if the system would not start them all.
+    state.threads = workers.handles.len() + 1;
+    if !state.spilled && state.threads > 1 {
+        pgrx::ereport!(
+            DEBUG1,
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("using {} parallel workers", state.threads - 1),
+            format!("The workers are threads of this backend; {} threads insert into the graph.", state.threads)
+        );
+    }
     state.memory = Some(InMemory { shared, workers });
 }
 
