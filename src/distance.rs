@@ -31,49 +31,101 @@ fn reduce(acc: [f32; LANES]) -> f32 {
     acc[0]
 }
 
-macro_rules! kernel {
-    ($(#[$doc:meta])* $name:ident, |$x:ident, $y:ident| $term:expr) => {
-        $(#[$doc])*
-        #[inline]
-        pub fn $name(a: &[f32], b: &[f32]) -> f32 {
-            debug_assert_eq!(a.len(), b.len());
-            #[inline(always)]
-            fn portable(a: &[f32], b: &[f32]) -> f32 {
-                let n = a.len().min(b.len());
-                let (a, b) = (&a[..n], &b[..n]);
-                let mut acc = [0.0f32; LANES];
-                let chunks = n / LANES;
-                for c in 0..chunks {
-                    let xa = &a[c * LANES..c * LANES + LANES];
-                    let xb = &b[c * LANES..c * LANES + LANES];
-                    for i in 0..LANES {
-                        let ($x, $y) = (xa[i], xb[i]);
-                        acc[i] += $term;
-                    }
-                }
-                let mut tail = 0.0f32;
-                for i in chunks * LANES..n {
-                    let ($x, $y) = (a[i], b[i]);
-                    tail += $term;
-                }
-                reduce(acc) + tail
-            }
+/// The term a kernel sums, for values `x` of `a` and `y` of `b`.
+#[derive(Clone, Copy)]
+enum Term {
+    L2,
+    Dot,
+    L1,
+}
 
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2(a: &[f32], b: &[f32]) -> f32 {
-                    portable(a, b)
-                }
-                if has_avx2() {
-                    // SAFETY: `has_avx2` checked at run time that this CPU
-                    // supports the AVX2 and FMA instructions `avx2` uses.
-                    return unsafe { avx2(a, b) };
-                }
-            }
-            portable(a, b)
+impl Term {
+    #[inline(always)]
+    fn apply(self, x: f32, y: f32) -> f32 {
+        match self {
+            Term::L2 => (x - y) * (x - y),
+            Term::Dot => x * y,
+            Term::L1 => (x - y).abs(),
         }
-    };
+    }
+}
+
+/// Portable kernel: [`LANES`] partial sums (lane `i` takes elements `i`,
+/// `i + LANES`, ...), pairwise reduction, then the tail in order.
+#[inline(always)]
+fn f32_portable(term: Term, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; LANES];
+    let chunks = n / LANES;
+    for c in 0..chunks {
+        let xa = &a[c * LANES..c * LANES + LANES];
+        let xb = &b[c * LANES..c * LANES + LANES];
+        for i in 0..LANES {
+            acc[i] += term.apply(xa[i], xb[i]);
+        }
+    }
+    let mut tail = 0.0f32;
+    for i in chunks * LANES..n {
+        tail += term.apply(a[i], b[i]);
+    }
+    reduce(acc) + tail
+}
+
+/// [`f32_portable`] in AVX2 registers: the 16 lanes are two 8-lane
+/// accumulators, with the same operations per lane (subtract, multiply, add;
+/// no fused multiply-add), so the result is bit for bit the portable one.
+/// (Left to itself the compiler turns the portable loop into 2-lane SSE.)
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn f32_avx2(term: Term, a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let chunks = n / LANES;
+    let sign = _mm256_set1_ps(-0.0);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for c in 0..chunks {
+        for (half, s) in acc.iter_mut().enumerate() {
+            let i = c * LANES + 8 * half;
+            // SAFETY: i + 8 <= chunks * LANES <= n, the length of both
+            // slices; unaligned loads.
+            let (x, y) = unsafe { (_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i))) };
+            let t = match term {
+                Term::L2 => {
+                    let d = _mm256_sub_ps(x, y);
+                    _mm256_mul_ps(d, d)
+                }
+                Term::Dot => _mm256_mul_ps(x, y),
+                Term::L1 => _mm256_andnot_ps(sign, _mm256_sub_ps(x, y)),
+            };
+            *s = _mm256_add_ps(*s, t);
+        }
+    }
+    let mut lanes = [0.0f32; LANES];
+    // SAFETY: `lanes` holds 16 f32s, two unaligned 8-lane stores.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
+    }
+    let mut tail = 0.0f32;
+    for i in chunks * LANES..n {
+        tail += term.apply(a[i], b[i]);
+    }
+    reduce(lanes) + tail
+}
+
+#[inline(always)]
+fn f32_kernel(term: Term, a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: `has_avx2` checked at run time that this CPU supports AVX2.
+        return unsafe { f32_avx2(term, a, b) };
+    }
+    f32_portable(term, a, b)
 }
 
 /// Whether the running CPU has AVX2 and FMA (cached by the std macro).
@@ -83,18 +135,23 @@ fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
-kernel!(
-    /// Squared Euclidean distance `Σ (a_i − b_i)²`.
-    l2_squared_distance, |x, y| (x - y) * (x - y)
-);
-kernel!(
-    /// Inner product `Σ a_i · b_i`.
-    inner_product, |x, y| x * y
-);
-kernel!(
-    /// Manhattan distance `Σ |a_i − b_i|`.
-    l1_distance, |x, y| (x - y).abs()
-);
+/// Squared Euclidean distance `Σ (a_i − b_i)²`.
+#[inline]
+pub fn l2_squared_distance(a: &[f32], b: &[f32]) -> f32 {
+    f32_kernel(Term::L2, a, b)
+}
+
+/// Inner product `Σ a_i · b_i`.
+#[inline]
+pub fn inner_product(a: &[f32], b: &[f32]) -> f32 {
+    f32_kernel(Term::Dot, a, b)
+}
+
+/// Manhattan distance `Σ |a_i − b_i|`.
+#[inline]
+pub fn l1_distance(a: &[f32], b: &[f32]) -> f32 {
+    f32_kernel(Term::L1, a, b)
+}
 
 /// The value of IEEE 754 half-precision bits `h` (finite codes only: the
 /// encoder never writes infinities or NaNs, and a damaged code just reads
@@ -114,30 +171,10 @@ pub fn half_to_f32(h: u16) -> f32 {
     f32::from_bits(magnitude.to_bits() | ((h & 0x8000) << 16))
 }
 
-/// The three half-precision kernels differ only in the term they sum.
-#[derive(Clone, Copy)]
-enum HalfTerm {
-    L2,
-    Dot,
-    L1,
-}
-
-impl HalfTerm {
-    /// One term of the sum, for query value `x` and stored value `y`.
-    #[inline(always)]
-    fn apply(self, x: f32, y: f32) -> f32 {
-        match self {
-            HalfTerm::L2 => (x - y) * (x - y),
-            HalfTerm::Dot => x * y,
-            HalfTerm::L1 => (x - y).abs(),
-        }
-    }
-}
-
 /// Portable half-precision kernel: same lanes and summation order as the
 /// `f32` kernels, decoding each code with [`half_to_f32`].
 #[inline(always)]
-fn half_portable(term: HalfTerm, q: &[f32], codes: &[u16], scale: f32) -> f32 {
+fn half_portable(term: Term, q: &[f32], codes: &[u16], scale: f32) -> f32 {
     let n = q.len().min(codes.len());
     let (q, codes) = (&q[..n], &codes[..n]);
     let f = |x: f32, c: u16| term.apply(x, half_to_f32(c) * scale);
@@ -163,7 +200,7 @@ fn half_portable(term: HalfTerm, q: &[f32], codes: &[u16], scale: f32) -> f32 {
 /// The CPU must support AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn half_f16c(term: HalfTerm, q: &[f32], codes: &[u16], scale: f32) -> f32 {
+unsafe fn half_f16c(term: Term, q: &[f32], codes: &[u16], scale: f32) -> f32 {
     use std::arch::x86_64::*;
     let n = q.len().min(codes.len());
     let chunks = n / LANES;
@@ -180,12 +217,12 @@ unsafe fn half_f16c(term: HalfTerm, q: &[f32], codes: &[u16], scale: f32) -> f32
             };
             let y = _mm256_mul_ps(_mm256_cvtph_ps(h), scale8);
             *a = match term {
-                HalfTerm::L2 => {
+                Term::L2 => {
                     let d = _mm256_sub_ps(x, y);
                     _mm256_fmadd_ps(d, d, *a)
                 }
-                HalfTerm::Dot => _mm256_fmadd_ps(x, y, *a),
-                HalfTerm::L1 => _mm256_add_ps(*a, _mm256_andnot_ps(sign, _mm256_sub_ps(x, y))),
+                Term::Dot => _mm256_fmadd_ps(x, y, *a),
+                Term::L1 => _mm256_add_ps(*a, _mm256_andnot_ps(sign, _mm256_sub_ps(x, y))),
             };
         }
     }
@@ -210,7 +247,7 @@ fn has_f16c() -> bool {
 }
 
 #[inline(always)]
-fn half_kernel(term: HalfTerm, q: &[f32], codes: &[u16], scale: f32) -> f32 {
+fn half_kernel(term: Term, q: &[f32], codes: &[u16], scale: f32) -> f32 {
     debug_assert_eq!(q.len(), codes.len());
     #[cfg(target_arch = "x86_64")]
     if has_f16c() {
@@ -225,20 +262,20 @@ fn half_kernel(term: HalfTerm, q: &[f32], codes: &[u16], scale: f32) -> f32 {
 /// `codes · scale` (same length).
 #[inline]
 pub fn l2_squared_distance_half(q: &[f32], codes: &[u16], scale: f32) -> f32 {
-    half_kernel(HalfTerm::L2, q, codes, scale)
+    half_kernel(Term::L2, q, codes, scale)
 }
 
 /// Inner product of `q` and the half-precision vector `codes · scale`.
 #[inline]
 pub fn inner_product_half(q: &[f32], codes: &[u16], scale: f32) -> f32 {
-    half_kernel(HalfTerm::Dot, q, codes, scale)
+    half_kernel(Term::Dot, q, codes, scale)
 }
 
 /// Manhattan distance between `q` and the half-precision vector
 /// `codes · scale`.
 #[inline]
 pub fn l1_distance_half(q: &[f32], codes: &[u16], scale: f32) -> f32 {
-    half_kernel(HalfTerm::L1, q, codes, scale)
+    half_kernel(Term::L1, q, codes, scale)
 }
 
 /// A vector as index pages store it: IEEE half-precision codes times a
@@ -419,41 +456,75 @@ pub fn norm(a: &[f32]) -> f64 {
 /// lanes and summation order of the other kernels.
 #[inline]
 fn cosine_sums(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
-    #[inline(always)]
-    fn portable(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
-        let n = a.len().min(b.len());
-        let (a, b) = (&a[..n], &b[..n]);
-        let (mut dot, mut na, mut nb) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
-        let chunks = n / LANES;
-        for c in 0..chunks {
-            for i in 0..LANES {
-                let (x, y) = (a[c * LANES + i], b[c * LANES + i]);
-                dot[i] += x * y;
-                na[i] += x * x;
-                nb[i] += y * y;
-            }
-        }
-        let (mut tdot, mut tna, mut tnb) = (0.0f32, 0.0f32, 0.0f32);
-        for i in chunks * LANES..n {
-            tdot += a[i] * b[i];
-            tna += a[i] * a[i];
-            tnb += b[i] * b[i];
-        }
-        (reduce(dot) + tdot, reduce(na) + tna, reduce(nb) + tnb)
-    }
     #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
-            portable(a, b)
-        }
-        if has_avx2() {
-            // SAFETY: `has_avx2` checked at run time that this CPU supports
-            // the AVX2 and FMA instructions `avx2` uses.
-            return unsafe { avx2(a, b) };
+    if has_avx2() {
+        // SAFETY: `has_avx2` checked at run time that this CPU supports AVX2.
+        return unsafe { cosine_sums_avx2(a, b) };
+    }
+    cosine_sums_portable(a, b)
+}
+
+#[inline(always)]
+fn cosine_sums_portable(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let (mut dot, mut na, mut nb) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+    let chunks = n / LANES;
+    for c in 0..chunks {
+        for i in 0..LANES {
+            let (x, y) = (a[c * LANES + i], b[c * LANES + i]);
+            dot[i] += x * y;
+            na[i] += x * x;
+            nb[i] += y * y;
         }
     }
-    portable(a, b)
+    let (mut tdot, mut tna, mut tnb) = (0.0f32, 0.0f32, 0.0f32);
+    for i in chunks * LANES..n {
+        tdot += a[i] * b[i];
+        tna += a[i] * a[i];
+        tnb += b[i] * b[i];
+    }
+    (reduce(dot) + tdot, reduce(na) + tna, reduce(nb) + tnb)
+}
+
+/// [`cosine_sums_portable`] in AVX2 registers, bit for bit (see
+/// [`f32_avx2`]).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn cosine_sums_avx2(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let chunks = n / LANES;
+    let mut acc = [[_mm256_setzero_ps(); 2]; 3];
+    for c in 0..chunks {
+        for half in 0..2 {
+            let i = c * LANES + 8 * half;
+            // SAFETY: i + 8 <= chunks * LANES <= n, the length of both
+            // slices; unaligned loads.
+            let (x, y) = unsafe { (_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i))) };
+            acc[0][half] = _mm256_add_ps(acc[0][half], _mm256_mul_ps(x, y));
+            acc[1][half] = _mm256_add_ps(acc[1][half], _mm256_mul_ps(x, x));
+            acc[2][half] = _mm256_add_ps(acc[2][half], _mm256_mul_ps(y, y));
+        }
+    }
+    let mut lanes = [[0.0f32; LANES]; 3];
+    for (out, v) in lanes.iter_mut().zip(acc.iter()) {
+        // SAFETY: each `out` holds 16 f32s, two unaligned 8-lane stores.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), v[0]);
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), v[1]);
+        }
+    }
+    let (mut tdot, mut tna, mut tnb) = (0.0f32, 0.0f32, 0.0f32);
+    for i in chunks * LANES..n {
+        tdot += a[i] * b[i];
+        tna += a[i] * a[i];
+        tnb += b[i] * b[i];
+    }
+    (reduce(lanes[0]) + tdot, reduce(lanes[1]) + tna, reduce(lanes[2]) + tnb)
 }
 
 /// Euclidean distance as the SQL operator `<->` returns it: the `f32` sum of
@@ -704,6 +775,32 @@ mod tests {
         }
     }
 
+    /// The AVX2 kernels are the portable ones, bit for bit (so results do
+    /// not depend on the CPU).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_kernels_equal_the_portable_ones_bit_for_bit() {
+        if !has_avx2() {
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        for n in [0usize, 1, 5, 15, 16, 17, 33, 100, 384, 1000, 2000] {
+            for _ in 0..20 {
+                let a: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0..3.0)).collect();
+                let b: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0..3.0)).collect();
+                for term in [Term::L2, Term::Dot, Term::L1] {
+                    // SAFETY: has_avx2 checked above.
+                    let fast = unsafe { f32_avx2(term, &a, &b) };
+                    assert_eq!(fast.to_bits(), f32_portable(term, &a, &b).to_bits(), "n={n}");
+                }
+                // SAFETY: has_avx2 checked above.
+                let (x, y, z) = unsafe { cosine_sums_avx2(&a, &b) };
+                let (p, q, r) = cosine_sums_portable(&a, &b);
+                assert_eq!((x.to_bits(), y.to_bits(), z.to_bits()), (p.to_bits(), q.to_bits(), r.to_bits()));
+            }
+        }
+    }
+
     #[test]
     fn pgvector_reference_values() {
         let a = [1.0, 2.0, 3.0];
@@ -748,7 +845,7 @@ mod tests {
             for m in [Metric::L2, Metric::InnerProduct, Metric::L1] {
                 assert!(close(m.distance_half(&q, &h.codes, h.scale) as f64, m.distance(&q, &y) as f64), "{m:?} n={n}");
             }
-            for term in [HalfTerm::L2, HalfTerm::Dot, HalfTerm::L1] {
+            for term in [Term::L2, Term::Dot, Term::L1] {
                 let portable = half_portable(term, &q, &h.codes, h.scale) as f64;
                 #[cfg(target_arch = "x86_64")]
                 if has_f16c() {
@@ -757,9 +854,9 @@ mod tests {
                     assert!(close(portable, f16c), "n={n}: {portable} vs {f16c}");
                 }
                 let reference = match term {
-                    HalfTerm::L2 => l2_squared_distance(&q, &y),
-                    HalfTerm::Dot => inner_product(&q, &y),
-                    HalfTerm::L1 => l1_distance(&q, &y),
+                    Term::L2 => l2_squared_distance(&q, &y),
+                    Term::Dot => inner_product(&q, &y),
+                    Term::L1 => l1_distance(&q, &y),
                 } as f64;
                 assert!(close(portable, reference), "n={n}");
             }

@@ -1,33 +1,120 @@
 //! `ambuild` and `ambuildempty`: `CREATE INDEX ... USING hnsw`.
 //!
 //! The build path:
-//! 1. scan the heap with the table AM's `index_build_range_scan`, inserting
-//!    each value into a [`MemoryGraph`] in its codec's working form
-//!    ([`super::prepare_datum`]: normalised for cosine; NULLs and, for
-//!    cosine, zero vectors are not indexed);
-//! 2. if the graph outgrows `maintenance_work_mem`, write it out and go on
-//!    with on-disk inserts (slower; a NOTICE says so, as pgvector does);
-//! 3. lay the graph out on pages ([`write_graph`]): element and neighbor items
-//!    packed in insertion order, then the meta page with the entry point;
-//! 4. WAL-log every page once as a full image.
+//! 1. decide how many threads insert into the graph: the leader (this
+//!    backend's own thread) plus the parallel workers PostgreSQL would plan
+//!    for this table ([`build_threads`]); workers are threads of this
+//!    backend, never processes, and never call into PostgreSQL;
+//! 2. scan the heap (`table_index_build_scan`, on the leader) and load each
+//!    value into a [`ParallelInsert`] over a [`MemoryGraph`] in its codec's
+//!    working form ([`super::prepare_datum`]: normalised for cosine; NULLs
+//!    and, for cosine, zero vectors are not indexed); worker threads link
+//!    loaded elements into the graph as they arrive, and the leader joins
+//!    them once the scan is done (with one thread, the leader links each row
+//!    right after loading it, so the graph depends only on the rows and
+//!    their order);
+//! 3. if the graph, the threads' scratch space and the page layout
+//!    [`write_graph`] will need would outgrow `maintenance_work_mem`, stop
+//!    loading, link what is loaded, write it out and go on with on-disk
+//!    inserts on the leader (slower; a NOTICE says so, as pgvector does);
+//! 4. lay the graph out on pages ([`write_graph`]): element and neighbor
+//!    items packed in insertion order, written one page at a time, then the
+//!    meta page with the entry point; WAL-log every page once as a full
+//!    image.
+//!
+//! A cancel, `statement_timeout` or error in any phase unwinds through
+//! [`Workers`]' `Drop`, which stops and joins the threads before the graph
+//! is freed; the leader checks for interrupts between the elements it
+//! links and the pages it writes.
+
+use std::sync::Arc;
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgMemoryContexts, PgSqlErrorCode};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::codec::Codec;
-use super::graph::{random_level, MemoryGraph, Params};
+use super::codec::{Codec, Kind};
+use super::graph::{random_level, InsertFailure, MemoryGraph, OutOfMemory, ParallelInsert, Params, Scratch};
 use super::page::{
     self, encode_element, encode_neighbors, item_footprint, ItemPointer, Meta, PageImage, PageKind, EMPTY_PAGE_SPACE,
 };
 use super::storage::{from_pg_tid, IndexRel};
 use super::{index_codec, insert, options, prepare_datum, PROGRESS_PHASE_LOAD, PROGRESS_PHASE_WRITE};
-use crate::error::raise;
+use crate::error::{raise, raise_detail};
 
 /// Seed of the level draws during a build, so the same rows in the same
-/// order give the same graph (inserts after the build draw from entropy).
+/// order give the same levels (and, with one thread, the same graph);
+/// inserts after the build draw from entropy.
 const BUILD_SEED: u64 = 0x5eed_0f_4e5f;
+
+/// Bytes [`write_graph`] needs per element for the page layout (two item
+/// addresses), counted against `maintenance_work_mem` while loading.
+const LAYOUT_BYTES_PER_ELEMENT: usize = 2 * std::mem::size_of::<ItemPointer>() + 2;
+
+/// Page images [`write_graph`] may hold at once (pages still receiving
+/// neighbor items), counted against `maintenance_work_mem` while loading.
+const LAYOUT_OPEN_PAGES: usize = 16;
+
+/// The worker threads of a build; stopping and joining them on drop, so an
+/// ERROR (cancel, timeout) unwinding through `ambuild` never leaves a
+/// thread running over a graph being freed.
+struct Workers {
+    shared: Arc<ParallelInsert<Codec>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `n` threads linking elements of `shared`; fewer if the system
+    /// refuses to create more (the leader links whatever they leave).
+    ///
+    /// The threads start with every signal blocked (they inherit the mask
+    /// the leader holds while creating them), so PostgreSQL's signal
+    /// handlers (cancel, timeouts, latches) always run on the leader.
+    fn start(shared: &Arc<ParallelInsert<Codec>>, n: usize) -> Workers {
+        let mut handles = Vec::with_capacity(n);
+        // SAFETY: zeroed sigset_t values are valid to pass to sigfillset and
+        // pthread_sigmask, which only touch this thread's mask.
+        let old = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            old
+        };
+        for i in 0..n {
+            let s = Arc::clone(shared);
+            match std::thread::Builder::new().name(format!("hnsw build {}", i + 1)).spawn(move || s.work()) {
+                Ok(h) => handles.push(h),
+                Err(_) => break,
+            }
+        }
+        // SAFETY: restores the leader's own mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        Workers { shared: Arc::clone(shared), handles }
+    }
+
+    /// Stops the threads and waits for them.
+    fn join(&mut self) {
+        self.shared.stop();
+        for h in self.handles.drain(..) {
+            // A worker catches its own panics (see `ParallelInsert::work`).
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+/// The in-memory phase: the shared graph and its worker threads.
+struct InMemory {
+    shared: Arc<ParallelInsert<Codec>>,
+    workers: Workers,
+}
 
 /// Everything the heap-scan callback needs.
 struct BuildState {
@@ -35,11 +122,21 @@ struct BuildState {
     codec: Codec,
     params: Params,
     max_level: usize,
-    graph: Option<MemoryGraph<Codec>>,
+    /// Threads inserting (the leader included).
+    threads: usize,
+    /// `None` before the first row and after the graph was written out
+    /// (then rows go to disk if `spilled`).
+    memory: Option<InMemory>,
+    spilled: bool,
     memory_limit: usize,
     rng: SmallRng,
     index_tuples: f64,
     tmp: PgMemoryContexts,
+    /// The leader's search scratch space.
+    scratch: Scratch,
+    /// Most bytes the build counted against `maintenance_work_mem`, and
+    /// elements in memory then (for the DEBUG1 summary).
+    peak: (usize, usize),
 }
 
 fn progress(param: u32, value: i64) {
@@ -59,6 +156,47 @@ fn meta_for(codec: Codec, params: Params, entry: Option<(ItemPointer, u16)>) -> 
     }
 }
 
+/// Raises the out-of-memory error for a failed graph allocation
+/// (SQLSTATE 53200).
+fn out_of_memory(e: OutOfMemory) -> ! {
+    raise_detail(
+        PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY,
+        "out of memory",
+        format!("Failed on request of size {} bytes while building the hnsw graph.", e.bytes),
+    )
+}
+
+/// Raises the error a failed worker thread reported.
+fn worker_failed(f: InsertFailure) -> ! {
+    match f {
+        InsertFailure::OutOfMemory(e) => out_of_memory(e),
+        InsertFailure::Panic(message) => {
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("hnsw build thread failed: {message}"))
+        }
+    }
+}
+
+/// How many threads a build of `index` on `heap` uses: one (the leader)
+/// plus the parallel workers PostgreSQL plans for an index build of this
+/// table (`plan_create_index_workers`: the table's `parallel_workers`
+/// reloption if set, otherwise by table size, capped by
+/// `max_parallel_maintenance_workers` and by `maintenance_work_mem` at 32 MB
+/// per participant; none for temporary tables), capped by
+/// `max_worker_processes` and `max_parallel_workers`, as pgvector's workers
+/// are.
+fn build_threads(heap: pg_sys::Relation, index: pg_sys::Relation) -> usize {
+    // SAFETY: both relations are open and locked by CREATE INDEX (as
+    // plan_create_index_workers requires); the GUCs are this backend's.
+    let (planned, max_processes, max_parallel) = unsafe {
+        (
+            pg_sys::plan_create_index_workers((*heap).rd_id, (*index).rd_id),
+            pg_sys::max_worker_processes,
+            pg_sys::max_parallel_workers,
+        )
+    };
+    1 + planned.min(max_processes).min(max_parallel).max(0) as usize
+}
+
 /// `ambuild`: builds the index over every row of `heap`.
 #[pg_guard]
 pub unsafe extern "C-unwind" fn ambuild(
@@ -72,46 +210,61 @@ pub unsafe extern "C-unwind" fn ambuild(
     }
     let params = options::params_of(index);
     let codec = index_codec(index);
-    let max_level = page::max_level(params.m);
+    let threads = build_threads(heap, index);
     // SAFETY: reading a GUC variable of this backend.
     let memory_limit = unsafe { pg_sys::maintenance_work_mem } as usize * 1024;
     let mut state = BuildState {
         rel,
         codec,
         params,
-        max_level,
-        graph: Some(MemoryGraph::new(codec, params, max_level)),
+        max_level: page::max_level(params.m),
+        threads,
+        memory: None,
+        spilled: false,
         memory_limit,
         rng: SmallRng::seed_from_u64(BUILD_SEED),
         index_tuples: 0.0,
         tmp: PgMemoryContexts::new("hnsw build tuple"),
+        scratch: Scratch::default(),
+        peak: (0, 0),
     };
     progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PROGRESS_PHASE_LOAD);
     // SAFETY: heap and index are open and locked by CREATE INDEX; the
-    // callback receives `state` back as its last argument. The scan returns
-    // the number of live heap tuples it saw (all of them, not only those a
-    // partial index's predicate admits): what PostgreSQL records as the
-    // table's reltuples.
+    // callback receives `state` back as its last argument. The call goes
+    // through pgrx's guarded binding of PostgreSQL's wrapper, so an ERROR
+    // raised inside the scan (a cancel, a bad row) unwinds our frames as a
+    // Rust panic instead of jumping over them. The scan returns the number
+    // of live heap tuples it saw (all of them, not only those a partial
+    // index's predicate admits): what PostgreSQL records as reltuples.
     let heap_tuples = unsafe {
-        let am = (*heap).rd_tableam;
-        let scan = (*am).index_build_range_scan.expect("table AM without index_build_range_scan");
-        scan(
+        pg_sys::table_index_build_scan(
             heap,
             index,
             index_info,
             true,
-            false,
             true,
-            0,
-            pg_sys::InvalidBlockNumber,
             Some(build_callback),
             &mut state as *mut BuildState as *mut std::ffi::c_void,
             std::ptr::null_mut(),
         )
     };
-    if let Some(graph) = state.graph.take() {
+    if let Some(graph) = finish_in_memory(&mut state) {
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PROGRESS_PHASE_WRITE);
         write_graph(&state.rel, &graph);
+        drop(graph);
+        pgrx::ereport!(
+            DEBUG1,
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!(
+                "hnsw graph: {} elements, {:.1} MB of maintenance_work_mem at most, {} threads",
+                state.peak.1,
+                state.peak.0 as f64 / (1 << 20) as f64,
+                state.threads
+            )
+        );
+    } else if !state.spilled {
+        // No row was indexed: an empty index (meta page only).
+        write_graph(&state.rel, &MemoryGraph::new(codec, params, state.max_level));
     }
     // SAFETY: palloc0 returns zeroed memory for the result struct.
     unsafe {
@@ -122,7 +275,7 @@ pub unsafe extern "C-unwind" fn ambuild(
     }
 }
 
-/// Called by the table AM for each heap tuple to index.
+/// Called by the table AM for each heap tuple to index (on the leader).
 #[pg_guard]
 unsafe extern "C-unwind" fn build_callback(
     _index: pg_sys::Relation,
@@ -132,7 +285,7 @@ unsafe extern "C-unwind" fn build_callback(
     _tuple_is_alive: bool,
     state: *mut std::ffi::c_void,
 ) {
-    // SAFETY: `state` is the BuildState passed to index_build_range_scan;
+    // SAFETY: `state` is the BuildState passed to table_index_build_scan;
     // values/isnull have one entry per index column (one column here).
     let (state, datum, null, tid) = unsafe { (&mut *(state as *mut BuildState), *values, *isnull, from_pg_tid(&*tid)) };
     if null {
@@ -147,24 +300,124 @@ unsafe extern "C-unwind" fn build_callback(
         return;
     };
     let level = random_level(state.rng.gen::<f64>(), state.params.level_multiplier(), state.max_level);
-    match state.graph.as_mut() {
-        Some(graph) => {
-            graph.insert(&vector, tid.pack(), level);
-            if graph.memory_bytes() > state.memory_limit {
-                spill_to_disk(state);
+    if !state.spilled && state.memory.is_none() {
+        start_in_memory(state, &vector);
+    }
+    let needed = state.memory.as_ref().map(|mem| {
+        let shared = &mem.shared;
+        let held = shared.memory_bytes() + state.scratch.memory_bytes() + layout_bytes(shared.loaded() as usize);
+        (held, held + shared.bytes_for_next(vector.len(), level) + LAYOUT_BYTES_PER_ELEMENT, shared.loaded() as usize)
+    });
+    let over = needed.is_some_and(|(held, next, n)| {
+        if held > state.peak.0 {
+            state.peak = (held, n);
+        }
+        next > state.memory_limit
+    });
+    if over {
+        spill_to_disk(state);
+    }
+    match &state.memory {
+        Some(mem) => {
+            let shared = Arc::clone(&mem.shared);
+            shared.load(&vector, tid.pack(), level).unwrap_or_else(|e| out_of_memory(e));
+            if state.threads == 1 {
+                // The leader alone: link right away, in heap order.
+                shared.link_one(&mut state.scratch).unwrap_or_else(|e| out_of_memory(e));
+            } else if shared.loaded() % 1024 == 0 {
+                if let Some(f) = shared.failure() {
+                    worker_failed(f);
+                }
+            }
+            if shared.loaded() % 1024 == 0 {
+                progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, shared.linked() as i64);
             }
         }
-        None => insert::insert_prepared(&state.rel, &vector, tid, level),
+        None => {
+            insert::insert_prepared(&state.rel, &vector, tid, level);
+            if (state.index_tuples as u64) % 1024 == 0 {
+                progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, state.index_tuples as i64);
+            }
+        }
     }
     state.index_tuples += 1.0;
-    if (state.index_tuples as u64) % 1000 == 0 {
-        progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, state.index_tuples as i64);
+}
+
+/// Bytes [`write_graph`] will need to lay out `n` elements.
+fn layout_bytes(n: usize) -> usize {
+    n * LAYOUT_BYTES_PER_ELEMENT + LAYOUT_OPEN_PAGES * std::mem::size_of::<PageImage>()
+}
+
+/// Creates the in-memory graph on the first row (whose working form fixes
+/// the vector length of dense types) and starts the worker threads.
+fn start_in_memory(state: &mut BuildState, first: &[u32]) {
+    let vector_len = match state.codec.kind() {
+        Kind::SparseVec => None,
+        _ => Some(first.len()),
+    };
+    let graph = MemoryGraph::with_vector_len(state.codec, state.params, state.max_level, vector_len);
+    let shared = Arc::new(ParallelInsert::new(graph));
+    let workers = Workers::start(&shared, state.threads - 1);
+    // Fewer threads if the system would not start them all.
+    state.threads = workers.handles.len() + 1;
+    if !state.spilled && state.threads > 1 {
+        pgrx::ereport!(
+            DEBUG1,
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("using {} parallel workers", state.threads - 1),
+            format!("The workers are threads of this backend; {} threads insert into the graph.", state.threads)
+        );
     }
+    state.memory = Some(InMemory { shared, workers });
+}
+
+/// Links everything loaded (the leader helping the workers), stops the
+/// workers and returns the graph; `None` if nothing was loaded into memory.
+fn finish_in_memory(state: &mut BuildState) -> Option<MemoryGraph<Codec>> {
+    let InMemory { shared, mut workers } = state.memory.take()?;
+    shared.close();
+    let mut last_report = 0;
+    loop {
+        pgrx::check_for_interrupts!();
+        if let Some(f) = shared.failure() {
+            worker_failed(f);
+        }
+        let linked_one = shared.link_one(&mut state.scratch).unwrap_or_else(|e| out_of_memory(e));
+        let linked = shared.linked();
+        if linked >= last_report + 1024 {
+            last_report = linked;
+            progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, linked as i64);
+        }
+        if !linked_one {
+            if linked >= shared.loaded() {
+                break;
+            }
+            // The workers are finishing their last elements.
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+    workers.join();
+    if let Some(f) = shared.failure() {
+        worker_failed(f);
+    }
+    drop(workers);
+    let shared = Arc::try_unwrap(shared)
+        .unwrap_or_else(|_| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "hnsw build threads still hold the graph"));
+    let mut graph = shared.into_graph().unwrap_or_else(|e| out_of_memory(e));
+    // Concurrent prunes (and, rarely, pruning with few slots) can leave an
+    // element without inbound links: link it from its nearest neighbor.
+    graph.repair_reachability(&mut state.scratch).unwrap_or_else(|e| out_of_memory(e));
+    let held = graph.memory_bytes() + state.scratch.memory_bytes() + layout_bytes(graph.len());
+    if held > state.peak.0 {
+        state.peak = (held, graph.len());
+    }
+    Some(graph)
 }
 
 /// Writes the in-memory graph out and switches the build to on-disk inserts.
 fn spill_to_disk(state: &mut BuildState) {
-    let graph = state.graph.take().expect("graph in memory");
+    let Some(graph) = finish_in_memory(state) else { return };
+    state.spilled = true;
     pgrx::ereport!(
         NOTICE,
         PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
@@ -174,13 +427,14 @@ fn spill_to_disk(state: &mut BuildState) {
     write_graph(&state.rel, &graph);
 }
 
-/// Where each element's two items go: `(element item, neighbor item)`.
+/// Where each element's two items go, `(element item, neighbor item)`, and
+/// how many items each page gets.
 ///
 /// Element items fill pages in insertion order; each neighbor item goes to
 /// the first earlier page with room (else the current one), so the space an
 /// element item cannot use at the end of a page is filled with neighbor
 /// items instead of being wasted.
-fn place(graph: &MemoryGraph<Codec>, m: usize) -> Vec<(ItemPointer, ItemPointer)> {
+fn place(graph: &MemoryGraph<Codec>, m: usize) -> (Vec<(ItemPointer, ItemPointer)>, Vec<u16>) {
     struct Page {
         free: usize,
         items: u16,
@@ -194,60 +448,84 @@ fn place(graph: &MemoryGraph<Codec>, m: usize) -> Vec<(ItemPointer, ItemPointer)
         ItemPointer { block: index as u32 + 1, offset: p.items }
     };
     let codec = *graph.space();
-    (0..graph.len() as u32)
-        .map(|id| {
-            let element_size = page::element_item_size(codec.payload_len(graph.vector(id)));
-            if item_footprint(element_size) > pages.last().unwrap().free {
-                pages.push(Page { free: EMPTY_PAGE_SPACE, items: 0 });
-            }
-            let last = pages.len() - 1;
-            let e = put(&mut pages, last, element_size);
-            let size = page::neighbor_item_size(m, graph.level(id));
-            while first_with_room < last && pages[first_with_room].free < item_footprint(page::neighbor_item_size(m, 0))
-            {
-                first_with_room += 1;
-            }
-            let target =
-                (first_with_room..=last).find(|&i| pages[i].free >= item_footprint(size)).unwrap_or_else(|| {
-                    pages.push(Page { free: EMPTY_PAGE_SPACE, items: 0 });
-                    pages.len() - 1
-                });
-            let n = put(&mut pages, target, size);
-            (e, n)
-        })
-        .collect()
+    let mut placement = Vec::new();
+    if placement.try_reserve_exact(graph.len()).is_err() {
+        out_of_memory(OutOfMemory { bytes: graph.len() * std::mem::size_of::<(ItemPointer, ItemPointer)>() });
+    }
+    for id in 0..graph.len() as u32 {
+        let element_size = page::element_item_size(codec.payload_len(graph.vector(id)));
+        if item_footprint(element_size) > pages.last().unwrap().free {
+            pages.push(Page { free: EMPTY_PAGE_SPACE, items: 0 });
+        }
+        let last = pages.len() - 1;
+        let e = put(&mut pages, last, element_size);
+        let size = page::neighbor_item_size(m, graph.level(id));
+        while first_with_room < last && pages[first_with_room].free < item_footprint(page::neighbor_item_size(m, 0)) {
+            first_with_room += 1;
+        }
+        let target = (first_with_room..=last).find(|&i| pages[i].free >= item_footprint(size)).unwrap_or_else(|| {
+            pages.push(Page { free: EMPTY_PAGE_SPACE, items: 0 });
+            pages.len() - 1
+        });
+        let n = put(&mut pages, target, size);
+        placement.push((e, n));
+    }
+    let items = pages.iter().map(|p| p.items).collect();
+    (placement, items)
 }
 
 /// Lays `graph` out on pages after the meta page and writes them, then
 /// WAL-logs the whole index. The index must be empty.
+///
+/// Items are added in insertion order; a page is written (in block order)
+/// as soon as all its items are in, so only the few pages still receiving
+/// neighbor items are held in memory.
 pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph<Codec>) {
     let (params, codec) = (graph.params(), *graph.space());
-    let placement = place(graph, params.m);
+    let (placement, items) = place(graph, params.m);
     let entry = graph.entry().map(|(id, level)| (placement[id as usize].0, level as u16));
     let mut meta_page = PageImage::new(PageKind::Meta);
     meta_for(codec, params, entry).write_page(&mut meta_page.0);
     let meta_block = rel.append_unlogged_image(&meta_page.0);
     assert_eq!(meta_block, page::META_BLOCK, "meta page must be block 0");
-
-    let npages = placement.iter().map(|(e, n)| e.block.max(n.block)).max().unwrap_or(0) as usize;
-    let mut images: Vec<Box<PageImage>> = (0..npages).map(|_| PageImage::new(PageKind::Graph)).collect();
-    let mut add = |at: ItemPointer, item: &[u8]| {
-        let offset = page::add_item(&mut images[at.block as usize - 1].0, item);
+    if graph.is_empty() {
+        rel.log_all_pages();
+        return;
+    }
+    // Open pages: block `written + 1 + i` is `open[i]`, with its items added.
+    let mut open: std::collections::VecDeque<(Box<PageImage>, u16)> = std::collections::VecDeque::new();
+    let mut written = 0u32;
+    let mut add = |at: ItemPointer, item: &[u8], open: &mut std::collections::VecDeque<(Box<PageImage>, u16)>| {
+        let i = (at.block - written - 1) as usize;
+        while open.len() <= i {
+            open.push_back((PageImage::new(PageKind::Graph), 0));
+        }
+        let (image, added) = &mut open[i];
+        let offset = page::add_item(&mut image.0, item);
         assert_eq!(offset, Some(at.offset), "placement matches page layout");
+        *added += 1;
+        // Write out every leading page that is complete.
+        while let Some((image, added)) = open.front() {
+            if *added < items[written as usize] {
+                break;
+            }
+            let block = rel.append_unlogged_image(&image.0);
+            assert_eq!(block, written + 1, "pages are written in order");
+            written += 1;
+            open.pop_front();
+            pgrx::check_for_interrupts!();
+        }
     };
     for id in 0..graph.len() as u32 {
         let (etid, ntid) = placement[id as usize];
         let tids: Vec<ItemPointer> = graph.heap_tids(id).iter().map(|&t| ItemPointer::unpack(t)).collect();
-        add(etid, &encode_element(graph.level(id), &tids, ntid, &codec.encode(graph.vector(id))));
+        add(etid, &encode_element(graph.level(id), &tids, ntid, &codec.encode(graph.vector(id))), &mut open);
         let lists: Vec<Vec<ItemPointer>> = (0..=graph.level(id))
             .map(|layer| graph.neighbor_ids(id, layer).iter().map(|&n| placement[n as usize].0).collect())
             .collect();
-        add(ntid, &encode_neighbors(params.m, graph.level(id), &lists));
+        add(ntid, &encode_neighbors(params.m, graph.level(id), &lists), &mut open);
     }
-    for (i, image) in images.iter().enumerate() {
-        let written = rel.append_unlogged_image(&image.0);
-        assert_eq!(written as usize, i + 1, "pages are written in order");
-    }
+    assert!(open.is_empty(), "every page was written");
     rel.log_all_pages();
 }
 

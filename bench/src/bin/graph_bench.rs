@@ -1,41 +1,151 @@
-//! The HNSW graph code alone (`src/hnsw/graph.rs`, no PostgreSQL), on the
-//! real dataset: in-memory build time, and recall@10 / QPS per ef_search,
-//! single thread. Compare with `bench sweep` (the same graph in buffer pages)
-//! and hnswlib (the algorithm's ceiling).
+//! The HNSW graph code alone (`src/hnsw/graph.rs`, no PostgreSQL) beside
+//! hnswlib, in one run on the real dataset: in-memory build time (wall and
+//! CPU), recall@10 and QPS per ef_search on one thread, and our QPS at
+//! hnswlib's recall levels (interpolated on our recall/QPS curve).
 //!
-//! `cargo run --release --manifest-path bench/Cargo.toml --bin graph_bench`
+//! `cargo run --release --manifest-path bench/Cargo.toml --bin graph_bench -- [--threads N] [--no-hnswlib] [--python PATH]`
+//!
+//! `--threads N` builds with N threads ([`ParallelInsert`]: this thread
+//! loads and links, N − 1 more link), as `CREATE INDEX` does; hnswlib builds
+//! with as many. Queries always run on one thread. hnswlib runs through
+//! `bench/hnswlib_build.py` (PyPI `hnswlib` and `numpy`, looked up in
+//! `target/venv` first). On a busy machine the CPU-time figures are the
+//! steadier ones.
 
 use pg_hnsw_bench::distance::Metric;
-use pg_hnsw_bench::hnsw::graph::{random_level, MemoryGraph, Params};
+use pg_hnsw_bench::hnsw::graph::{random_level, MemoryGraph, ParallelInsert, Params, Scratch};
 use pg_hnsw_cluster_tests::{dataset_dir, read_fvecs, read_ivecs};
 use rand::{Rng, SeedableRng};
+use std::path::Path;
 use std::time::Instant;
 
+const EFS: [usize; 6] = [10, 20, 40, 80, 160, 320];
+
+/// CPU seconds this process has used (user + system, all threads).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn normalized(v: &[f32]) -> Vec<f32> {
+    let n = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    v.iter().map(|&x| (x as f64 / n) as f32).collect()
+}
+
+/// Our QPS at recall `r`, interpolated linearly on the `(recall, qps)` curve.
+fn qps_at(curve: &[(f64, f64)], r: f64) -> Option<f64> {
+    curve.windows(2).find(|w| w[0].0 <= r && r <= w[1].0).map(|w| {
+        let t = if w[1].0 > w[0].0 { (r - w[0].0) / (w[1].0 - w[0].0) } else { 0.0 };
+        w[0].1 + t * (w[1].1 - w[0].1)
+    })
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1).cloned());
+    let threads: usize = value("--threads").map_or(1, |t| t.parse().expect("--threads N"));
     let dir = dataset_dir();
-    let base = read_fvecs(&dir.join("base.fvecs"), usize::MAX);
-    let queries = read_fvecs(&dir.join("queries.fvecs"), usize::MAX);
+    let base: Vec<Vec<f32>> = read_fvecs(&dir.join("base.fvecs"), usize::MAX).iter().map(|v| normalized(v)).collect();
+    let queries: Vec<Vec<f32>> =
+        read_fvecs(&dir.join("queries.fvecs"), usize::MAX).iter().map(|v| normalized(v)).collect();
     let truth = read_ivecs(&dir.join("groundtruth.ivecs"), usize::MAX);
     let params = Params { m: 16, ef_construction: 64 };
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-    let mut g = MemoryGraph::new(Metric::Cosine, params, 16);
-    let t = Instant::now();
-    for (i, v) in base.iter().enumerate() {
-        g.insert(v, i as u64, random_level(rng.gen::<f64>(), params.level_multiplier(), 16));
-    }
-    let build = t.elapsed().as_secs_f64();
-    println!("graph.rs in memory: {} x {} cosine, m=16, ef_construction=64", base.len(), base[0].len());
-    println!("build {build:.1} s (one thread), {} of {} elements reachable", g.reachable(), g.len());
-    println!("| ef_search | recall@10 | QPS |\n|---|---|---|");
-    for ef in [10, 20, 40, 80, 160, 320] {
-        let t = Instant::now();
-        let mut hits = 0;
-        for (q, tr) in queries.iter().zip(&truth) {
-            let found = g.search(q, ef);
-            let tr: Vec<u64> = tr.iter().take(10).map(|&x| x as u64).collect();
-            hits += found.iter().take(10).filter(|c| tr.contains(&g.heap_tids(c.node)[0])).count();
+    let levels: Vec<usize> =
+        base.iter().map(|_| random_level(rng.gen::<f64>(), params.level_multiplier(), 16)).collect();
+
+    let (t, c) = (Instant::now(), cpu_seconds());
+    let insert = ParallelInsert::new(MemoryGraph::with_vector_len(Metric::Cosine, params, 16, Some(base[0].len())));
+    std::thread::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(|| insert.work());
         }
-        let qps = queries.len() as f64 / t.elapsed().as_secs_f64();
-        println!("| {ef} | {:.4} | {qps:.0} |", hits as f64 / (10 * queries.len()) as f64);
+        let mut sc = Scratch::default();
+        for (i, v) in base.iter().enumerate() {
+            insert.load(v, i as u64, levels[i]).expect("memory");
+            if threads == 1 {
+                insert.link_one(&mut sc).expect("memory");
+            }
+        }
+        insert.close();
+        while insert.link_one(&mut sc).expect("memory") {}
+    });
+    let mut g = insert.into_graph().expect("memory");
+    g.repair_reachability(&mut Scratch::default()).expect("memory");
+    let (build, build_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+    println!("graph.rs in memory: {} x {} cosine, m=16, ef_construction=64", base.len(), base[0].len());
+    println!(
+        "build {build:.1} s (CPU {build_cpu:.1} s) with {threads} thread(s), {} of {} elements reachable, {:.0} MB",
+        g.reachable(),
+        g.len(),
+        g.memory_bytes() as f64 / 1e6
+    );
+    println!("| ef_search | recall@10 | QPS | QPS (CPU time) |\n|---|---|---|---|");
+    let mut curve = Vec::new();
+    for ef in EFS {
+        for q in queries.iter().take(50) {
+            g.search(q, ef);
+        }
+        let (mut qps, mut qps_cpu, mut recall) = (0.0f64, 0.0f64, 0.0);
+        for _ in 0..3 {
+            let (t, c) = (Instant::now(), cpu_seconds());
+            let mut hits = 0;
+            for (q, tr) in queries.iter().zip(&truth) {
+                let found = g.search(q, ef.max(10));
+                hits += found.iter().take(10).filter(|c| tr[..10].contains(&(g.heap_tids(c.node)[0] as u32))).count();
+            }
+            qps = qps.max(queries.len() as f64 / t.elapsed().as_secs_f64());
+            qps_cpu = qps_cpu.max(queries.len() as f64 / (cpu_seconds() - c).max(0.01));
+            recall = hits as f64 / (10 * queries.len()) as f64;
+        }
+        println!("| {ef} | {recall:.4} | {qps:.0} | {qps_cpu:.0} |");
+        curve.push((recall, qps));
     }
+    if args.iter().any(|a| a == "--no-hnswlib") {
+        return;
+    }
+    let python = value("--python").unwrap_or_else(|| {
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv/bin/python");
+        if venv.exists() {
+            venv.display().to_string()
+        } else {
+            "python3".into()
+        }
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hnswlib_build.py");
+    let efs: Vec<String> = EFS.iter().map(|e| e.to_string()).collect();
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .arg("--dataset")
+        .arg(&dir)
+        .args(["--threads", &threads.to_string(), "--efs", &efs.join(",")])
+        .output();
+    let Some(lib) = out.ok().and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok()) else {
+        eprintln!("hnswlib not available for {python} (python3 -m venv target/venv && target/venv/bin/pip install hnswlib numpy)");
+        return;
+    };
+    println!(
+        "\nhnswlib: build {:.1} s (CPU {:.1} s) with {threads} thread(s)",
+        lib["build_s"].as_f64().unwrap_or(0.0),
+        lib["build_cpu_s"].as_f64().unwrap_or(0.0)
+    );
+    println!("| ef_search | recall@10 | QPS | QPS (CPU time) | graph.rs QPS at this recall | ratio |\n|---|---|---|---|---|---|");
+    for run in lib["runs"].as_array().into_iter().flatten() {
+        let (r, qps) = (run["recall_at_10"].as_f64().unwrap_or(0.0), run["qps"].as_f64().unwrap_or(0.0));
+        let ours = qps_at(&curve, r);
+        println!(
+            "| {} | {r:.4} | {qps:.0} | {:.0} | {} | {} |",
+            run["ef_search"],
+            run["qps_cpu"].as_f64().unwrap_or(0.0),
+            ours.map_or("-".into(), |q| format!("{q:.0}")),
+            ours.map_or("-".into(), |q| format!("{:.2}", q / qps))
+        );
+    }
+    println!(
+        "\nbuild time ratio graph.rs / hnswlib: {:.2} (wall), {:.2} (CPU)",
+        build / lib["build_s"].as_f64().unwrap_or(f64::NAN),
+        build_cpu / lib["build_cpu_s"].as_f64().unwrap_or(f64::NAN)
+    );
 }
