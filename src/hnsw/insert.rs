@@ -93,10 +93,13 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[u32], heap_tid: ItemPointer, le
     let (etid, ntid) = write_element(&store, level, heap_tid, &tids, &stored);
     let new = store.node(etid);
     debug_assert_eq!(new.neighbors, ntid);
+    // Searches end on layer 0, so `new` needs an inbound link there, not
+    // only on an upper layer.
     let mut linked = false;
     for (layer, list) in lists.iter().enumerate() {
         for c in list {
-            linked |= add_reverse_link(&mut store, &c.node, &new, layer);
+            let kept = add_reverse_link(&mut store, &c.node, &new, layer);
+            linked |= kept && layer == 0;
         }
     }
     if !linked {
@@ -105,6 +108,12 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[u32], heap_tid: ItemPointer, le
         }
     }
     if level > entry_level as usize {
+        // Layer-0 reachability from the entry point: everything reachable
+        // from the old entry stays so once the new one links to it.
+        // (Never a link to a deleted element: see vacuum.rs, (a).)
+        if !store.node(entry).deleted {
+            relink_at_depth(&mut store, &new, entry, 0, 0, true);
+        }
         rel.set_entry(Some((etid, level as u16)));
     }
     rel.unlock_graph(mode);
@@ -262,9 +271,11 @@ fn force_link(store: &mut PageStore, node: &ElementNode, new: &ElementNode) {
             return;
         }
         let mut list = current.clone();
+        let mut displaced = None;
         if list.len() >= store.params().max_neighbors(0) {
-            let farthest = store.farthest(node.tid, &list);
-            list[farthest] = new.tid;
+            let i = displaceable(store, node.tid, &list);
+            displaced = Some(list[i]);
+            list[i] = new.tid;
         } else {
             list.push(new.tid);
         }
@@ -277,6 +288,9 @@ fn force_link(store: &mut PageStore, node: &ElementNode, new: &ElementNode) {
             Some(())
         });
         if written.is_some() {
+            if let Some(d) = displaced {
+                relink_at_depth(store, new, d, 0, 1, false);
+            }
             return;
         }
     }
@@ -347,10 +361,18 @@ pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &Element
 /// have no inbound link left), replaces the farthest entry of `new`'s list
 /// with it, and checks the displaced element the same way (to depth 2).
 fn relink(store: &mut PageStore, new: &ElementNode, dropped: ItemPointer, layer: usize) {
-    relink_at_depth(store, new, dropped, layer, 0);
+    relink_at_depth(store, new, dropped, layer, 0, false);
 }
 
-fn relink_at_depth(store: &mut PageStore, new: &ElementNode, dropped: ItemPointer, layer: usize, depth: usize) {
+/// With `force`, links `dropped` even when it has back links of its own.
+fn relink_at_depth(
+    store: &mut PageStore,
+    new: &ElementNode,
+    dropped: ItemPointer,
+    layer: usize,
+    depth: usize,
+    force: bool,
+) {
     if dropped == new.tid || layer > new.level as usize {
         return;
     }
@@ -371,13 +393,13 @@ fn relink_at_depth(store: &mut PageStore, new: &ElementNode, dropped: ItemPointe
         Some(())
     });
     let Some(current) = full else { return };
-    if depth >= 2 || has_back_link(store, dropped) {
+    if depth >= MAX_RELINK_DEPTH || (!force && has_back_link(store, dropped)) {
         return;
     }
-    let farthest = store.farthest(new.tid, &current);
-    let displaced = current[farthest];
+    let at = displaceable(store, new.tid, &current);
+    let displaced = current[at];
     let mut list = current.clone();
-    list[farthest] = dropped;
+    list[at] = dropped;
     let written = rel.modify(block, |p| {
         let (range, now) = list_in(&rel, p, new, layer, m);
         if now != current {
@@ -388,8 +410,28 @@ fn relink_at_depth(store: &mut PageStore, new: &ElementNode, dropped: ItemPointe
     });
     if written.is_some() {
         let dropped_node = store.node(dropped);
-        relink_at_depth(store, &dropped_node, displaced, layer.min(dropped_node.level as usize), depth + 1);
+        relink_at_depth(store, &dropped_node, displaced, layer.min(dropped_node.level as usize), depth + 1, false);
     }
+}
+
+/// How many displacements in a row [`relink`] follows (each moves the
+/// question "does it still have an inbound link?" to the element it
+/// displaced).
+const MAX_RELINK_DEPTH: usize = 4;
+
+/// Which entry of `owner`'s full `list` to give up for another link: the
+/// farthest one that [`has_back_link`] (so it stays reachable without this
+/// link), or the farthest of all when none has.
+fn displaceable(store: &mut PageStore, owner: ItemPointer, list: &[ItemPointer]) -> usize {
+    let v = store.vector(owner).to_vec();
+    let mut by_distance: Vec<(f32, usize)> =
+        list.iter().enumerate().map(|(i, &t)| (store.visit(&v, t).map_or(f32::INFINITY, |x| x.0), i)).collect();
+    by_distance.sort_by(|a, b| b.0.total_cmp(&a.0));
+    by_distance
+        .iter()
+        .find(|&&(_, i)| has_back_link(store, list[i]))
+        .or(by_distance.first())
+        .map_or(0, |&(_, i)| i)
 }
 
 /// Whether at least two layer-0 neighbors of element `tid` link back to it

@@ -615,13 +615,6 @@ impl PageStore {
         self.with_element(tid, |e| ElementNode::read(tid, &e))
     }
 
-    /// Index in `list` of the element farthest from element `base`.
-    pub fn farthest(&mut self, base: ItemPointer, list: &[ItemPointer]) -> usize {
-        let v = self.vector(base).to_vec();
-        let distances: Vec<f32> = list.iter().map(|&t| self.visit(&v, t).map_or(f32::INFINITY, |x| x.0)).collect();
-        (0..list.len()).max_by(|&a, &b| distances[a].total_cmp(&distances[b])).unwrap_or(0)
-    }
-
     /// Forgets cached vectors (VACUUM calls this between elements so the
     /// cache stays small).
     pub fn clear_cache(&mut self) {

@@ -894,11 +894,19 @@ fn walk_from(store: &PageStore, start: ItemPointer, reached: &mut ItemBitmap, bu
     true
 }
 
+/// Rounds of [`heal_connected`]: a link it adds to a full list displaces
+/// another, which a group of elements linking only to each other may have
+/// needed, so each round walks the graph again and links what it strands.
+const HEAL_ROUNDS: usize = 4;
+
 /// The orphan pass over the whole index at once, when its bitmaps fit the
 /// VACUUM memory: walks the graph from the entry point on layer 0 (where
 /// every search ends) and links every live element the walk does not reach,
-/// then continues the walk from it. Returns `None` (nothing linked yet) if
-/// the walk's queue would not fit, for [`heal_batched`] to take over.
+/// then continues the walk from it; after the first round, also links the
+/// weakly linked elements ([`link_weak`]); then walks again from the entry
+/// point, up to [`HEAL_ROUNDS`] times, until every live element is reached.
+/// Returns `None` (nothing linked yet) if the walk's queue would not fit,
+/// for [`heal_batched`] to take over.
 fn heal_connected(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: usize) -> Option<Healed> {
     let all = 1..nblocks;
     let mut healed = Healed::default();
@@ -911,28 +919,39 @@ fn heal_connected(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: us
     let budget = work_mem_bytes().saturating_sub(4 * ItemBitmap::bytes_for(nblocks, words));
     count_inbound(store, nblocks, &mut live, &mut inbound, &mut inbound2, Some(&mut healed));
     let entry = ensure_entry(rel, healed.highest)?;
-    if !walk_from(store, entry, &mut reached, budget) {
-        return None;
-    }
-    let unreached: Vec<ItemPointer> = live.iter().filter(|&t| !reached.contains(t)).collect();
-    for tid in unreached {
-        if reached.contains(tid) {
-            continue; // reached from an element linked earlier in this loop
+    for round in 0..HEAL_ROUNDS {
+        if round > 0 {
+            reached = ItemBitmap::new(all.clone(), words);
         }
-        healed.unreachable += 1;
-        rel.lock_graph(SHARE_LOCK);
-        let linked = link_unreached(store, tid, Some(entry), &|t| reached.contains(t), &mut inbound, &mut inbound2);
-        rel.unlock_graph(SHARE_LOCK);
-        store.clear_cache();
-        if linked {
-            healed.linked += 1;
-            if !walk_from(store, tid, &mut reached, budget) {
-                return Some(healed);
+        if !walk_from(store, entry, &mut reached, budget) {
+            return if round == 0 { None } else { Some(healed) };
+        }
+        let unreached: Vec<ItemPointer> = live.iter().filter(|&t| !reached.contains(t)).collect();
+        if round > 0 && unreached.is_empty() {
+            break;
+        }
+        for tid in unreached {
+            if reached.contains(tid) {
+                continue; // reached from an element linked earlier in this loop
+            }
+            healed.unreachable += 1;
+            rel.lock_graph(SHARE_LOCK);
+            let linked =
+                link_unreached(store, tid, Some(entry), &|t| reached.contains(t), &mut inbound, &mut inbound2);
+            rel.unlock_graph(SHARE_LOCK);
+            store.clear_cache();
+            if linked {
+                healed.linked += 1;
+                if !walk_from(store, tid, &mut reached, budget) {
+                    return Some(healed);
+                }
             }
         }
+        if round == 0 {
+            let weak: Vec<ItemPointer> = live.iter().filter(|&t| !inbound2.contains(t) && t != entry).collect();
+            link_weak(rel, store, weak, |t| reached.contains(t), &mut inbound, &mut inbound2, &mut healed);
+        }
     }
-    let weak: Vec<ItemPointer> = live.iter().filter(|&t| !inbound2.contains(t) && t != entry).collect();
-    link_weak(rel, store, weak, |t| reached.contains(t), &mut inbound, &mut inbound2, &mut healed);
     Some(healed)
 }
 

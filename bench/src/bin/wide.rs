@@ -87,7 +87,7 @@ fn main() {
         (
             "(embedding::halfvec(3072)), halfvec_cosine_ops",
             "CREATE INDEX wide_idx ON wide USING hnsw ((embedding::halfvec(3072)) halfvec_cosine_ops)",
-            "embedding::halfvec(3072) <=> $1::halfvec(3072)",
+            "embedding::halfvec(3072) <=> $1::vector::halfvec(3072)",
         ),
     ];
     for (name, create, order) in variants {
