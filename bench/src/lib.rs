@@ -151,3 +151,33 @@ pub fn run_json(r: &QueryRun) -> serde_json::Value {
 pub fn relation_size(client: &mut Client, name: &str) -> i64 {
     client.query_one("SELECT pg_relation_size($1::text::regclass)", &[&name]).unwrap().get(0)
 }
+
+/// COPY BINARY of rows `(id int, embedding vector)` into `table`, ids
+/// `0..data.len()`, in pgvector's binary format for `vector` (int16
+/// dimensions, int16 unused, big-endian float4 values), sent in ~1 MB
+/// chunks.
+pub fn copy_binary(client: &mut Client, table: &str, data: &[Vec<f32>]) {
+    let mut w = client.copy_in(&format!("COPY {table} (id, embedding) FROM STDIN (FORMAT binary)")).unwrap();
+    let mut buf = Vec::with_capacity(1 << 20);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    for (i, v) in data.iter().enumerate() {
+        buf.extend_from_slice(&2i16.to_be_bytes());
+        buf.extend_from_slice(&4i32.to_be_bytes());
+        buf.extend_from_slice(&(i as i32).to_be_bytes());
+        buf.extend_from_slice(&(4 + 4 * v.len() as i32).to_be_bytes());
+        buf.extend_from_slice(&(v.len() as i16).to_be_bytes());
+        buf.extend_from_slice(&0i16.to_be_bytes());
+        for x in v {
+            buf.extend_from_slice(&x.to_be_bytes());
+        }
+        if buf.len() > (1 << 20) {
+            w.write_all(&buf).unwrap();
+            buf.clear();
+        }
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    w.write_all(&buf).unwrap();
+    w.finish().unwrap();
+}

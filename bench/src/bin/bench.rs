@@ -29,11 +29,11 @@
 
 use pg_hnsw_bench::plot::{recall_qps_png, Curve};
 use pg_hnsw_bench::{
+    copy_binary,
     bar, build_index_with_progress, fail, load_packages, query_run, read_labels, relation_size, run_json, QueryRun,
 };
-use pg_hnsw_cluster_tests::{dataset_dir, exact_knn, l2, read_fvecs, read_ivecs, Client, Cluster};
+use pg_hnsw_cluster_tests::{dataset_dir, exact_knn, l2, read_fvecs, read_ivecs, Cluster};
 use rand::{Rng, SeedableRng};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -392,32 +392,6 @@ fn synthetic_data(n: usize, nq: usize, dims: usize, seed: u64) -> (Vec<Vec<f32>>
     (data, queries)
 }
 
-/// COPY BINARY of `(id int, embedding vector)` rows in pgvector's wire format.
-fn copy_binary(c: &mut Client, table: &str, data: &[Vec<f32>]) {
-    let mut w = c.copy_in(&format!("COPY {table} (id, embedding) FROM STDIN (FORMAT binary)")).unwrap();
-    let mut buf = Vec::with_capacity(1 << 20);
-    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    buf.extend_from_slice(&0i32.to_be_bytes());
-    buf.extend_from_slice(&0i32.to_be_bytes());
-    for (i, v) in data.iter().enumerate() {
-        buf.extend_from_slice(&2i16.to_be_bytes());
-        buf.extend_from_slice(&4i32.to_be_bytes());
-        buf.extend_from_slice(&(i as i32).to_be_bytes());
-        buf.extend_from_slice(&(4 + 4 * v.len() as i32).to_be_bytes());
-        buf.extend_from_slice(&(v.len() as i16).to_be_bytes());
-        buf.extend_from_slice(&0i16.to_be_bytes());
-        for x in v {
-            buf.extend_from_slice(&x.to_be_bytes());
-        }
-        if buf.len() > (1 << 20) {
-            w.write_all(&buf).unwrap();
-            buf.clear();
-        }
-    }
-    buf.extend_from_slice(&(-1i16).to_be_bytes());
-    w.write_all(&buf).unwrap();
-    w.finish().unwrap();
-}
 
 fn synthetic(o: &Opts) {
     let cluster = start_cluster();

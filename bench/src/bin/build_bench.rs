@@ -23,6 +23,7 @@
 //! same M / ef_construction, with 1 and 2 threads. Results go to
 //! `<out>/build-<mode>.{json,md}` (default `bench/results`).
 
+use pg_hnsw_bench::copy_binary;
 use pg_hnsw_cluster_tests::{dataset_dir, read_fvecs, read_ivecs, Client, Cluster};
 use pgvector::Vector;
 use rand::{Rng, SeedableRng};
@@ -123,33 +124,6 @@ fn connect(cluster: &Cluster) -> (Client, Arc<Mutex<Vec<String>>>) {
     (c, messages)
 }
 
-/// COPY BINARY of `(id int, embedding vector)` rows (pgvector's wire format).
-fn copy_binary(c: &mut Client, table: &str, data: &[Vec<f32>]) {
-    use std::io::Write;
-    let mut w = c.copy_in(&format!("COPY {table} (id, embedding) FROM STDIN (FORMAT binary)")).unwrap();
-    let mut buf = Vec::with_capacity(1 << 20);
-    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    buf.extend_from_slice(&0i32.to_be_bytes());
-    buf.extend_from_slice(&0i32.to_be_bytes());
-    for (i, v) in data.iter().enumerate() {
-        buf.extend_from_slice(&2i16.to_be_bytes());
-        buf.extend_from_slice(&4i32.to_be_bytes());
-        buf.extend_from_slice(&(i as i32).to_be_bytes());
-        buf.extend_from_slice(&(4 + 4 * v.len() as i32).to_be_bytes());
-        buf.extend_from_slice(&(v.len() as i16).to_be_bytes());
-        buf.extend_from_slice(&0i16.to_be_bytes());
-        for x in v {
-            buf.extend_from_slice(&x.to_be_bytes());
-        }
-        if buf.len() > (1 << 20) {
-            w.write_all(&buf).unwrap();
-            buf.clear();
-        }
-    }
-    buf.extend_from_slice(&(-1i16).to_be_bytes());
-    w.write_all(&buf).unwrap();
-    w.finish().unwrap();
-}
 
 /// Recall@10 and QPS of `ORDER BY embedding <op> q LIMIT 10` at `ef`.
 fn query_sweep(c: &mut Client, table: &str, op: &str, queries: &[Vec<f32>], truth: &[Vec<u32>], ef: usize) -> (f64, f64) {

@@ -15,10 +15,10 @@
 //! p50 / p99 / max latency, VACUUM's duration, the longest lock wait seen on
 //! the index, and the lock waits over 100 ms that the server logged.
 
+use pg_hnsw_bench::copy_binary;
 use pg_hnsw_cluster_tests::{dataset_dir, read_fvecs, Client, Cluster, NoTls};
 use pgvector::Vector;
 use rand::{Rng, SeedableRng};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,32 +51,6 @@ fn parse() -> Opts {
     o
 }
 
-/// COPY BINARY of `(id, embedding)` rows in pgvector's wire format.
-fn copy_binary(c: &mut Client, data: &[Vec<f32>]) {
-    let mut w = c.copy_in("COPY items (id, embedding) FROM STDIN (FORMAT binary)").unwrap();
-    let mut buf = Vec::with_capacity(1 << 20);
-    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    buf.extend_from_slice(&0i32.to_be_bytes());
-    buf.extend_from_slice(&0i32.to_be_bytes());
-    for (i, v) in data.iter().enumerate() {
-        buf.extend_from_slice(&2i16.to_be_bytes());
-        buf.extend_from_slice(&4i32.to_be_bytes());
-        buf.extend_from_slice(&(i as i32).to_be_bytes());
-        buf.extend_from_slice(&(4 + 4 * v.len() as i32).to_be_bytes());
-        buf.extend_from_slice(&(v.len() as i16).to_be_bytes());
-        buf.extend_from_slice(&0i16.to_be_bytes());
-        for x in v {
-            buf.extend_from_slice(&x.to_be_bytes());
-        }
-        if buf.len() > (1 << 20) {
-            w.write_all(&buf).unwrap();
-            buf.clear();
-        }
-    }
-    buf.extend_from_slice(&(-1i16).to_be_bytes());
-    w.write_all(&buf).unwrap();
-    w.finish().unwrap();
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -113,7 +87,7 @@ fn main() {
     let log_path = cluster.data.join("../server.log");
     let mut c = cluster.connect_with_extension();
     c.batch_execute("CREATE TABLE items (id int PRIMARY KEY, embedding vector(384))").unwrap();
-    copy_binary(&mut c, &base);
+    copy_binary(&mut c, "items", &base);
     let t = Instant::now();
     for sql in [
         "VACUUM ANALYZE items",
