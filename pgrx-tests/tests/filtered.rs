@@ -248,6 +248,27 @@ fn iterative_scan_settings_and_null_queries() {
     c.batch_execute("SET hnsw.iterative_scan = relaxed_order").unwrap();
     assert_eq!(ids(&mut c, null_query).len(), 100, "iterative: all rows");
 
+    // A zero query under cosine has no direction: the rows come back (as in
+    // pgvector) with a NaN distance, for vector (rechecked) and halfvec.
+    c.batch_execute(
+        "RESET hnsw.iterative_scan;
+         CREATE TABLE z (id int, v vector(3), h halfvec(3));
+         INSERT INTO z VALUES (1, '[0,0,0]', '[0,0,0]'), (2, '[1,2,3]', '[1,2,3]'), (3, '[1,1,1]', '[1,1,1]'),
+                              (4, NULL, NULL), (5, '[1,2,4]', '[1,2,4]');
+         CREATE INDEX ON z USING hnsw (v vector_cosine_ops);
+         CREATE INDEX ON z USING hnsw (h halfvec_cosine_ops);",
+    )
+    .unwrap();
+    for (col, zero) in [("v", "'[0,0,0]'::vector"), ("h", "'[0,0,0]'::halfvec")] {
+        let sql = format!("SELECT id FROM z ORDER BY {col} <=> {zero}");
+        assert!(explain(&mut c, &sql).contains("Index Scan"), "{}", explain(&mut c, &sql));
+        let mut rows = ids(&mut c, &sql);
+        rows.sort();
+        assert_eq!(rows, vec![2, 3, 5], "{col}: rows for a zero cosine query");
+        let nan: f64 = c.query_one(&format!("SELECT ({col} <=> {zero})::float8 FROM z WHERE id = 2"), &[]).unwrap().get(0);
+        assert!(nan.is_nan(), "{col}: distance to the zero vector is NaN");
+    }
+
     // idx_scan counts index scans.
     c.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
     let before: i64 =

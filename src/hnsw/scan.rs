@@ -267,12 +267,17 @@ unsafe fn first_pass(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     // it frees elements).
     let meta = rel.read_meta();
     let mut store = PageStore::new(rel, meta);
+    let unordered_value = query.is_some().then_some(f64::NAN);
     match (query, meta.entry) {
-        (_, None) | (Some(None), _) => state.done = true,
-        (None, Some((entry, _))) => {
+        (_, None) => state.done = true,
+        // A NULL query, or one the metric cannot place (a zero vector under
+        // cosine): every row is as near as any other, so rows come in graph
+        // order, with a NULL distance or, for the zero vector, NaN (what
+        // the distance function returns, so the executor's recheck agrees).
+        (None | Some(None), Some((entry, _))) => {
             state.null_query_limit =
                 if state.mode == IterativeScan::Off { ef_search } else { options::max_scan_tuples() };
-            null_query_rows(&store, entry, state);
+            null_query_rows(&store, entry, unordered_value, state);
             state.done = true;
         }
         (Some(Some(query)), Some((entry, entry_level))) => {
@@ -334,10 +339,11 @@ unsafe fn next_batch(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     state.search = Some(search);
 }
 
-/// Rows for a NULL query: live elements in breadth-first order over layer 0
-/// from the entry point, at most `state.null_query_limit` elements, with
-/// NULL ORDER BY values (as every row's distance to NULL is NULL).
-fn null_query_rows(store: &PageStore, entry: ItemPointer, state: &mut ScanState) {
+/// Rows for a query without an order (NULL, or a zero vector under
+/// cosine): live elements in breadth-first order over layer 0 from the
+/// entry point, at most `state.null_query_limit` elements, each with ORDER
+/// BY value `value` (`None` for NULL: every row's distance to NULL is NULL).
+fn null_query_rows(store: &PageStore, entry: ItemPointer, value: Option<f64>, state: &mut ScanState) {
     let mut seen = rustc_hash::FxHashSet::default();
     let mut queue = VecDeque::from([entry]);
     seen.insert(entry);
@@ -350,7 +356,7 @@ fn null_query_rows(store: &PageStore, entry: ItemPointer, state: &mut ScanState)
         let node = store.with_element(tid, |e| {
             if !e.is_deleted() {
                 elements += 1;
-                state.ready.extend((0..e.heap_tid_count()).map(|i| (e.heap_tid(i), None)));
+                state.ready.extend((0..e.heap_tid_count()).map(|i| (e.heap_tid(i), value)));
             }
             ElementNode::read(tid, &e)
         });
