@@ -249,7 +249,7 @@ fn iterative_scan_settings_and_null_queries() {
     assert_eq!(ids(&mut c, null_query).len(), 100, "iterative: all rows");
 
     // A zero query under cosine has no direction: the rows come back (as in
-    // pgvector) with a NaN distance, for vector (rechecked) and halfvec.
+    // pgvector) in graph order with a NaN distance, for vector and halfvec.
     c.batch_execute(
         "RESET hnsw.iterative_scan;
          CREATE TABLE z (id int, v vector(3), h halfvec(3));

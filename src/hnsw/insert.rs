@@ -109,11 +109,10 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[u32], heap_tid: ItemPointer, le
     }
     if level > entry_level as usize {
         // Layer-0 reachability from the entry point: everything reachable
-        // from the old entry stays so once the new one links to it.
-        // (Never a link to a deleted element: see vacuum.rs, (a).)
-        if !store.node(entry).deleted {
-            relink_at_depth(&mut store, &new, entry, 0, 0, true);
-        }
+        // from the old entry stays so once the new one links to it. (A
+        // deleted old entry is not linked; VACUUM, which is about to move
+        // the entry point off it, relinks what only it reached.)
+        relink_at_depth(&mut store, &new, entry, 0, 0, true);
         rel.set_entry(Some((etid, level as u16)));
     }
     rel.unlock_graph(mode);
@@ -260,8 +259,8 @@ fn list_in(
     (range, list)
 }
 
-/// Makes `new` reachable when no neighbor kept a link to it: replaces the
-/// farthest entry of `node`'s layer-0 list with `new`.
+/// Makes `new` reachable when no neighbor kept a link to it: replaces an
+/// entry of `node`'s layer-0 list ([`displaceable`]) with `new`.
 fn force_link(store: &mut PageStore, node: &ElementNode, new: &ElementNode) {
     let (rel, m, block) = (store.rel, store.meta.m as usize, node.neighbors.block);
     for _attempt in 0..3 {
@@ -273,8 +272,8 @@ fn force_link(store: &mut PageStore, node: &ElementNode, new: &ElementNode) {
         let mut list = current.clone();
         let mut displaced = None;
         if list.len() >= store.params().max_neighbors(0) {
-            let i = displaceable(store, node.tid, &list);
-            displaced = Some(list[i]);
+            let (i, safe) = displaceable(store, node.tid, &list);
+            displaced = (!safe).then_some(list[i]);
             list[i] = new.tid;
         } else {
             list.push(new.tid);
@@ -357,14 +356,17 @@ pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &Element
 
 /// Keeps `dropped` reachable after it left a list to make room for `new`:
 /// links `new -> dropped` on `layer` if `new`'s list has room. Otherwise, if
-/// none of `dropped`'s own layer-0 neighbors links back to it (so it may
-/// have no inbound link left), replaces the farthest entry of `new`'s list
-/// with it, and checks the displaced element the same way (to depth 2).
+/// fewer than two of `dropped`'s own layer-0 neighbors link back to it (so
+/// it may have no inbound link left), replaces an entry of `new`'s list
+/// with it ([`displaceable`]), and relinks the displaced element the same
+/// way when it may need it (up to [`MAX_RELINK_DEPTH`] steps).
 fn relink(store: &mut PageStore, new: &ElementNode, dropped: ItemPointer, layer: usize) {
     relink_at_depth(store, new, dropped, layer, 0, false);
 }
 
 /// With `force`, links `dropped` even when it has back links of its own.
+/// Never links a deleted element (VACUUM relies on it, vacuum.rs (a)).
+/// A list that changed under us is read again (a few times).
 fn relink_at_depth(
     store: &mut PageStore,
     new: &ElementNode,
@@ -373,44 +375,51 @@ fn relink_at_depth(
     depth: usize,
     force: bool,
 ) {
-    if dropped == new.tid || layer > new.level as usize {
+    if dropped == new.tid || layer > new.level as usize || store.node(dropped).deleted {
         return;
     }
     let (rel, m, block) = (store.rel, store.meta.m as usize, new.neighbors.block);
     let max = store.params().max_neighbors(layer);
-    let mut full: Option<Vec<ItemPointer>> = None;
-    rel.modify(block, |p| {
-        let (range, mut list) = list_in(&rel, p, new, layer, m);
-        if list.contains(&dropped) {
-            return None;
+    let mut needs_link = None;
+    for _attempt in 0..3 {
+        let mut full: Option<Vec<ItemPointer>> = None;
+        rel.modify(block, |p| {
+            let (range, mut list) = list_in(&rel, p, new, layer, m);
+            if list.contains(&dropped) {
+                return None;
+            }
+            if list.len() >= max {
+                full = Some(list);
+                return None;
+            }
+            list.push(dropped);
+            page::set_layer(&mut p[range], m, layer, &list).unwrap_or_else(|e| rel.corrupt(block, e));
+            Some(())
+        });
+        let Some(current) = full else { return };
+        if depth >= MAX_RELINK_DEPTH || !*needs_link.get_or_insert_with(|| force || !has_back_link(store, dropped)) {
+            return;
         }
-        if list.len() >= max {
-            full = Some(list);
-            return None;
+        let (at, safe) = displaceable(store, new.tid, &current);
+        let displaced = current[at];
+        let mut list = current.clone();
+        list[at] = dropped;
+        let written = rel.modify(block, |p| {
+            let (range, now) = list_in(&rel, p, new, layer, m);
+            if now != current {
+                return None;
+            }
+            page::set_layer(&mut p[range], m, layer, &list).unwrap_or_else(|e| rel.corrupt(block, e));
+            Some(())
+        });
+        if written.is_some() {
+            if !safe {
+                let dropped_node = store.node(dropped);
+                let layer = layer.min(dropped_node.level as usize);
+                relink_at_depth(store, &dropped_node, displaced, layer, depth + 1, false);
+            }
+            return;
         }
-        list.push(dropped);
-        page::set_layer(&mut p[range], m, layer, &list).unwrap_or_else(|e| rel.corrupt(block, e));
-        Some(())
-    });
-    let Some(current) = full else { return };
-    if depth >= MAX_RELINK_DEPTH || (!force && has_back_link(store, dropped)) {
-        return;
-    }
-    let at = displaceable(store, new.tid, &current);
-    let displaced = current[at];
-    let mut list = current.clone();
-    list[at] = dropped;
-    let written = rel.modify(block, |p| {
-        let (range, now) = list_in(&rel, p, new, layer, m);
-        if now != current {
-            return None;
-        }
-        page::set_layer(&mut p[range], m, layer, &list).unwrap_or_else(|e| rel.corrupt(block, e));
-        Some(())
-    });
-    if written.is_some() {
-        let dropped_node = store.node(dropped);
-        relink_at_depth(store, &dropped_node, displaced, layer.min(dropped_node.level as usize), depth + 1, false);
     }
 }
 
@@ -419,19 +428,24 @@ fn relink_at_depth(
 /// displaced).
 const MAX_RELINK_DEPTH: usize = 4;
 
-/// Which entry of `owner`'s full `list` to give up for another link: the
-/// farthest one that [`has_back_link`] (so it stays reachable without this
-/// link), or the farthest of all when none has.
-fn displaceable(store: &mut PageStore, owner: ItemPointer, list: &[ItemPointer]) -> usize {
+/// How many of a list's farthest entries [`displaceable`] asks
+/// [`has_back_link`] about (each question reads up to 2·M lists).
+const DISPLACE_PROBES: usize = 4;
+
+/// Which entry of `owner`'s full `list` to give up for another link, and
+/// whether it can do without it: the farthest of the [`DISPLACE_PROBES`]
+/// farthest entries that is deleted or [`has_back_link`] (`true`), or the
+/// farthest of all (`false`: the caller relinks it).
+fn displaceable(store: &mut PageStore, owner: ItemPointer, list: &[ItemPointer]) -> (usize, bool) {
     let v = store.vector(owner).to_vec();
     let mut by_distance: Vec<(f32, usize)> =
         list.iter().enumerate().map(|(i, &t)| (store.visit(&v, t).map_or(f32::INFINITY, |x| x.0), i)).collect();
     by_distance.sort_by(|a, b| b.0.total_cmp(&a.0));
-    by_distance
-        .iter()
-        .find(|&&(_, i)| has_back_link(store, list[i]))
-        .or(by_distance.first())
-        .map_or(0, |&(_, i)| i)
+    let safe = by_distance.iter().take(DISPLACE_PROBES).find(|&&(_, i)| has_back_link(store, list[i]));
+    match safe {
+        Some(&(_, i)) => (i, true),
+        None => (by_distance.first().map_or(0, |&(_, i)| i), false),
+    }
 }
 
 /// Whether at least two layer-0 neighbors of element `tid` link back to it

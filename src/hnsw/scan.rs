@@ -273,7 +273,7 @@ unsafe fn first_pass(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
         // A NULL query, or one the metric cannot place (a zero vector under
         // cosine): every row is as near as any other, so rows come in graph
         // order, with a NULL distance or, for the zero vector, NaN (what
-        // the distance function returns, so the executor's recheck agrees).
+        // the distance function returns; no recheck is asked for).
         (None | Some(None), Some((entry, _))) => {
             state.null_query_limit =
                 if state.mode == IterativeScan::Off { ef_search } else { options::max_scan_tuples() };

@@ -247,6 +247,12 @@ impl ItemBitmap {
         }
     }
 
+    /// Empties the set, keeping its memory.
+    pub(crate) fn clear(&mut self) {
+        self.bits.fill(0);
+        self.count = 0;
+    }
+
     /// Number of elements in the set.
     pub(crate) fn len(&self) -> usize {
         self.count
@@ -920,8 +926,9 @@ fn heal_connected(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: us
     count_inbound(store, nblocks, &mut live, &mut inbound, &mut inbound2, Some(&mut healed));
     let entry = ensure_entry(rel, healed.highest)?;
     for round in 0..HEAL_ROUNDS {
+        let linked_before = healed.linked + healed.weak_linked;
         if round > 0 {
-            reached = ItemBitmap::new(all.clone(), words);
+            reached.clear();
         }
         if !walk_from(store, entry, &mut reached, budget) {
             return if round == 0 { None } else { Some(healed) };
@@ -950,6 +957,9 @@ fn heal_connected(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: us
         if round == 0 {
             let weak: Vec<ItemPointer> = live.iter().filter(|&t| !inbound2.contains(t) && t != entry).collect();
             link_weak(rel, store, weak, |t| reached.contains(t), &mut inbound, &mut inbound2, &mut healed);
+        }
+        if healed.linked + healed.weak_linked == linked_before {
+            break; // nothing changed, so nothing new was stranded
         }
     }
     Some(healed)
