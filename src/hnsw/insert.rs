@@ -272,8 +272,11 @@ fn force_link(store: &mut PageStore, node: &ElementNode, new: &ElementNode) {
         let mut list = current.clone();
         let mut displaced = None;
         if list.len() >= store.params().max_neighbors(0) {
-            let (i, safe) = displaceable(store, node.tid, &list);
-            displaced = (!safe).then_some(list[i]);
+            // Even an entry that keeps back links gets a link from `new`
+            // when `new` has room: back links from a group of elements
+            // that link only to each other do not make it reachable.
+            let i = displaceable(store, node.tid, &list);
+            displaced = Some(list[i]);
             list[i] = new.tid;
         } else {
             list.push(new.tid);
@@ -400,7 +403,7 @@ fn relink_at_depth(
         if depth >= MAX_RELINK_DEPTH || !*needs_link.get_or_insert_with(|| force || !has_back_link(store, dropped)) {
             return;
         }
-        let (at, safe) = displaceable(store, new.tid, &current);
+        let at = displaceable(store, new.tid, &current);
         let displaced = current[at];
         let mut list = current.clone();
         list[at] = dropped;
@@ -413,11 +416,11 @@ fn relink_at_depth(
             Some(())
         });
         if written.is_some() {
-            if !safe {
-                let dropped_node = store.node(dropped);
-                let layer = layer.min(dropped_node.level as usize);
-                relink_at_depth(store, &dropped_node, displaced, layer, depth + 1, false);
-            }
+            // Appended to `dropped`'s list if it has room (see force_link);
+            // displacing further only if it may need the link.
+            let dropped_node = store.node(dropped);
+            let layer = layer.min(dropped_node.level as usize);
+            relink_at_depth(store, &dropped_node, displaced, layer, depth + 1, false);
             return;
         }
     }
@@ -428,24 +431,16 @@ fn relink_at_depth(
 /// displaced).
 const MAX_RELINK_DEPTH: usize = 4;
 
-/// How many of a list's farthest entries [`displaceable`] asks
-/// [`has_back_link`] about (each question reads up to 2·M lists).
-const DISPLACE_PROBES: usize = 4;
-
-/// Which entry of `owner`'s full `list` to give up for another link, and
-/// whether it can do without it: the farthest of the [`DISPLACE_PROBES`]
-/// farthest entries that is deleted or [`has_back_link`] (`true`), or the
-/// farthest of all (`false`: the caller relinks it).
-fn displaceable(store: &mut PageStore, owner: ItemPointer, list: &[ItemPointer]) -> (usize, bool) {
+/// Which entry of `owner`'s full `list` to give up for another link: the
+/// farthest entry that is deleted or [`has_back_link`], or else the
+/// farthest of all (callers relink the entry they displace).
+fn displaceable(store: &mut PageStore, owner: ItemPointer, list: &[ItemPointer]) -> usize {
     let v = store.vector(owner).to_vec();
     let mut by_distance: Vec<(f32, usize)> =
         list.iter().enumerate().map(|(i, &t)| (store.visit(&v, t).map_or(f32::INFINITY, |x| x.0), i)).collect();
     by_distance.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let safe = by_distance.iter().take(DISPLACE_PROBES).find(|&&(_, i)| has_back_link(store, list[i]));
-    match safe {
-        Some(&(_, i)) => (i, true),
-        None => (by_distance.first().map_or(0, |&(_, i)| i), false),
-    }
+    let safe = by_distance.iter().find(|&&(_, i)| has_back_link(store, list[i]));
+    safe.or(by_distance.first()).map_or(0, |&(_, i)| i)
 }
 
 /// Whether at least two layer-0 neighbors of element `tid` link back to it
