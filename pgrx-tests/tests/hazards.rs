@@ -108,9 +108,10 @@ fn recall(c: &mut Client, table: &str, rows: &[(i64, Vec<f32>)], queries: &[Vec<
     total / queries.len() as f64
 }
 
-/// Rows `(id, vector)` of the dataset with the given ids.
+/// Rows `(id, vector)` of the dataset with the given ids (an id past the
+/// dataset's end has the vector of `id % len`).
 fn rows_of(data: &Dataset, ids: impl IntoIterator<Item = i64>) -> Vec<(i64, Vec<f32>)> {
-    ids.into_iter().map(|id| (id, data.base[id as usize].clone())).collect()
+    ids.into_iter().map(|id| (id, data.base[id as usize % data.base.len()].clone())).collect()
 }
 
 /// Seeded random vectors in [-1, 1).
@@ -260,10 +261,9 @@ fn crash_kills_inserting_backends_mid_insert() {
                 };
                 loop {
                     let id = next_id.fetch_add(1, Ordering::Relaxed) as i64;
-                    if id as usize >= data.base.len() {
-                        return;
-                    }
-                    let v = Vector::from(data.base[id as usize].clone());
+                    // Writers go on until the kill ends their connection;
+                    // past the dataset, ids reuse its vectors in turn.
+                    let v = Vector::from(data.base[id as usize % data.base.len()].clone());
                     if c.execute("INSERT INTO items VALUES ($1, $2)", &[&id, &v]).is_err() {
                         return;
                     }
