@@ -154,7 +154,7 @@ fn sparsevec_opclasses_on_sparse_data() {
     let dims = 2_000;
     // 1–5% non-zeros, clustered around 30 topics so neighbours are meaningful.
     let topics: Vec<Vec<usize>> = (0..30).map(|_| (0..60).map(|_| rng.gen_range(0..dims)).collect()).collect();
-    let mut row = |rng: &mut rand::rngs::StdRng| -> String {
+    let row = |rng: &mut rand::rngs::StdRng| -> String {
         let topic = &topics[rng.gen_range(0..topics.len())];
         let nnz = rng.gen_range(20..=100);
         let mut entries: std::collections::BTreeMap<usize, f32> = std::collections::BTreeMap::new();
