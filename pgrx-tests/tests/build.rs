@@ -30,7 +30,8 @@ fn rss_anon_kb(pid: i32) -> Option<u64> {
 
 /// Every check of `hnsw_index_check` passes.
 fn assert_index_checks(c: &mut Client, index: &str) {
-    let rows = c.query("SELECT check_name, passed, detail FROM hnsw_index_check($1::text::regclass)", &[&index]).unwrap();
+    let rows =
+        c.query("SELECT check_name, passed, detail FROM hnsw_index_check($1::text::regclass)", &[&index]).unwrap();
     assert!(!rows.is_empty());
     for row in rows {
         let (name, passed, detail): (String, bool, String) = (row.get(0), row.get(1), row.get(2));
@@ -101,7 +102,9 @@ fn cancelled_build_leaves_the_backend_healthy() {
             let workers = take(&messages).iter().any(|m| m.contains("using 1 parallel workers"));
             assert_eq!(workers, threads == 2, "{threads} threads: DEBUG1 line about workers");
         }
-        eprintln!("{threads} threads: {cancelled} builds cancelled; RssAnon after each cancel (kB): {rss_after_cancel:?}");
+        eprintln!(
+            "{threads} threads: {cancelled} builds cancelled; RssAnon after each cancel (kB): {rss_after_cancel:?}"
+        );
         assert!(cancelled >= 3, "{threads} threads: only {cancelled} builds were cancelled");
         // The graph of a cancelled build is freed: memory after the later
         // cancels stays within about one graph (20,000 × 1.7 kB = 34 MB) of
@@ -160,7 +163,13 @@ fn build_beyond_maintenance_work_mem_continues_on_disk() {
         eprintln!("{threads} threads: recall@10 after spilling = {r:.4}");
         assert!(r >= 0.99, "{threads} threads: recall@10 {r}");
         assert_index_checks(&mut c, "pts_idx");
-        let rows: i64 = c.query_one("SELECT count(*) FROM (SELECT id FROM pts ORDER BY embedding <-> '[0.5,0.5,0.5]' LIMIT 40) s", &[]).unwrap().get(0);
+        let rows: i64 = c
+            .query_one(
+                "SELECT count(*) FROM (SELECT id FROM pts ORDER BY embedding <-> '[0.5,0.5,0.5]' LIMIT 40) s",
+                &[],
+            )
+            .unwrap()
+            .get(0);
         assert_eq!(rows, 40);
         c.batch_execute("DROP INDEX pts_idx").unwrap();
     }

@@ -95,10 +95,8 @@ fn filtered_recall_and_order() {
             for qi in 0..queries {
                 let q: Vec<f32> = (0..8).map(|_| rng.gen::<f32>()).collect();
                 let category = qi % modulus;
-                let sql = format!(
-                    "SELECT id FROM t WHERE {column} = {category} ORDER BY v <-> {} LIMIT 10",
-                    literal(&q)
-                );
+                let sql =
+                    format!("SELECT id FROM t WHERE {column} = {category} ORDER BY v <-> {} LIMIT 10", literal(&q));
                 let plan = explain(&mut c, &sql);
                 assert!(plan.contains("Index Scan using t_idx"), "{plan}");
                 let found = ids(&mut c, &sql);
@@ -162,7 +160,10 @@ fn planner_choices_for_filtered_queries() {
         (format!("SELECT i FROM tst WHERE v <-> {q} < 1 ORDER BY v <-> {q} LIMIT 20"), "Index Scan using idx"),
         (format!("SELECT i FROM tst WHERE v <-> {q} < 1"), "Seq Scan"),
         (format!("SELECT i FROM tst WHERE v <-> {q} < 1 ORDER BY v <-> {q}"), "Seq Scan"),
-        (format!("SELECT cat.t FROM cat JOIN tst ON cat.i = tst.c ORDER BY v <-> {q} LIMIT 20"), "Index Scan using idx"),
+        (
+            format!("SELECT cat.t FROM cat JOIN tst ON cat.i = tst.c ORDER BY v <-> {q} LIMIT 20"),
+            "Index Scan using idx",
+        ),
         (
             format!("SELECT cat.t FROM cat JOIN tst ON cat.i = tst.c WHERE cat.b ORDER BY v <-> {q} LIMIT 20"),
             "Index Scan using idx",
@@ -265,19 +266,18 @@ fn iterative_scan_settings_and_null_queries() {
         let mut rows = ids(&mut c, &sql);
         rows.sort();
         assert_eq!(rows, vec![2, 3, 5], "{col}: rows for a zero cosine query");
-        let nan: f64 = c.query_one(&format!("SELECT ({col} <=> {zero})::float8 FROM z WHERE id = 2"), &[]).unwrap().get(0);
+        let nan: f64 =
+            c.query_one(&format!("SELECT ({col} <=> {zero})::float8 FROM z WHERE id = 2"), &[]).unwrap().get(0);
         assert!(nan.is_nan(), "{col}: distance to the zero vector is NaN");
     }
 
     // idx_scan counts index scans.
     c.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
-    let before: i64 =
-        c.query_one("SELECT idx_scan FROM pg_stat_user_indexes WHERE relname = 'n'", &[]).unwrap().get(0);
+    let before: i64 = c.query_one("SELECT idx_scan FROM pg_stat_user_indexes WHERE relname = 'n'", &[]).unwrap().get(0);
     for _ in 0..3 {
         ids(&mut c, "SELECT id FROM n ORDER BY v <-> '[1,1]' LIMIT 1");
     }
     c.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
-    let after: i64 =
-        c.query_one("SELECT idx_scan FROM pg_stat_user_indexes WHERE relname = 'n'", &[]).unwrap().get(0);
+    let after: i64 = c.query_one("SELECT idx_scan FROM pg_stat_user_indexes WHERE relname = 'n'", &[]).unwrap().get(0);
     assert_eq!(after - before, 3, "idx_scan counts each index scan");
 }

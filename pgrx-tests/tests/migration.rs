@@ -119,14 +119,18 @@ fn pg_dump_of_a_vector_database_restores_into_pg_hnsw() {
     let after = answers(&mut dst);
     assert_eq!(before, after, "the restored database answers the same queries");
     let indexes: Vec<String> = dst
-        .query("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'items'::regclass AND NOT indisprimary", &[])
+        .query(
+            "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'items'::regclass AND NOT indisprimary",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
     assert_eq!(indexes.len(), 7);
     for index in indexes {
-        for r in dst.query(&format!("SELECT check_name, passed, detail FROM hnsw_index_check('{index}')"), &[]).unwrap() {
+        for r in dst.query(&format!("SELECT check_name, passed, detail FROM hnsw_index_check('{index}')"), &[]).unwrap()
+        {
             let (name, passed, detail): (String, bool, String) = (r.get(0), r.get(1), r.get(2));
             assert!(passed, "{index}: {name}: {detail}");
         }

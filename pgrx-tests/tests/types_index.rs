@@ -7,7 +7,12 @@ use pg_hnsw_cluster_tests::{sqlstate, Client, Cluster, Dataset};
 use rand::{Rng, SeedableRng};
 
 fn explain(c: &mut Client, sql: &str) -> String {
-    c.query(&format!("EXPLAIN {sql}"), &[]).unwrap().iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
+    c.query(&format!("EXPLAIN {sql}"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn check_passes(c: &mut Client, index: &str) {
@@ -72,7 +77,14 @@ fn text(v: &[f32]) -> String {
 /// Builds the same rows into `<name>_built` (CREATE INDEX) and
 /// `<name>_grown` (row-by-row inserts into an indexed table) and checks
 /// recall for each operator of the type.
-fn recall_by_opclass(c: &mut Client, name: &str, coltype: &str, staging: &str, cases: &[(&str, &str)], queries: &[String]) {
+fn recall_by_opclass(
+    c: &mut Client,
+    name: &str,
+    coltype: &str,
+    staging: &str,
+    cases: &[(&str, &str)],
+    queries: &[String],
+) {
     for (opclass, op) in cases {
         c.batch_execute(&format!(
             "DROP TABLE IF EXISTS {name}_built, {name}_grown;
@@ -95,8 +107,7 @@ fn recall_by_opclass(c: &mut Client, name: &str, coltype: &str, staging: &str, c
                 check_passes(c, &format!("{table}_idx"));
             }
         }
-        let size: i64 =
-            c.query_one(&format!("SELECT pg_relation_size('{name}_built_idx')"), &[]).unwrap().get(0);
+        let size: i64 = c.query_one(&format!("SELECT pg_relation_size('{name}_built_idx')"), &[]).unwrap().get(0);
         eprintln!("{opclass}: index size {:.1} MB", size as f64 / 1e6);
     }
 }
@@ -115,11 +126,17 @@ fn halfvec_opclasses_on_real_data() {
         "h",
         "halfvec(384)",
         "staging",
-        &[("halfvec_cosine_ops", "<=>"), ("halfvec_l2_ops", "<->"), ("halfvec_ip_ops", "<#>"), ("halfvec_l1_ops", "<+>")],
+        &[
+            ("halfvec_cosine_ops", "<=>"),
+            ("halfvec_l2_ops", "<->"),
+            ("halfvec_ip_ops", "<#>"),
+            ("halfvec_l1_ops", "<+>"),
+        ],
         &queries,
     );
     // Expression index over a vector column, as in pgvector's README.
-    c.batch_execute("CREATE INDEX staging_half_idx ON staging USING hnsw ((v::halfvec(384)) halfvec_cosine_ops)").unwrap();
+    c.batch_execute("CREATE INDEX staging_half_idx ON staging USING hnsw ((v::halfvec(384)) halfvec_cosine_ops)")
+        .unwrap();
     let plan = explain(&mut c, &format!("SELECT id FROM staging ORDER BY v::halfvec(384) <=> {} LIMIT 5", queries[0]));
     assert!(plan.contains("Index Scan using staging_half_idx"), "{plan}");
 }
@@ -135,11 +152,23 @@ fn bit_opclasses_on_binary_quantized_real_data() {
     c.batch_execute("CREATE TABLE bq AS SELECT id, binary_quantize(v)::bit(384) AS v FROM staging").unwrap();
     let queries: Vec<String> =
         data.queries.iter().map(|q| format!("binary_quantize('{}'::vector)::bit(384)", text(q))).collect();
-    recall_by_opclass(&mut c, "b", "bit(384)", "bq", &[("bit_hamming_ops", "<~>"), ("bit_jaccard_ops", "<%>")], &queries);
+    recall_by_opclass(
+        &mut c,
+        "b",
+        "bit(384)",
+        "bq",
+        &[("bit_hamming_ops", "<~>"), ("bit_jaccard_ops", "<%>")],
+        &queries,
+    );
     // The README's expression index, used for ORDER BY on the expression.
-    c.batch_execute("CREATE INDEX staging_bq_idx ON staging USING hnsw ((binary_quantize(v)::bit(384)) bit_hamming_ops)")
-        .unwrap();
-    let plan = explain(&mut c, &format!("SELECT id FROM staging ORDER BY binary_quantize(v)::bit(384) <~> {} LIMIT 5", queries[0]));
+    c.batch_execute(
+        "CREATE INDEX staging_bq_idx ON staging USING hnsw ((binary_quantize(v)::bit(384)) bit_hamming_ops)",
+    )
+    .unwrap();
+    let plan = explain(
+        &mut c,
+        &format!("SELECT id FROM staging ORDER BY binary_quantize(v)::bit(384) <~> {} LIMIT 5", queries[0]),
+    );
     assert!(plan.contains("Index Scan using staging_bq_idx"), "{plan}");
     // varbit columns have no fixed length.
     c.batch_execute("CREATE TABLE vb (v varbit)").unwrap();
@@ -252,7 +281,10 @@ fn wide_vectors_up_to_4000_dimensions() {
     check_passes(&mut c, "w_idx");
     c.batch_execute("SET enable_seqscan = off").unwrap();
     let d: Vec<f64> = c
-        .query("SELECT v <=> (SELECT v FROM w WHERE id = 7) FROM w ORDER BY v <=> (SELECT v FROM w WHERE id = 7) LIMIT 20", &[])
+        .query(
+            "SELECT v <=> (SELECT v FROM w WHERE id = 7) FROM w ORDER BY v <=> (SELECT v FROM w WHERE id = 7) LIMIT 20",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))

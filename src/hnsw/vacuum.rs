@@ -943,8 +943,7 @@ fn heal_connected(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: us
             }
             healed.unreachable += 1;
             rel.lock_graph(SHARE_LOCK);
-            let linked =
-                link_unreached(store, tid, Some(entry), &|t| reached.contains(t), &mut inbound, &mut inbound2);
+            let linked = link_unreached(store, tid, Some(entry), &|t| reached.contains(t), &mut inbound, &mut inbound2);
             rel.unlock_graph(SHARE_LOCK);
             store.clear_cache();
             if linked {

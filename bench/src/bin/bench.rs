@@ -29,8 +29,8 @@
 
 use pg_hnsw_bench::plot::{recall_qps_png, Curve};
 use pg_hnsw_bench::{
-    copy_binary,
-    bar, build_index_with_progress, fail, load_packages, query_run, read_labels, relation_size, run_json, QueryRun,
+    bar, build_index_with_progress, copy_binary, fail, load_packages, query_run, read_labels, relation_size, run_json,
+    QueryRun,
 };
 use pg_hnsw_cluster_tests::{dataset_dir, exact_knn, l2, read_fvecs, read_ivecs, Cluster};
 use rand::{Rng, SeedableRng};
@@ -391,7 +391,6 @@ fn synthetic_data(n: usize, nq: usize, dims: usize, seed: u64) -> (Vec<Vec<f32>>
     let queries = (0..nq).map(|_| point(&mut rng)).collect();
     (data, queries)
 }
-
 
 fn synthetic(o: &Opts) {
     let cluster = start_cluster();

@@ -94,14 +94,18 @@ fn parse() -> Opts {
 }
 
 fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// `VmHWM` (peak resident set) of process `pid` in kB.
 fn vm_hwm_kb(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -124,9 +128,15 @@ fn connect(cluster: &Cluster) -> (Client, Arc<Mutex<Vec<String>>>) {
     (c, messages)
 }
 
-
 /// Recall@10 and QPS of `ORDER BY embedding <op> q LIMIT 10` at `ef`.
-fn query_sweep(c: &mut Client, table: &str, op: &str, queries: &[Vec<f32>], truth: &[Vec<u32>], ef: usize) -> (f64, f64) {
+fn query_sweep(
+    c: &mut Client,
+    table: &str,
+    op: &str,
+    queries: &[Vec<f32>],
+    truth: &[Vec<u32>],
+    ef: usize,
+) -> (f64, f64) {
     c.batch_execute(&format!("SET hnsw.ef_search = {ef}")).unwrap();
     let stmt = c.prepare(&format!("SELECT id FROM {table} ORDER BY embedding {op} $1 LIMIT 10")).unwrap();
     let params: Vec<Vector> = queries.iter().map(|q| Vector::from(q.clone())).collect();
@@ -231,7 +241,8 @@ fn python(o: &Opts) -> String {
 /// `bench/hnswlib_build.py`), or `None` if hnswlib is not available.
 fn hnswlib(o: &Opts, threads: usize) -> Option<serde_json::Value> {
     let py = python(o);
-    let have = std::process::Command::new(&py).args(["-c", "import hnswlib, numpy"]).status().is_ok_and(|s| s.success());
+    let have =
+        std::process::Command::new(&py).args(["-c", "import hnswlib, numpy"]).status().is_ok_and(|s| s.success());
     if !have {
         eprintln!(
             "hnswlib is not installed for {py}: python3 -m venv target/venv && target/venv/bin/pip install hnswlib numpy"
@@ -270,7 +281,17 @@ fn real(o: &Opts) {
     }
     let mut builds = Vec::new();
     for &threads in &o.threads {
-        builds.push(build_once(&cluster, "packages", "vector_cosine_ops", "<=>", threads, "2GB", &queries, &truth, &[40]));
+        builds.push(build_once(
+            &cluster,
+            "packages",
+            "vector_cosine_ops",
+            "<=>",
+            threads,
+            "2GB",
+            &queries,
+            &truth,
+            &[40],
+        ));
     }
     let libs: Vec<serde_json::Value> =
         if o.hnswlib { o.threads.iter().filter_map(|&t| hnswlib(o, t)).collect() } else { Vec::new() };
@@ -329,7 +350,9 @@ fn synthetic_data(n: usize, nq: usize, dims: usize, seed: u64) -> (Vec<Vec<f32>>
     let centres: Vec<Vec<f32>> = (0..100).map(|_| (0..dims).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
     let point = |rng: &mut rand::rngs::SmallRng| {
         let c = &centres[rng.gen_range(0..centres.len())];
-        c.iter().map(|x| x + (rng.gen::<f32>() + rng.gen::<f32>() + rng.gen::<f32>() - 1.5) * 0.25).collect::<Vec<f32>>()
+        c.iter()
+            .map(|x| x + (rng.gen::<f32>() + rng.gen::<f32>() + rng.gen::<f32>() - 1.5) * 0.25)
+            .collect::<Vec<f32>>()
     };
     let data = (0..n).map(|_| point(&mut rng)).collect();
     let queries = (0..nq).map(|_| point(&mut rng)).collect();
@@ -360,7 +383,10 @@ fn ground_truth(data: &[Vec<f32>], queries: &[Vec<f32>]) -> Vec<Vec<u32>> {
 }
 
 fn synthetic(o: &Opts) {
-    println!("generating {} × {} (seed {}) and the exact ground truth of {} queries ...", o.n, o.dims, o.seed, o.queries);
+    println!(
+        "generating {} × {} (seed {}) and the exact ground truth of {} queries ...",
+        o.n, o.dims, o.seed, o.queries
+    );
     let (data, queries) = synthetic_data(o.n, o.queries, o.dims, o.seed);
     let truth = ground_truth(&data, &queries);
     let cluster = start_cluster(&[]);
@@ -374,7 +400,17 @@ fn synthetic(o: &Opts) {
     let mwm = format!("{}MB", (o.n * (o.dims * 4 + 400)) / (1 << 20) + 256);
     let mut builds = Vec::new();
     for &threads in &o.threads {
-        builds.push(build_once(&cluster, "synth", "vector_l2_ops", "<->", threads, &mwm, &queries, &truth, &[10, 20, 40, 100]));
+        builds.push(build_once(
+            &cluster,
+            "synth",
+            "vector_l2_ops",
+            "<->",
+            threads,
+            &mwm,
+            &queries,
+            &truth,
+            &[10, 20, 40, 100],
+        ));
     }
     let mut md = format!(
         "## Synthetic build, {} × {} clustered (seed {}), L2, m 16, ef_construction 64, maintenance_work_mem {mwm}\n\n\

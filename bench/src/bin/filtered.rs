@@ -91,17 +91,17 @@ fn main() {
     let (_cluster, conn) = match arg("--connect") {
         Some(conn) => (None, conn),
         None => {
-            let cluster = Cluster::start("bench_filtered", &["shared_buffers = 1GB", "max_parallel_workers_per_gather = 0"]);
+            let cluster =
+                Cluster::start("bench_filtered", &["shared_buffers = 1GB", "max_parallel_workers_per_gather = 0"]);
             let conn = cluster.conn_string();
             (Some(cluster), conn)
         }
     };
-    let mut c = Client::connect(&conn, NoTls).unwrap_or_else(|e| fail(&format!("cannot connect: {e}"), "check --connect"));
+    let mut c =
+        Client::connect(&conn, NoTls).unwrap_or_else(|e| fail(&format!("cannot connect: {e}"), "check --connect"));
     c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_hnsw").unwrap();
-    let have: i64 = c
-        .query_one("SELECT count(*) FROM pg_class WHERE relname = 'packages' AND relkind = 'r'", &[])
-        .unwrap()
-        .get(0);
+    let have: i64 =
+        c.query_one("SELECT count(*) FROM pg_class WHERE relname = 'packages' AND relkind = 'r'", &[]).unwrap().get(0);
     if have == 0 {
         load_packages(&mut c, &base, &labels);
     }
@@ -136,10 +136,8 @@ fn main() {
     }
 
     // Exact filtered ground truth (cosine on unit vectors: largest dot).
-    let family_rows: Vec<Vec<usize>> = FAMILIES
-        .iter()
-        .map(|(f, _)| (0..base.len()).filter(|&i| category_of(&labels[i].0) == *f).collect())
-        .collect();
+    let family_rows: Vec<Vec<usize>> =
+        FAMILIES.iter().map(|(f, _)| (0..base.len()).filter(|&i| category_of(&labels[i].0) == *f).collect()).collect();
     let truth: Vec<Vec<Vec<i32>>> = family_rows
         .iter()
         .map(|rows| {
@@ -168,8 +166,10 @@ fn main() {
         c.batch_execute("RESET ALL; SET hnsw.ef_search = 40").unwrap();
         c.batch_execute(setting.sql).unwrap();
         if setting.attribute_index {
-            c.batch_execute("CREATE INDEX IF NOT EXISTS packages_category_idx ON packages (category); ANALYZE packages")
-                .unwrap();
+            c.batch_execute(
+                "CREATE INDEX IF NOT EXISTS packages_category_idx ON packages (category); ANALYZE packages",
+            )
+            .unwrap();
         } else {
             c.batch_execute("DROP INDEX IF EXISTS packages_category_idx").unwrap();
         }

@@ -51,7 +51,6 @@ fn parse() -> Opts {
     o
 }
 
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
