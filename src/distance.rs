@@ -50,26 +50,12 @@ impl Term {
     }
 }
 
-/// Portable kernel: [`LANES`] partial sums (lane `i` takes elements `i`,
-/// `i + LANES`, ...), pairwise reduction, then the tail in order.
+/// Portable kernel ([`lanes_portable`]).
 #[inline(always)]
 fn f32_portable(term: Term, a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; LANES];
-    let chunks = n / LANES;
-    for c in 0..chunks {
-        let xa = &a[c * LANES..c * LANES + LANES];
-        let xb = &b[c * LANES..c * LANES + LANES];
-        for i in 0..LANES {
-            acc[i] += term.apply(xa[i], xb[i]);
-        }
-    }
-    let mut tail = 0.0f32;
-    for i in chunks * LANES..n {
-        tail += term.apply(a[i], b[i]);
-    }
-    reduce(acc) + tail
+    lanes_portable(n, |i| term.apply(a[i], b[i]))
 }
 
 /// [`f32_portable`] in AVX2 registers: the 16 lanes are two 8-lane
@@ -171,51 +157,58 @@ pub fn half_to_f32(h: u16) -> f32 {
     f32::from_bits(magnitude.to_bits() | ((h & 0x8000) << 16))
 }
 
+/// Sums `term(i)` for `i` in `0..n` the way every portable kernel does:
+/// [`LANES`] partial sums (lane `i` takes elements `i`, `i + LANES`, ...),
+/// pairwise reduction, then the tail in order.
+#[inline(always)]
+fn lanes_portable(n: usize, term: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = n / LANES;
+    for c in 0..chunks {
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a += term(c * LANES + i);
+        }
+    }
+    let mut tail = 0.0f32;
+    for i in chunks * LANES..n {
+        tail += term(i);
+    }
+    reduce(acc) + tail
+}
+
 /// Portable half-precision kernel: same lanes and summation order as the
 /// `f32` kernels, decoding each code with [`half_to_f32`].
 #[inline(always)]
 fn half_portable(term: Term, q: &[f32], codes: &[u16], scale: f32) -> f32 {
     let n = q.len().min(codes.len());
     let (q, codes) = (&q[..n], &codes[..n]);
-    let f = |x: f32, c: u16| term.apply(x, half_to_f32(c) * scale);
-    let mut acc = [0.0f32; LANES];
-    let chunks = n / LANES;
-    for c in 0..chunks {
-        for i in 0..LANES {
-            acc[i] += f(q[c * LANES + i], codes[c * LANES + i]);
-        }
-    }
-    let mut tail = 0.0f32;
-    for i in chunks * LANES..n {
-        tail += f(q[i], codes[i]);
-    }
-    reduce(acc) + tail
+    lanes_portable(n, |i| term.apply(q[i], half_to_f32(codes[i]) * scale))
 }
 
-/// The same kernel with the CPU's half→single conversion (`vcvtph2ps`, F16C)
-/// and fused multiply-adds: two 8-lane accumulators (16 lanes, as the
-/// portable one), then the same pairwise reduction.
+/// The lane loop of the F16C kernels: two 8-lane accumulators (16 lanes,
+/// as [`lanes_portable`]) over the operand pairs `load(i)` (elements
+/// `i..i + 8`) with fused multiply-adds, the same pairwise reduction, then
+/// the tail `tail(i)` in order.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C.
+/// The CPU must support AVX2, FMA and F16C; `load(i)` must be valid for
+/// every `i + 8 <= n`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn half_f16c(term: Term, q: &[f32], codes: &[u16], scale: f32) -> f32 {
+#[inline]
+unsafe fn lanes_f16c(
+    term: Term,
+    n: usize,
+    load: impl Fn(usize) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256),
+    tail: impl Fn(usize) -> f32,
+) -> f32 {
     use std::arch::x86_64::*;
-    let n = q.len().min(codes.len());
     let chunks = n / LANES;
-    let scale8 = _mm256_set1_ps(scale);
     let sign = _mm256_set1_ps(-0.0);
     let mut acc = [_mm256_setzero_ps(); 2];
     for c in 0..chunks {
         for (half, a) in acc.iter_mut().enumerate() {
-            let i = c * LANES + 8 * half;
-            // SAFETY: i + 8 <= chunks * LANES <= n, the length of both slices;
-            // unaligned loads.
-            let (h, x) = unsafe {
-                (_mm_loadu_si128(codes.as_ptr().add(i) as *const __m128i), _mm256_loadu_ps(q.as_ptr().add(i)))
-            };
-            let y = _mm256_mul_ps(_mm256_cvtph_ps(h), scale8);
+            let (x, y) = load(c * LANES + 8 * half);
             *a = match term {
                 Term::L2 => {
                     let d = _mm256_sub_ps(x, y);
@@ -232,11 +225,33 @@ unsafe fn half_f16c(term: Term, q: &[f32], codes: &[u16], scale: f32) -> f32 {
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
         _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
     }
-    let mut tail = 0.0f32;
+    let mut rest = 0.0f32;
     for i in chunks * LANES..n {
-        tail += term.apply(q[i], half_to_f32(codes[i]) * scale);
+        rest += tail(i);
     }
-    reduce(lanes) + tail
+    reduce(lanes) + rest
+}
+
+/// The half-precision kernel with the CPU's half→single conversion
+/// (`vcvtph2ps`, F16C) and fused multiply-adds ([`lanes_f16c`]).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_f16c(term: Term, q: &[f32], codes: &[u16], scale: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let n = q.len().min(codes.len());
+    let scale8 = _mm256_set1_ps(scale);
+    let load = |i: usize| {
+        // SAFETY: i + 8 <= n, the length of both slices; unaligned loads.
+        let (x, h) =
+            unsafe { (_mm256_loadu_ps(q.as_ptr().add(i)), _mm_loadu_si128(codes.as_ptr().add(i) as *const __m128i)) };
+        (x, _mm256_mul_ps(_mm256_cvtph_ps(h), scale8))
+    };
+    // SAFETY: the CPU supports the features (caller's contract); `load` is
+    // valid for every i + 8 <= n.
+    unsafe { lanes_f16c(term, n, load, |i| term.apply(q[i], half_to_f32(codes[i]) * scale)) }
 }
 
 /// Whether the running CPU can run [`half_f16c`] (cached by the std macro).
@@ -256,6 +271,50 @@ fn half_kernel(term: Term, q: &[f32], codes: &[u16], scale: f32) -> f32 {
         return unsafe { half_f16c(term, q, codes, scale) };
     }
     half_portable(term, q, codes, scale)
+}
+
+/// Portable kernel between two half-precision vectors `a · sa` and
+/// `b · sb`: the lanes and summation order of [`lanes_portable`].
+#[inline(always)]
+fn half_pair_portable(term: Term, a: &[u16], sa: f32, b: &[u16], sb: f32) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    lanes_portable(n, |i| term.apply(half_to_f32(a[i]) * sa, half_to_f32(b[i]) * sb))
+}
+
+/// [`half_pair_portable`] with F16C conversions and fused multiply-adds
+/// ([`lanes_f16c`]).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_pair_f16c(term: Term, a: &[u16], sa: f32, b: &[u16], sb: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (sa8, sb8) = (_mm256_set1_ps(sa), _mm256_set1_ps(sb));
+    let load = |i: usize| {
+        // SAFETY: i + 8 <= n, the length of both slices; unaligned loads.
+        let (ha, hb) = unsafe {
+            (_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i), _mm_loadu_si128(b.as_ptr().add(i) as *const __m128i))
+        };
+        (_mm256_mul_ps(_mm256_cvtph_ps(ha), sa8), _mm256_mul_ps(_mm256_cvtph_ps(hb), sb8))
+    };
+    // SAFETY: the CPU supports the features (caller's contract); `load` is
+    // valid for every i + 8 <= n.
+    unsafe { lanes_f16c(term, n, load, |i| term.apply(half_to_f32(a[i]) * sa, half_to_f32(b[i]) * sb)) }
+}
+
+#[inline(always)]
+fn half_pair_kernel(term: Term, a: &[u16], sa: f32, b: &[u16], sb: f32) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: `has_f16c` checked at run time that this CPU supports
+        // AVX2, FMA and F16C.
+        return unsafe { half_pair_f16c(term, a, sa, b, sb) };
+    }
+    half_pair_portable(term, a, sa, b, sb)
 }
 
 /// Squared Euclidean distance between `q` and the half-precision vector
@@ -622,6 +681,17 @@ impl Metric {
             Metric::L1 => l1_distance_half(query, codes, scale),
         }
     }
+
+    /// The graph distance between two half-precision vectors `a · sa` and
+    /// `b · sb` of the same length (the build compares stored elements in
+    /// this form: half the memory traffic of `f32`).
+    pub fn distance_half_pair(self, a: &[u16], sa: f32, b: &[u16], sb: f32) -> f32 {
+        match self {
+            Metric::L2 => half_pair_kernel(Term::L2, a, sa, b, sb),
+            Metric::InnerProduct | Metric::Cosine => -half_pair_kernel(Term::Dot, a, sa, b, sb),
+            Metric::L1 => half_pair_kernel(Term::L1, a, sa, b, sb),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -827,6 +897,32 @@ mod tests {
             let reference = half::f16::from_bits(h);
             if reference.is_finite() {
                 assert_eq!(half_to_f32(h).to_bits(), reference.to_f32().to_bits(), "code {h:#06x}");
+            }
+        }
+    }
+
+    #[test]
+    fn half_pair_kernels_match_the_decoded_vectors() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for n in [1usize, 15, 16, 17, 384, 1000] {
+            let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let y: Vec<f32> = (0..n).map(|_| rng.gen_range(-300.0..300.0)).collect();
+            let (hx, hy) = (HalfVector::encode(&x), HalfVector::encode(&y));
+            let (mut dx, mut dy) = (Vec::new(), Vec::new());
+            HalfVector::decode(&hx.codes, hx.scale, &mut dx);
+            HalfVector::decode(&hy.codes, hy.scale, &mut dy);
+            for m in [Metric::L2, Metric::InnerProduct, Metric::Cosine, Metric::L1] {
+                let pair = m.distance_half_pair(&hx.codes, hx.scale, &hy.codes, hy.scale) as f64;
+                assert!(close(pair, m.distance(&dx, &dy) as f64), "{m:?} n={n}");
+            }
+            for term in [Term::L2, Term::Dot, Term::L1] {
+                let portable = half_pair_portable(term, &hx.codes, hx.scale, &hy.codes, hy.scale) as f64;
+                #[cfg(target_arch = "x86_64")]
+                if has_f16c() {
+                    // SAFETY: checked just above.
+                    let f16c = unsafe { half_pair_f16c(term, &hx.codes, hx.scale, &hy.codes, hy.scale) } as f64;
+                    assert!(close(portable, f16c), "n={n}: {portable} vs {f16c}");
+                }
             }
         }
     }

@@ -18,6 +18,7 @@ pub mod hnsw {
 
 use indicatif::{ProgressBar, ProgressStyle};
 use pg_hnsw_cluster_tests::{vector_literal, Client, NoTls};
+use rand::{Rng, SeedableRng};
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -180,4 +181,47 @@ pub fn copy_binary(client: &mut Client, table: &str, data: &[Vec<f32>]) {
     buf.extend_from_slice(&(-1i16).to_be_bytes());
     w.write_all(&buf).unwrap();
     w.finish().unwrap();
+}
+
+/// Clustered vectors from a seed: 100 centres uniform in [-1, 1]^dims,
+/// points at a centre plus a bell-shaped offset (sum of three uniforms) of
+/// scale 0.25 per dimension (`bench synthetic`, `build_bench synthetic`,
+/// `graph_bench --synthetic`).
+/// Returns `(data, queries)`: `n` and `nq` vectors of `dims` values.
+pub fn synthetic_data(n: usize, nq: usize, dims: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let centres: Vec<Vec<f32>> = (0..100).map(|_| (0..dims).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
+    let point = |rng: &mut rand::rngs::SmallRng| {
+        let c = &centres[rng.gen_range(0..centres.len())];
+        c.iter()
+            .map(|x| x + (rng.gen::<f32>() + rng.gen::<f32>() + rng.gen::<f32>() - 1.5) * 0.25)
+            .collect::<Vec<f32>>()
+    };
+    let data = (0..n).map(|_| point(&mut rng)).collect();
+    let queries = (0..nq).map(|_| point(&mut rng)).collect();
+    (data, queries)
+}
+
+/// Exact 10 nearest (squared L2) of each query, on two threads: one list of
+/// row numbers (0-based, nearest first) per query.
+pub fn ground_truth(data: &[Vec<f32>], queries: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    let knn = |q: &Vec<f32>| {
+        let mut best: Vec<(f32, u32)> = Vec::with_capacity(11);
+        for (i, v) in data.iter().enumerate() {
+            let d: f32 = q.iter().zip(v).map(|(a, b)| (a - b) * (a - b)).sum();
+            if best.len() < 10 || d < best[best.len() - 1].0 {
+                let at = best.partition_point(|x| x.0 <= d);
+                best.insert(at, (d, i as u32));
+                best.truncate(10);
+            }
+        }
+        best.into_iter().map(|x| x.1).collect::<Vec<u32>>()
+    };
+    std::thread::scope(|s| {
+        let (a, b) = queries.split_at(queries.len() / 2);
+        let h = s.spawn(move || b.iter().map(knn).collect::<Vec<_>>());
+        let mut out: Vec<Vec<u32>> = a.iter().map(knn).collect();
+        out.extend(h.join().unwrap());
+        out
+    })
 }

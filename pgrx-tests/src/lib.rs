@@ -2,8 +2,11 @@
 //!
 //! A [`Cluster`] is `initdb`-ed under `target/clusters/<name>` and runs as
 //! the `postgres` OS user (PostgreSQL refuses root) on its own port and
-//! socket directory; it is stopped when dropped. The `pg_hnsw` extension
-//! must already be installed into that PostgreSQL (`cargo pgrx install`).
+//! socket directory. When its handle is dropped the cluster is stopped and,
+//! unless the test is failing (panicking) or `PG_HNSW_KEEP_CLUSTERS` is set,
+//! its directory is removed: a whole run would otherwise leave about 3 GB of
+//! data directories behind. The `pg_hnsw` extension must already be
+//! installed into that PostgreSQL (`cargo pgrx install`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -58,6 +61,8 @@ pub struct Cluster {
     /// Port.
     pub port: u16,
     stopped: bool,
+    /// Left running on purpose: dropping neither stops nor removes it.
+    left_running: bool,
 }
 
 /// Root of the clusters' directories (`<repo>/target/clusters`).
@@ -122,7 +127,7 @@ impl Cluster {
         text.push_str(&lines.join("\n"));
         text.push('\n');
         std::fs::write(&conf_path, text).unwrap();
-        let mut c = Cluster { data, socket_dir, port, stopped: true };
+        let mut c = Cluster { data, socket_dir, port, stopped: true, left_running: false };
         c.pg_ctl_start();
         c.stopped = false;
         c
@@ -131,7 +136,7 @@ impl Cluster {
     /// Wraps an existing data directory (e.g. a replica from
     /// `pg_basebackup`) on `port` and starts it.
     pub fn start_existing(data: PathBuf, socket_dir: PathBuf, port: u16) -> Cluster {
-        let mut c = Cluster { data, socket_dir, port, stopped: true };
+        let mut c = Cluster { data, socket_dir, port, stopped: true, left_running: false };
         c.pg_ctl_start();
         c.stopped = false;
         c
@@ -199,9 +204,10 @@ impl Cluster {
         self.stopped = true;
     }
 
-    /// Leaves the cluster running when this handle is dropped.
+    /// Leaves the cluster running, with its directory, when this handle is
+    /// dropped.
     pub fn leave_running(mut self) {
-        self.stopped = true;
+        self.left_running = true;
     }
 
     /// Starts the cluster again after a stop or crash (crash recovery runs).
@@ -212,8 +218,19 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
+    /// Stops the cluster; removes its directory (the parent of `data`) when
+    /// the test passed, so only failing tests leave their logs and data.
     fn drop(&mut self) {
+        if self.left_running {
+            return;
+        }
         self.stop("immediate");
+        if std::thread::panicking() || std::env::var_os("PG_HNSW_KEEP_CLUSTERS").is_some() {
+            return;
+        }
+        if let Some(base) = self.data.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
     }
 }
 
@@ -298,6 +315,17 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 pub fn recall_at(k: usize, found: &[i64], truth: &[usize]) -> f64 {
     let truth: Vec<i64> = truth.iter().take(k).map(|&t| t as i64).collect();
     found.iter().take(k).filter(|f| truth.contains(f)).count() as f64 / k as f64
+}
+
+/// The plan of `sql` (`EXPLAIN`), one line per plan row.
+pub fn explain(client: &mut Client, sql: &str) -> String {
+    client
+        .query(&format!("EXPLAIN {sql}"), &[])
+        .unwrap_or_else(|e| panic!("EXPLAIN {sql}: {e}"))
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Runs `sql`, which must fail, and returns `"<SQLSTATE> <message>"`.

@@ -2,17 +2,8 @@
 //! budget and order, filtered recall, and the planner's choices for filtered
 //! queries (as pgvector's planner tests expect them).
 
-use pg_hnsw_cluster_tests::{sqlstate, Client, Cluster};
+use pg_hnsw_cluster_tests::{explain, sqlstate, Client, Cluster};
 use rand::{Rng, SeedableRng};
-
-fn explain(c: &mut Client, sql: &str) -> String {
-    c.query(&format!("EXPLAIN {sql}"), &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 fn ids(c: &mut Client, sql: &str) -> Vec<i32> {
     c.query(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).iter().map(|r| r.get(0)).collect()

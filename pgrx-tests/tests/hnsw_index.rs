@@ -2,18 +2,9 @@
 //! use, options and GUC errors, and edge cases.
 
 use pg_hnsw_cluster_tests::{
-    copy_vectors, cosine, exact_knn, l2, neg_ip, recall_at, sqlstate, Client, Cluster, Dataset,
+    copy_vectors, cosine, exact_knn, explain, l2, neg_ip, recall_at, sqlstate, Client, Cluster, Dataset,
 };
 use pgvector::Vector;
-
-fn explain(c: &mut Client, sql: &str) -> String {
-    c.query(&format!("EXPLAIN {sql}"), &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// Mean recall@10 of `ORDER BY embedding <op> q LIMIT 10` over the queries,
 /// against brute force over the same rows.

@@ -3,17 +3,8 @@
 //! row-by-row inserts, duplicates, VACUUM, expression indexes as in pgvector's
 //! README, and the limits' errors.
 
-use pg_hnsw_cluster_tests::{sqlstate, Client, Cluster, Dataset};
+use pg_hnsw_cluster_tests::{explain, sqlstate, Client, Cluster, Dataset};
 use rand::{Rng, SeedableRng};
-
-fn explain(c: &mut Client, sql: &str) -> String {
-    c.query(&format!("EXPLAIN {sql}"), &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 fn check_passes(c: &mut Client, index: &str) {
     for r in c.query(&format!("SELECT check_name, passed, detail FROM hnsw_index_check('{index}')"), &[]).unwrap() {
@@ -114,7 +105,7 @@ fn recall_by_opclass(
 
 #[test]
 fn halfvec_opclasses_on_real_data() {
-    let cluster = Cluster::start("types_halfvec", &[]);
+    let cluster = Cluster::start("types_index_halfvec", &[]);
     let mut c = cluster.connect_with_extension();
     let data = Dataset::load(5_000, 30);
     c.batch_execute("CREATE TABLE staging (id int, embedding vector(384))").unwrap();
@@ -143,7 +134,7 @@ fn halfvec_opclasses_on_real_data() {
 
 #[test]
 fn bit_opclasses_on_binary_quantized_real_data() {
-    let cluster = Cluster::start("types_bit", &[]);
+    let cluster = Cluster::start("types_index_bit", &[]);
     let mut c = cluster.connect_with_extension();
     let data = Dataset::load(5_000, 30);
     c.batch_execute("CREATE TABLE staging (id int, embedding vector(384))").unwrap();
@@ -177,7 +168,7 @@ fn bit_opclasses_on_binary_quantized_real_data() {
 
 #[test]
 fn sparsevec_opclasses_on_sparse_data() {
-    let cluster = Cluster::start("types_sparsevec", &[]);
+    let cluster = Cluster::start("types_index_sparsevec", &[]);
     let mut c = cluster.connect_with_extension();
     let mut rng = rand::rngs::StdRng::seed_from_u64(31);
     let dims = 2_000;
@@ -226,7 +217,7 @@ fn sparsevec_opclasses_on_sparse_data() {
 /// Duplicates share elements and VACUUM removes dead rows, for each type.
 #[test]
 fn duplicates_and_vacuum_per_type() {
-    let cluster = Cluster::start("types_vacuum", &[]);
+    let cluster = Cluster::start("types_index_vacuum", &[]);
     let mut c = cluster.connect_with_extension();
     let cases = [
         ("halfvec(3)", "halfvec_l2_ops", "<->", "ARRAY[i % 7, i % 11, i % 13]::halfvec(3)", "'[1,2,3]'::halfvec(3)"),
@@ -268,7 +259,7 @@ fn duplicates_and_vacuum_per_type() {
 /// precision pages, exact order through the recheck); more is an error.
 #[test]
 fn wide_vectors_up_to_4000_dimensions() {
-    let cluster = Cluster::start("types_wide", &[]);
+    let cluster = Cluster::start("types_index_wide", &[]);
     let mut c = cluster.connect_with_extension();
     c.batch_execute(
         "SELECT setseed(0.1);

@@ -7,8 +7,10 @@
 //!    backend, never processes, and never call into PostgreSQL;
 //! 2. scan the heap (`table_index_build_scan`, on the leader) and load each
 //!    value into a [`ParallelInsert`] over a [`MemoryGraph`] in its codec's
-//!    working form ([`super::prepare_datum`]: normalised for cosine; NULLs
-//!    and, for cosine, zero vectors are not indexed); worker threads link
+//!    build form ([`super::prepare_datum`]: normalised for cosine; NULLs
+//!    and, for cosine, zero vectors are not indexed; then
+//!    [`Codec::build_form`]: a `vector` is held, and compared, as its
+//!    half-precision payload); worker threads link
 //!    loaded elements into the graph as they arrive, and the leader joins
 //!    them once the scan is done (with one thread, the leader links each row
 //!    right after loading it, so the graph depends only on the rows and
@@ -34,7 +36,7 @@ use pgrx::{pg_sys, PgMemoryContexts, PgSqlErrorCode};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::codec::{Codec, Kind};
+use super::codec::{BuildSpace, Codec, Kind};
 use super::graph::{random_level, InsertFailure, MemoryGraph, OutOfMemory, ParallelInsert, Params, Scratch};
 use super::page::{
     self, encode_element, encode_neighbors, item_footprint, ItemPointer, Meta, PageImage, PageKind, EMPTY_PAGE_SPACE,
@@ -60,7 +62,7 @@ const LAYOUT_OPEN_PAGES: usize = 16;
 /// ERROR (cancel, timeout) unwinding through `ambuild` never leaves a
 /// thread running over a graph being freed.
 struct Workers {
-    shared: Arc<ParallelInsert<Codec>>,
+    shared: Arc<ParallelInsert<BuildSpace>>,
     handles: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -71,7 +73,7 @@ impl Workers {
     /// The threads start with every signal blocked (they inherit the mask
     /// the leader holds while creating them), so PostgreSQL's signal
     /// handlers (cancel, timeouts, latches) always run on the leader.
-    fn start(shared: &Arc<ParallelInsert<Codec>>, n: usize) -> Workers {
+    fn start(shared: &Arc<ParallelInsert<BuildSpace>>, n: usize) -> Workers {
         let mut handles = Vec::with_capacity(n);
         // SAFETY: zeroed sigset_t values are valid to pass to sigfillset and
         // pthread_sigmask, which only touch this thread's mask.
@@ -112,7 +114,7 @@ impl Drop for Workers {
 
 /// The in-memory phase: the shared graph and its worker threads.
 struct InMemory {
-    shared: Arc<ParallelInsert<Codec>>,
+    shared: Arc<ParallelInsert<BuildSpace>>,
     workers: Workers,
 }
 
@@ -264,7 +266,7 @@ pub unsafe extern "C-unwind" fn ambuild(
         );
     } else if !state.spilled {
         // No row was indexed: an empty index (meta page only).
-        write_graph(&state.rel, &MemoryGraph::new(codec, params, state.max_level));
+        write_graph(&state.rel, &MemoryGraph::new(BuildSpace(codec), params, state.max_level));
     }
     // SAFETY: palloc0 returns zeroed memory for the result struct.
     unsafe {
@@ -300,13 +302,17 @@ unsafe extern "C-unwind" fn build_callback(
         return;
     };
     let level = random_level(state.rng.gen::<f64>(), state.params.level_multiplier(), state.max_level);
-    if !state.spilled && state.memory.is_none() {
-        start_in_memory(state, &vector);
+    // The graph in memory holds rows in their build form (see
+    // `Codec::build_form`); rows inserted on disk stay in working form.
+    let form = (!state.spilled).then(|| codec.build_form(&vector));
+    if let (None, Some(form)) = (&state.memory, &form) {
+        start_in_memory(state, form);
     }
+    let form_len = form.as_ref().map_or(0, Vec::len);
     let needed = state.memory.as_ref().map(|mem| {
         let shared = &mem.shared;
         let held = shared.memory_bytes() + state.scratch.memory_bytes() + layout_bytes(shared.loaded() as usize);
-        (held, held + shared.bytes_for_next(vector.len(), level) + LAYOUT_BYTES_PER_ELEMENT, shared.loaded() as usize)
+        (held, held + shared.bytes_for_next(form_len, level) + LAYOUT_BYTES_PER_ELEMENT, shared.loaded() as usize)
     });
     let over = needed.is_some_and(|(held, next, n)| {
         if held > state.peak.0 {
@@ -317,10 +323,10 @@ unsafe extern "C-unwind" fn build_callback(
     if over {
         spill_to_disk(state);
     }
-    match &state.memory {
-        Some(mem) => {
+    match (&state.memory, form) {
+        (Some(mem), Some(form)) => {
             let shared = Arc::clone(&mem.shared);
-            shared.load(&vector, tid.pack(), level).unwrap_or_else(|e| out_of_memory(e));
+            shared.load(&form, tid.pack(), level).unwrap_or_else(|e| out_of_memory(e));
             if state.threads == 1 {
                 // The leader alone: link right away, in heap order.
                 shared.link_one(&mut state.scratch).unwrap_or_else(|e| out_of_memory(e));
@@ -333,7 +339,7 @@ unsafe extern "C-unwind" fn build_callback(
                 progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, shared.linked() as i64);
             }
         }
-        None => {
+        _ => {
             insert::insert_prepared(&state.rel, &vector, tid, level);
             if (state.index_tuples as u64) % 1024 == 0 {
                 progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, state.index_tuples as i64);
@@ -355,7 +361,7 @@ fn start_in_memory(state: &mut BuildState, first: &[u32]) {
         Kind::SparseVec => None,
         _ => Some(first.len()),
     };
-    let graph = MemoryGraph::with_vector_len(state.codec, state.params, state.max_level, vector_len);
+    let graph = MemoryGraph::with_vector_len(BuildSpace(state.codec), state.params, state.max_level, vector_len);
     let shared = Arc::new(ParallelInsert::new(graph));
     let workers = Workers::start(&shared, state.threads - 1);
     // Fewer threads if the system would not start them all.
@@ -373,7 +379,7 @@ fn start_in_memory(state: &mut BuildState, first: &[u32]) {
 
 /// Links everything loaded (the leader helping the workers), stops the
 /// workers and returns the graph; `None` if nothing was loaded into memory.
-fn finish_in_memory(state: &mut BuildState) -> Option<MemoryGraph<Codec>> {
+fn finish_in_memory(state: &mut BuildState) -> Option<MemoryGraph<BuildSpace>> {
     let InMemory { shared, mut workers } = state.memory.take()?;
     shared.close();
     let mut last_report = 0;
@@ -434,7 +440,7 @@ fn spill_to_disk(state: &mut BuildState) {
 /// the first earlier page with room (else the current one), so the space an
 /// element item cannot use at the end of a page is filled with neighbor
 /// items instead of being wasted.
-fn place(graph: &MemoryGraph<Codec>, m: usize) -> (Vec<(ItemPointer, ItemPointer)>, Vec<u16>) {
+fn place(graph: &MemoryGraph<BuildSpace>, m: usize) -> (Vec<(ItemPointer, ItemPointer)>, Vec<u16>) {
     struct Page {
         free: usize,
         items: u16,
@@ -447,12 +453,13 @@ fn place(graph: &MemoryGraph<Codec>, m: usize) -> (Vec<(ItemPointer, ItemPointer
         p.items += 1;
         ItemPointer { block: index as u32 + 1, offset: p.items }
     };
-    let codec = *graph.space();
+    let codec = graph.space().0;
     let mut placement = Vec::new();
     if placement.try_reserve_exact(graph.len()).is_err() {
         out_of_memory(OutOfMemory { bytes: graph.len() * std::mem::size_of::<(ItemPointer, ItemPointer)>() });
     }
     for id in 0..graph.len() as u32 {
+        // A build form has the payload length of its working form.
         let element_size = page::element_item_size(codec.payload_len(graph.vector(id)));
         if item_footprint(element_size) > pages.last().unwrap().free {
             pages.push(Page { free: EMPTY_PAGE_SPACE, items: 0 });
@@ -480,8 +487,8 @@ fn place(graph: &MemoryGraph<Codec>, m: usize) -> (Vec<(ItemPointer, ItemPointer
 /// Items are added in insertion order; a page is written (in block order)
 /// as soon as all its items are in, so only the few pages still receiving
 /// neighbor items are held in memory.
-pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph<Codec>) {
-    let (params, codec) = (graph.params(), *graph.space());
+pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph<BuildSpace>) {
+    let (params, codec) = (graph.params(), graph.space().0);
     let (placement, items) = place(graph, params.m);
     let entry = graph.entry().map(|(id, level)| (placement[id as usize].0, level as u16));
     let mut meta_page = PageImage::new(PageKind::Meta);
@@ -519,7 +526,7 @@ pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph<Codec>) {
     for id in 0..graph.len() as u32 {
         let (etid, ntid) = placement[id as usize];
         let tids: Vec<ItemPointer> = graph.heap_tids(id).iter().map(|&t| ItemPointer::unpack(t)).collect();
-        add(etid, &encode_element(graph.level(id), &tids, ntid, &codec.encode(graph.vector(id))), &mut open);
+        add(etid, &encode_element(graph.level(id), &tids, ntid, &codec.build_payload(graph.vector(id))), &mut open);
         let lists: Vec<Vec<ItemPointer>> = (0..=graph.level(id))
             .map(|layer| graph.neighbor_ids(id, layer).iter().map(|&n| placement[n as usize].0).collect())
             .collect();

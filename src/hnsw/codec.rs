@@ -363,6 +363,33 @@ impl Codec {
         out
     }
 
+    // ----- build form -------------------------------------------------------
+
+    /// What the build's in-memory graph holds for working-form vector `v`
+    /// (and compares in [`BuildSpace`]): a `vector` element as its
+    /// payload (half-precision codes, scale, error bounds and norm, packed in
+    /// words), which halves the bytes the build reads per distance; every
+    /// other type its working form.
+    pub fn build_form(&self, v: &[u32]) -> Vec<u32> {
+        match self {
+            Codec::Vector { .. } => {
+                let payload = self.encode(v);
+                // A `vector` payload is a whole number of words
+                // (`vector_bounds_at` rounds up, three f32 fields follow).
+                payload.chunks_exact(4).map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]])).collect()
+            }
+            _ => v.to_vec(),
+        }
+    }
+
+    /// The payload of an element held in [`Codec::build_form`].
+    pub fn build_payload(&self, form: &[u32]) -> Vec<u8> {
+        match self {
+            Codec::Vector { .. } => bytemuck::cast_slice::<u32, u8>(form).to_vec(),
+            _ => self.encode(form),
+        }
+    }
+
     /// Checks a payload read from disk just enough that every accessor and
     /// kernel stays in bounds: `payload_len` is the payload's size from the
     /// item's line pointer, `stable` its first [`Codec::stable_len`] bytes
@@ -607,7 +634,37 @@ fn bit_distance(metric: BitMetric, a: &[u8], b: &[u8]) -> f32 {
     }
 }
 
-/// Working-form vectors compared by the build's in-memory graph.
+/// The codes (`dims` of them) and scale of a `vector` in build form (its
+/// payload in words: the scale, then the codes).
+#[inline]
+fn form_codes(form: &[u32], dims: usize) -> (&[u16], f32) {
+    let codes: &[u16] = bytemuck::cast_slice(form.get(1..).unwrap_or(&[]));
+    (&codes[..dims.min(codes.len())], form.first().map_or(1.0, |&s| f32::from_bits(s)))
+}
+
+/// The build's in-memory graph compares vectors in [`Codec::build_form`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BuildSpace(pub Codec);
+
+impl Space for BuildSpace {
+    type Scalar = u32;
+
+    #[inline]
+    fn distance(&self, a: &[u32], b: &[u32]) -> f32 {
+        match self.0 {
+            // Two payloads: the codes after the scale (word 0).
+            Codec::Vector { metric, dims } => {
+                let ((ca, sa), (cb, sb)) = (form_codes(a, dims), form_codes(b, dims));
+                let len = ca.len().min(cb.len());
+                metric.distance_half_pair(&ca[..len], sa, &cb[..len], sb)
+            }
+            codec => codec.distance(a, b),
+        }
+    }
+}
+
+/// Working-form vectors, compared when the graph relates two stored
+/// elements of an index on disk ([`Codec::decode`]).
 impl Space for Codec {
     type Scalar = u32;
 
@@ -670,6 +727,30 @@ mod tests {
     /// The distance a scan computes from a payload equals the distance the
     /// build computes between working forms (exact kinds), or is within the
     /// half-precision rounding (vector).
+    /// The build holds `vector` rows as their payloads and compares those:
+    /// the payload written is the one `encode` makes, and distances match
+    /// the working form's within half-precision rounding.
+    #[test]
+    fn build_forms_encode_and_compare_like_working_forms() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for dims in [1usize, 3, 16, 17, 384] {
+            for codec in dense_codecs(dims) {
+                for _ in 0..20 {
+                    let (a, b) = (sample(&codec, &mut rng, dims), sample(&codec, &mut rng, dims));
+                    let (a, b) = (codec.prepare_dense(&a).unwrap().unwrap(), codec.prepare_dense(&b).unwrap().unwrap());
+                    let (fa, fb) = (codec.build_form(&a), codec.build_form(&b));
+                    assert_eq!(codec.build_payload(&fa), codec.encode(&a), "{codec:?}");
+                    assert_eq!(codec.payload_len(&fa), codec.payload_len(&a), "{codec:?}");
+                    let exact = codec.distance(&a, &b) as f64;
+                    let built = BuildSpace(codec).distance(&fa, &fb) as f64;
+                    let rounding =
+                        if matches!(codec, Codec::Vector { .. }) || codec.normalizes() { 2e-2 } else { 1e-4 };
+                    assert!((built - exact).abs() <= rounding * (1.0 + exact.abs()), "{codec:?}: {built} vs {exact}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn payload_distances_match_working_form_distances() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);

@@ -5,7 +5,8 @@
 //! arXiv:1603.09320):
 //! - [`Searcher::search_layer`] is Algorithm 2 (beam search on one layer);
 //! - [`select_neighbors`] is Algorithm 4 (the neighbor-selection heuristic,
-//!   without extending or keeping pruned candidates, as hnswlib and pgvector);
+//!   without extending or keeping pruned candidates, as hnswlib; pgvector
+//!   keeps them, see [`Heuristic`]);
 //! - [`Searcher::find_insert_neighbors`] is lines 1–13 of Algorithm 1;
 //! - [`random_level`] draws a level with `mL = 1 / ln(M)`.
 //!
@@ -1514,6 +1515,9 @@ impl<S: Space> MemoryGraph<S> {
                 break;
             }
             self.read_list::<LOCK>(c.id, layer, &mut list);
+            // Only neighbors not seen yet are compared (and prefetched: a
+            // prefetch of a vector already compared wastes a line fill).
+            list.retain(|&n| sc.visit(n));
             if let Some(&first) = list.first() {
                 self.prefetch_vector(first, lines);
             }
@@ -1521,9 +1525,6 @@ impl<S: Space> MemoryGraph<S> {
                 let n = list[i];
                 if let Some(&next) = list.get(i + 1) {
                     self.prefetch_vector(next, lines);
-                }
-                if !sc.visit(n) {
-                    continue;
                 }
                 let d = self.space.distance(q, self.vector(n));
                 sc.distances += 1;

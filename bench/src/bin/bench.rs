@@ -28,12 +28,12 @@
 //! `bench/results`).
 
 use pg_hnsw_bench::plot::{recall_qps_png, Curve};
+use pg_hnsw_bench::synthetic_data;
 use pg_hnsw_bench::{
     bar, build_index_with_progress, copy_binary, fail, load_packages, query_run, read_labels, relation_size, run_json,
     QueryRun,
 };
 use pg_hnsw_cluster_tests::{dataset_dir, exact_knn, l2, read_fvecs, read_ivecs, Cluster};
-use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -374,22 +374,6 @@ fn replot(o: &Opts) {
     let png = o.out.join("recall_qps.png");
     recall_qps_png(&png, PLOT_TITLE, &curves).unwrap_or_else(|e| fail(&e, "check sweep.json"));
     println!("plot written to {}", png.display());
-}
-
-/// `n` clustered vectors (100 Gaussian-ish clusters) and `nq` queries from
-/// the same distribution, from `seed`.
-fn synthetic_data(n: usize, nq: usize, dims: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let centres: Vec<Vec<f32>> = (0..100).map(|_| (0..dims).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
-    let point = |rng: &mut rand::rngs::SmallRng| {
-        let c = &centres[rng.gen_range(0..centres.len())];
-        c.iter()
-            .map(|x| x + (rng.gen::<f32>() + rng.gen::<f32>() + rng.gen::<f32>() - 1.5) * 0.25)
-            .collect::<Vec<f32>>()
-    };
-    let data = (0..n).map(|_| point(&mut rng)).collect();
-    let queries = (0..nq).map(|_| point(&mut rng)).collect();
-    (data, queries)
 }
 
 fn synthetic(o: &Opts) {

@@ -23,10 +23,9 @@
 //! same M / ef_construction, with 1 and 2 threads. Results go to
 //! `<out>/build-<mode>.{json,md}` (default `bench/results`).
 
-use pg_hnsw_bench::copy_binary;
+use pg_hnsw_bench::{copy_binary, ground_truth, synthetic_data};
 use pg_hnsw_cluster_tests::{dataset_dir, read_fvecs, read_ivecs, Client, Cluster};
 use pgvector::Vector;
-use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -340,46 +339,6 @@ fn real(o: &Opts) {
     }
     md += "\n";
     write_results(o, "build-real", &serde_json::json!({"pg_hnsw": builds, "hnswlib": libs}), &md);
-}
-
-/// Clustered vectors from a seed: 100 centres uniform in [-1, 1]^dims,
-/// points at a centre plus a bell-shaped offset (sum of three uniforms) of
-/// scale 0.25 per dimension, as `bench synthetic`.
-fn synthetic_data(n: usize, nq: usize, dims: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let centres: Vec<Vec<f32>> = (0..100).map(|_| (0..dims).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
-    let point = |rng: &mut rand::rngs::SmallRng| {
-        let c = &centres[rng.gen_range(0..centres.len())];
-        c.iter()
-            .map(|x| x + (rng.gen::<f32>() + rng.gen::<f32>() + rng.gen::<f32>() - 1.5) * 0.25)
-            .collect::<Vec<f32>>()
-    };
-    let data = (0..n).map(|_| point(&mut rng)).collect();
-    let queries = (0..nq).map(|_| point(&mut rng)).collect();
-    (data, queries)
-}
-
-/// Exact 10 nearest (squared L2) of each query, on two threads.
-fn ground_truth(data: &[Vec<f32>], queries: &[Vec<f32>]) -> Vec<Vec<u32>> {
-    let knn = |q: &Vec<f32>| {
-        let mut best: Vec<(f32, u32)> = Vec::with_capacity(11);
-        for (i, v) in data.iter().enumerate() {
-            let d: f32 = q.iter().zip(v).map(|(a, b)| (a - b) * (a - b)).sum();
-            if best.len() < 10 || d < best[best.len() - 1].0 {
-                let at = best.partition_point(|x| x.0 <= d);
-                best.insert(at, (d, i as u32));
-                best.truncate(10);
-            }
-        }
-        best.into_iter().map(|x| x.1).collect::<Vec<u32>>()
-    };
-    std::thread::scope(|s| {
-        let (a, b) = queries.split_at(queries.len() / 2);
-        let h = s.spawn(move || b.iter().map(knn).collect::<Vec<_>>());
-        let mut out: Vec<Vec<u32>> = a.iter().map(knn).collect();
-        out.extend(h.join().unwrap());
-        out
-    })
 }
 
 fn synthetic(o: &Opts) {

@@ -3,7 +3,15 @@
 //! CPU), recall@10 and QPS per ef_search on one thread, and our QPS at
 //! hnswlib's recall levels (interpolated on our recall/QPS curve).
 //!
-//! `cargo run --release --manifest-path bench/Cargo.toml --bin graph_bench -- [--threads N] [--no-hnswlib] [--python PATH]`
+//! `cargo run --release --manifest-path bench/Cargo.toml --bin graph_bench -- [--threads N] [--no-hnswlib] [--python PATH] [--synthetic N [--dims D] [--queries Q]] [--keep-pruned] [--prefetch-lines L]`
+//!
+//! `--synthetic N` replaces the real dataset (cosine) by `N` seeded
+//! clustered vectors of `D` dimensions (default 128) under L2, with `Q`
+//! queries (default 500) and their exact top 10 (the generator of
+//! `build_bench synthetic`); hnswlib gets the same data through a TEXMEX
+//! directory under `target/`. `--keep-pruned` fills every list with pruned
+//! candidates (Malkov's keepPrunedConnections, as pgvector does) to compare
+//! that variant of the heuristic.
 //!
 //! `--threads N` builds with N threads ([`ParallelInsert`]: this thread
 //! loads and links, N − 1 more link), as `CREATE INDEX` does; hnswlib builds
@@ -12,8 +20,11 @@
 //! `target/venv` first). On a busy machine the CPU-time figures are the
 //! steadier ones.
 
-use pg_hnsw_bench::distance::Metric;
-use pg_hnsw_bench::hnsw::graph::{random_level, MemoryGraph, ParallelInsert, Params, Scratch};
+use pg_hnsw_bench::distance::{HalfVector, Metric};
+use pg_hnsw_bench::hnsw::graph::{
+    random_level, Heuristic, MemoryGraph, ParallelInsert, Params, Scratch, Space, Tuning, HEURISTIC,
+};
+use pg_hnsw_bench::{ground_truth, synthetic_data};
 use pg_hnsw_cluster_tests::{dataset_dir, read_fvecs, read_ivecs};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
@@ -42,67 +53,180 @@ fn qps_at(curve: &[(f64, f64)], r: f64) -> Option<f64> {
     })
 }
 
+/// Writes `base.fvecs`, `queries.fvecs` and `groundtruth.ivecs` (TEXMEX:
+/// each row is its length as a little-endian `i32`, then its values) into
+/// `dir`, for `hnswlib_build.py`.
+fn write_texmex(dir: &Path, base: &[Vec<f32>], queries: &[Vec<f32>], truth: &[Vec<u32>]) {
+    std::fs::create_dir_all(dir).expect("create the synthetic dataset directory");
+    let rows = |rows: &mut dyn Iterator<Item = Vec<[u8; 4]>>| {
+        let mut out = Vec::new();
+        for row in rows {
+            out.extend_from_slice(&(row.len() as i32).to_le_bytes());
+            row.iter().for_each(|x| out.extend_from_slice(x));
+        }
+        out
+    };
+    let floats = |v: &[Vec<f32>]| rows(&mut v.iter().map(|r| r.iter().map(|x| x.to_le_bytes()).collect()));
+    let ints = rows(&mut truth.iter().map(|r| r.iter().map(|x| (*x as i32).to_le_bytes()).collect()));
+    for (name, bytes) in [("base.fvecs", floats(base)), ("queries.fvecs", floats(queries)), ("groundtruth.ivecs", ints)]
+    {
+        std::fs::write(dir.join(name), bytes).expect("write the synthetic dataset");
+    }
+}
+
+/// One graph_bench configuration, run by [`Run::measure`] on rows in
+/// some [`Space`].
+struct Run<'a> {
+    params: Params,
+    tuning: Tuning,
+    threads: usize,
+    levels: &'a [usize],
+    truth: &'a [Vec<u32>],
+    efs: &'a [usize],
+}
+
+impl Run<'_> {
+    /// Builds the graph over `base` (with `threads` threads, as `CREATE
+    /// INDEX` does), prints its build time, size and the recall@10 / QPS /
+    /// distances per query of `queries` per ef_search, and returns
+    /// `(build s, build CPU s, [(recall, QPS)])`.
+    fn measure<S: Space + Send + Sync>(
+        &self,
+        space: S,
+        base: &[Vec<S::Scalar>],
+        queries: &[Vec<S::Scalar>],
+    ) -> (f64, f64, Vec<(f64, f64)>) {
+        let (t, c) = (Instant::now(), cpu_seconds());
+        let (threads, levels, truth) = (self.threads, self.levels, self.truth);
+        let mut graph = MemoryGraph::with_vector_len(space, self.params, 16, Some(base[0].len()));
+        graph.set_tuning(self.tuning);
+        let insert = ParallelInsert::new(graph);
+        std::thread::scope(|s| {
+            for _ in 1..threads {
+                s.spawn(|| insert.work());
+            }
+            let mut sc = Scratch::default();
+            for (i, v) in base.iter().enumerate() {
+                insert.load(v, i as u64, levels[i]).expect("memory");
+                if threads == 1 {
+                    insert.link_one(&mut sc).expect("memory");
+                }
+            }
+            insert.close();
+            while insert.link_one(&mut sc).expect("memory") {}
+        });
+        let mut g = insert.into_graph().expect("memory");
+        g.repair_reachability(&mut Scratch::default()).expect("memory");
+        let (build, build_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+        println!(
+            "build {build:.1} s (CPU {build_cpu:.1} s) with {threads} thread(s), {} of {} elements reachable, {:.0} MB",
+            g.reachable(),
+            g.len(),
+            g.memory_bytes() as f64 / 1e6
+        );
+        let degree0 = (0..g.len() as u32).map(|id| g.neighbor_ids(id, 0).len()).sum::<usize>() as f64 / g.len() as f64;
+        println!("mean layer-0 neighbors {degree0:.2}");
+        println!("| ef_search | recall@10 | QPS | QPS (CPU time) | distances per query |\n|---|---|---|---|---|");
+        let mut curve = Vec::new();
+        for &ef in self.efs {
+            for q in queries.iter().take(50) {
+                g.search(q, ef);
+            }
+            let (mut qps, mut qps_cpu, mut recall) = (0.0f64, 0.0f64, 0.0);
+            let before = g.search_distances();
+            for _ in 0..5 {
+                let (t, c) = (Instant::now(), cpu_seconds());
+                let mut hits = 0;
+                for (q, tr) in queries.iter().zip(truth) {
+                    let found = g.search(q, ef.max(10));
+                    hits +=
+                        found.iter().take(10).filter(|c| tr[..10].contains(&(g.heap_tids(c.node)[0] as u32))).count();
+                }
+                qps = qps.max(queries.len() as f64 / t.elapsed().as_secs_f64());
+                qps_cpu = qps_cpu.max(queries.len() as f64 / (cpu_seconds() - c).max(0.01));
+                recall = hits as f64 / (10 * queries.len()) as f64;
+            }
+            let per_query = (g.search_distances() - before) as f64 / (5 * queries.len()) as f64;
+            println!("| {ef} | {recall:.4} | {qps:.0} | {qps_cpu:.0} | {per_query:.0} |");
+            curve.push((recall, qps));
+        }
+        (build, build_cpu, curve)
+    }
+}
+
+/// Rows as `CREATE INDEX` holds a `vector`: a power-of-two scale (the
+/// first two 16-bit words) and half-precision codes ([`HalfVector`]).
+struct HalfRows(Metric);
+
+impl HalfRows {
+    fn encode(v: &[f32]) -> Vec<u16> {
+        let h = HalfVector::encode(v);
+        let scale = h.scale.to_bits();
+        [scale as u16, (scale >> 16) as u16].into_iter().chain(h.codes).collect()
+    }
+}
+
+impl Space for HalfRows {
+    type Scalar = u16;
+
+    fn distance(&self, a: &[u16], b: &[u16]) -> f32 {
+        let scale = |w: &[u16]| f32::from_bits(w[0] as u32 | (w[1] as u32) << 16);
+        self.0.distance_half_pair(&a[2..], scale(a), &b[2..], scale(b))
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let value = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1).cloned());
     let threads: usize = value("--threads").map_or(1, |t| t.parse().expect("--threads N"));
-    let dir = dataset_dir();
-    let base: Vec<Vec<f32>> = read_fvecs(&dir.join("base.fvecs"), usize::MAX).iter().map(|v| normalized(v)).collect();
-    let queries: Vec<Vec<f32>> =
-        read_fvecs(&dir.join("queries.fvecs"), usize::MAX).iter().map(|v| normalized(v)).collect();
-    let truth = read_ivecs(&dir.join("groundtruth.ivecs"), usize::MAX);
+    let synthetic: Option<usize> = value("--synthetic").map(|n| n.parse().expect("--synthetic N"));
+    let (dir, metric, base, queries, truth) = match synthetic {
+        None => {
+            let dir = dataset_dir();
+            let base: Vec<Vec<f32>> =
+                read_fvecs(&dir.join("base.fvecs"), usize::MAX).iter().map(|v| normalized(v)).collect();
+            let queries: Vec<Vec<f32>> =
+                read_fvecs(&dir.join("queries.fvecs"), usize::MAX).iter().map(|v| normalized(v)).collect();
+            let truth = read_ivecs(&dir.join("groundtruth.ivecs"), usize::MAX);
+            (dir, Metric::Cosine, base, queries, truth)
+        }
+        Some(n) => {
+            let dims: usize = value("--dims").map_or(128, |d| d.parse().expect("--dims D"));
+            let nq: usize = value("--queries").map_or(500, |q| q.parse().expect("--queries Q"));
+            let (base, queries) = synthetic_data(n, nq, dims, 42);
+            let truth = ground_truth(&base, &queries);
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/graph-bench-synthetic-{n}x{dims}"));
+            write_texmex(&dir, &base, &queries, &truth);
+            (dir, Metric::L2, base, queries, truth)
+        }
+    };
+    let efs: &[usize] = if synthetic.is_some() { &[10, 20, 40, 100, 200] } else { &EFS };
     let params = Params { m: 16, ef_construction: 64 };
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
     let levels: Vec<usize> =
         base.iter().map(|_| random_level(rng.gen::<f64>(), params.level_multiplier(), 16)).collect();
 
-    let (t, c) = (Instant::now(), cpu_seconds());
-    let insert = ParallelInsert::new(MemoryGraph::with_vector_len(Metric::Cosine, params, 16, Some(base[0].len())));
-    std::thread::scope(|s| {
-        for _ in 1..threads {
-            s.spawn(|| insert.work());
-        }
-        let mut sc = Scratch::default();
-        for (i, v) in base.iter().enumerate() {
-            insert.load(v, i as u64, levels[i]).expect("memory");
-            if threads == 1 {
-                insert.link_one(&mut sc).expect("memory");
-            }
-        }
-        insert.close();
-        while insert.link_one(&mut sc).expect("memory") {}
-    });
-    let mut g = insert.into_graph().expect("memory");
-    g.repair_reachability(&mut Scratch::default()).expect("memory");
-    let (build, build_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
-    println!("graph.rs in memory: {} x {} cosine, m=16, ef_construction=64", base.len(), base[0].len());
-    println!(
-        "build {build:.1} s (CPU {build_cpu:.1} s) with {threads} thread(s), {} of {} elements reachable, {:.0} MB",
-        g.reachable(),
-        g.len(),
-        g.memory_bytes() as f64 / 1e6
-    );
-    println!("| ef_search | recall@10 | QPS | QPS (CPU time) |\n|---|---|---|---|");
-    let mut curve = Vec::new();
-    for ef in EFS {
-        for q in queries.iter().take(50) {
-            g.search(q, ef);
-        }
-        let (mut qps, mut qps_cpu, mut recall) = (0.0f64, 0.0f64, 0.0);
-        for _ in 0..3 {
-            let (t, c) = (Instant::now(), cpu_seconds());
-            let mut hits = 0;
-            for (q, tr) in queries.iter().zip(&truth) {
-                let found = g.search(q, ef.max(10));
-                hits += found.iter().take(10).filter(|c| tr[..10].contains(&(g.heap_tids(c.node)[0] as u32))).count();
-            }
-            qps = qps.max(queries.len() as f64 / t.elapsed().as_secs_f64());
-            qps_cpu = qps_cpu.max(queries.len() as f64 / (cpu_seconds() - c).max(0.01));
-            recall = hits as f64 / (10 * queries.len()) as f64;
-        }
-        println!("| {ef} | {recall:.4} | {qps:.0} | {qps_cpu:.0} |");
-        curve.push((recall, qps));
+    let mut tuning = Tuning::default();
+    if let Some(lines) = value("--prefetch-lines") {
+        tuning.prefetch_lines = lines.parse().expect("--prefetch-lines N");
     }
+    if args.iter().any(|a| a == "--keep-pruned") {
+        tuning.heuristic = Heuristic { keep_pruned: true, ..HEURISTIC };
+    }
+    let run = Run { params, tuning, threads, levels: &levels, truth: &truth, efs };
+    println!(
+        "graph.rs in memory: {} x {} {metric:?}, m=16, ef_construction=64, {:?}",
+        base.len(),
+        base[0].len(),
+        tuning.heuristic
+    );
+    let (build, build_cpu, curve) = if args.iter().any(|a| a == "--half") {
+        println!("rows held in half precision, as CREATE INDEX holds a `vector` (queries too)");
+        let half = |rows: &[Vec<f32>]| rows.iter().map(|v| HalfRows::encode(v)).collect::<Vec<_>>();
+        run.measure(HalfRows(metric), &half(&base), &half(&queries))
+    } else {
+        run.measure(metric, &base, &queries)
+    };
     if args.iter().any(|a| a == "--no-hnswlib") {
         return;
     }
@@ -115,21 +239,23 @@ fn main() {
         }
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hnswlib_build.py");
-    let efs: Vec<String> = EFS.iter().map(|e| e.to_string()).collect();
+    let space = if metric == Metric::L2 { "l2" } else { "cosine" };
+    let efs: Vec<String> = efs.iter().map(|e| e.to_string()).collect();
     let out = std::process::Command::new(&python)
         .arg(script)
         .arg("--dataset")
         .arg(&dir)
-        .args(["--threads", &threads.to_string(), "--efs", &efs.join(",")])
+        .args(["--threads", &threads.to_string(), "--efs", &efs.join(","), "--space", space])
         .output();
     let Some(lib) = out.ok().and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok()) else {
         eprintln!("hnswlib not available for {python} (python3 -m venv target/venv && target/venv/bin/pip install hnswlib numpy)");
         return;
     };
     println!(
-        "\nhnswlib: build {:.1} s (CPU {:.1} s) with {threads} thread(s)",
+        "\nhnswlib: build {:.1} s (CPU {:.1} s) with {threads} thread(s), mean layer-0 neighbors {:.2}",
         lib["build_s"].as_f64().unwrap_or(0.0),
-        lib["build_cpu_s"].as_f64().unwrap_or(0.0)
+        lib["build_cpu_s"].as_f64().unwrap_or(0.0),
+        lib["degree0"].as_f64().unwrap_or(f64::NAN)
     );
     println!("| ef_search | recall@10 | QPS | QPS (CPU time) | graph.rs QPS at this recall | ratio |\n|---|---|---|---|---|---|");
     for run in lib["runs"].as_array().into_iter().flatten() {
