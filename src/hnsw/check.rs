@@ -7,7 +7,9 @@
 //! Checks: the meta page; every page and item; element → neighbor item
 //! links; neighbor lists (bounds, targets present on the layer and not
 //! free); every live element reachable from the entry point over layer-0
-//! links, walking through deleted elements as scans do; every live heap row
+//! links, walking through deleted elements as scans do (an unreachable
+//! element holding only rows the heap no longer shows, left by an insert
+//! that never committed, is counted rather than failed); every live heap row
 //! indexed exactly once.
 //!
 //! Links to *deleted* elements are legal (VACUUM repairs them before it
@@ -294,26 +296,81 @@ fn check_lists(rel: &IndexRel, m: usize, graph: &Graph) -> Row {
     )
 }
 
+const REACHABLE: &str = "reachable from entry point";
+
+/// What the reachability walk found, settled into a report row once the heap
+/// part has read which rows are visible ([`Reachability::row`]).
+#[derive(Default)]
+struct Reachability {
+    problems: Problems,
+    /// Live elements the walk did not reach, with their heap TIDs.
+    unreachable: Vec<(ItemPointer, Vec<ItemPointer>)>,
+    live: usize,
+    note: &'static str,
+}
+
+impl Reachability {
+    /// The report row. An unreachable element whose heap TIDs all belong to
+    /// rows that are not visible (`visible` answers from the heap part; an
+    /// insert killed before its links were written and its transaction
+    /// committed leaves such an element, and a VACUUM that skips index
+    /// vacuuming keeps it) costs nothing: no query has a row to find there,
+    /// and the next VACUUM that cleans the index frees it. It is counted in
+    /// the detail; any other unreachable element fails the check. `visible`
+    /// is `None` when the heap part was skipped (every unreachable element
+    /// fails).
+    fn row(mut self, visible: Option<&dyn Fn(ItemPointer) -> bool>) -> Row {
+        let mut dead_rows = 0usize;
+        for (tid, heap_tids) in &self.unreachable {
+            match visible {
+                Some(visible) if !heap_tids.iter().any(|&t| visible(t)) => dead_rows += 1,
+                _ => self.problems.add(format!("element {} unreachable", at(*tid))),
+            }
+        }
+        let live = self.live - dead_rows;
+        let detail = match dead_rows {
+            0 => format!("all {live} live elements{}", self.note),
+            n => format!(
+                "all {live} live elements of visible rows{}; {n} unreachable element(s) only for rows not visible \
+                 (an insert that did not commit; VACUUM frees them)",
+                self.note
+            ),
+        };
+        self.problems.row(REACHABLE, detail)
+    }
+}
+
+/// The heap TIDs of the element item at `t` (empty if it cannot be read).
+fn element_heap_tids(rel: &IndexRel, meta: &Meta, t: ItemPointer) -> Vec<ItemPointer> {
+    rel.read(t.block, |p| {
+        let item = PageRef::new(p, PageKind::Graph).and_then(|r| r.item(t.offset));
+        let element = item.and_then(|item| ElementRef::new(item, &meta.codec, meta.m as usize));
+        element.map(|e| (0..e.heap_tid_count()).map(|i| e.heap_tid(i)).collect()).unwrap_or_default()
+    })
+}
+
 /// Reachability: a walk over layer-0 links from the entry point, through
 /// live and deleted (not free) elements, as scans walk. Layer 0 is where
 /// every search ends, so an element reachable only through upper layers is
-/// missed by nearly every query: it counts as unreachable. A free element
-/// that an element of the walk links to (on any layer) is a failure: a scan
-/// could follow that link into a reused element.
-fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> Row {
-    let mut p = Problems::default();
-    let name = "reachable from entry point";
+/// missed by nearly every query: it counts as unreachable (unless it holds
+/// only rows that are not visible, see [`Reachability::row`]). A free
+/// element that an element of the walk links to (on any layer) is a
+/// failure: a scan could follow that link into a reused element.
+fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> Reachability {
+    let mut r = Reachability { live, ..Default::default() };
+    let p = &mut r.problems;
     let Some((entry, level)) = meta.entry else {
         if live > 0 {
             p.add(format!("no entry point but {live} live elements"));
         }
-        return p.row(name, "empty graph".into());
+        r.note = " (empty graph)";
+        return r;
     };
     let (start, e) = match graph.element(entry) {
         Some((i, e)) if !e.free() && e.level as u16 == level => (i, *e),
         _ => {
             p.add(format!("entry point {} level {level} is not an element of that level", at(entry)));
-            return p.row(name, String::new());
+            return r;
         }
     };
     let mut seen: Vec<u64> = Vec::new();
@@ -350,19 +407,25 @@ fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> R
     }
     for (i, x) in graph.elements.iter().enumerate() {
         if x.flags == 0 && seen[i / 64] & (1 << (i % 64)) == 0 {
-            p.add(format!("element {} unreachable", at(x.tid)));
+            try_reserve(&mut r.unreachable, 1, "hnsw_index_check");
+            r.unreachable.push((x.tid, element_heap_tids(rel, meta, x.tid)));
         }
     }
-    let note = if e.deleted() { " (the entry point is deleted: VACUUM will move it)" } else { "" };
-    p.row(name, format!("all {live} live elements{note}"))
+    if e.deleted() {
+        r.note = " (the entry point is deleted: VACUUM will move it)";
+    }
+    r
 }
 
 /// Every live heap row indexed exactly once: the index's heap TIDs sorted,
-/// the heap's rows read through a cursor in chunks.
-fn check_heap(index_oid: pg_sys::Oid, codec: &Codec, graph: &mut Graph) -> Row {
+/// the heap's rows read through a cursor in chunks. Also returns which of
+/// the index's heap TIDs (`graph.heap_tids`, now sorted and deduplicated)
+/// are rows the check's snapshot sees: a bitmap in their order, `None` when
+/// the check is skipped (expression index).
+fn check_heap(index_oid: pg_sys::Oid, codec: &Codec, graph: &mut Graph) -> (Row, Option<Vec<u64>>) {
     let name = "heap rows indexed once".to_string();
     let Some((table, column)) = heap_target(index_oid) else {
-        return (name, true, "skipped: expression index".into());
+        return ((name, true, "skipped: expression index".into()), None);
     };
     let tids = &mut graph.heap_tids;
     tids.sort_unstable();
@@ -414,7 +477,10 @@ fn check_heap(index_oid: pg_sys::Oid, codec: &Codec, graph: &mut Graph) -> Row {
         }
     }
     let extra = (0..tids.len()).filter(|&i| found[i / 64] & (1 << (i % 64)) == 0).count();
-    p.row(&name, format!("{heap_rows} rows; {extra} index entries for rows not visible (not yet vacuumed)"))
+    (
+        p.row(&name, format!("{heap_rows} rows; {extra} index entries for rows not visible (not yet vacuumed)")),
+        Some(found),
+    )
 }
 
 /// Checks the on-disk invariants of an `hnsw` index and returns one row per
@@ -477,8 +543,15 @@ fn hnsw_index_check(
         ),
     ));
     rows.push(check_lists(&rel, meta.m as usize, &graph));
-    rows.push(check_reachable(&rel, &meta, &graph, live));
+    let reachability = check_reachable(&rel, &meta, &graph, live);
     rel.unlock_graph(EXCLUSIVE_LOCK);
-    rows.push(check_heap(index.oid(), &meta.codec, &mut graph));
+    let (heap, found) = check_heap(index.oid(), &meta.codec, &mut graph);
+    let tids = &graph.heap_tids;
+    let visible = |t: ItemPointer| {
+        let found = found.as_deref().unwrap_or_default();
+        tids.binary_search(&t).is_ok_and(|i| found.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0))
+    };
+    rows.push(reachability.row(found.is_some().then_some(&visible as &dyn Fn(ItemPointer) -> bool)));
+    rows.push(heap);
     TableIterator::new(rows)
 }
