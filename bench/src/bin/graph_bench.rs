@@ -3,7 +3,7 @@
 //! CPU), recall@10 and QPS per ef_search on one thread, and our QPS at
 //! hnswlib's recall levels (interpolated on our recall/QPS curve).
 //!
-//! `cargo run --release --manifest-path bench/Cargo.toml --bin graph_bench -- [--threads N] [--no-hnswlib] [--python PATH] [--synthetic N [--dims D] [--queries Q]] [--keep-pruned] [--prefetch-lines L]`
+//! `cargo run --release --manifest-path bench/Cargo.toml --bin graph_bench -- [--threads N] [--no-hnswlib] [--python PATH] [--synthetic N [--dims D] [--queries Q]] [--keep-pruned] [--keep-ties] [--no-relink] [--half] [--prefetch-lines L]`
 //!
 //! `--synthetic N` replaces the real dataset (cosine) by `N` seeded
 //! clustered vectors of `D` dimensions (default 128) under L2, with `Q`
@@ -11,7 +11,10 @@
 //! `build_bench synthetic`); hnswlib gets the same data through a TEXMEX
 //! directory under `target/`. `--keep-pruned` fills every list with pruned
 //! candidates (Malkov's keepPrunedConnections, as pgvector does) to compare
-//! that variant of the heuristic.
+//! that variant of the heuristic; `--keep-ties` keeps candidates tied with a
+//! kept neighbor (the paper's `<`, as hnswlib); `--no-relink` leaves elements
+//! dropped from a pruned list unrelinked (as hnswlib). `--half` holds rows
+//! (and queries) in half precision, as `CREATE INDEX` holds a `vector`.
 //!
 //! `--threads N` builds with N threads ([`ParallelInsert`]: this thread
 //! loads and links, N − 1 more link), as `CREATE INDEX` does; hnswlib builds
@@ -212,6 +215,12 @@ fn main() {
     }
     if args.iter().any(|a| a == "--keep-pruned") {
         tuning.heuristic = Heuristic { keep_pruned: true, ..HEURISTIC };
+    }
+    if args.iter().any(|a| a == "--keep-ties") {
+        tuning.heuristic.keep_ties = true;
+    }
+    if args.iter().any(|a| a == "--no-relink") {
+        tuning.relink = false;
     }
     let run = Run { params, tuning, threads, levels: &levels, truth: &truth, efs };
     println!(
