@@ -7,7 +7,7 @@ queries one call at a time on one thread for each ef_search and measures
 recall@10 against the dataset's ground truth and QPS (wall and CPU).
 Prints one JSON object.
 
-    python3 bench/hnswlib_build.py --dataset DIR [--threads 1] [--efs 10,20,40,80,160,320] [--space cosine|l2]
+    python3 bench/hnswlib_build.py --dataset DIR [--threads 1] [--efs 10,20,40,80,160,320] [--space cosine|l2] [--seed 100]
 """
 import argparse
 import json
@@ -46,13 +46,14 @@ def main():
     ap.add_argument("--efs", default="10,20,40,80,160,320")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--space", default="cosine", choices=["cosine", "l2"])
+    ap.add_argument("--seed", type=int, default=100)
     a = ap.parse_args()
     base = read_vecs(os.path.join(a.dataset, "base.fvecs"), "f")
     queries = read_vecs(os.path.join(a.dataset, "queries.fvecs"), "f")
     truth = read_vecs(os.path.join(a.dataset, "groundtruth.ivecs"), "i")[:, :10]
 
     index = hnswlib.Index(space=a.space, dim=base.shape[1])
-    index.init_index(max_elements=base.shape[0], M=16, ef_construction=64, random_seed=100)
+    index.init_index(max_elements=base.shape[0], M=16, ef_construction=64, random_seed=a.seed)
     index.set_num_threads(a.threads)
     cpu, wall = time.process_time(), time.perf_counter()
     index.add_items(base, np.arange(base.shape[0]))

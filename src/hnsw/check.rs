@@ -303,8 +303,10 @@ const REACHABLE: &str = "reachable from entry point";
 #[derive(Default)]
 struct Reachability {
     problems: Problems,
-    /// Live elements the walk did not reach, with their heap TIDs.
-    unreachable: Vec<(ItemPointer, Vec<ItemPointer>)>,
+    /// Live elements the walk did not reach, each with its number of heap
+    /// TIDs, which follow one another in `unreachable_tids`.
+    unreachable: Vec<(ItemPointer, u8)>,
+    unreachable_tids: Vec<ItemPointer>,
     live: usize,
     note: &'static str,
 }
@@ -321,10 +323,13 @@ impl Reachability {
     /// fails).
     fn row(mut self, visible: Option<&dyn Fn(ItemPointer) -> bool>) -> Row {
         let mut dead_rows = 0usize;
-        for (tid, heap_tids) in &self.unreachable {
+        let mut tids = self.unreachable_tids.as_slice();
+        for &(tid, count) in &self.unreachable {
+            let (heap_tids, rest) = tids.split_at((count as usize).min(tids.len()));
+            tids = rest;
             match visible {
                 Some(visible) if !heap_tids.iter().any(|&t| visible(t)) => dead_rows += 1,
-                _ => self.problems.add(format!("element {} unreachable", at(*tid))),
+                _ => self.problems.add(format!("element {} unreachable", at(tid))),
             }
         }
         let live = self.live - dead_rows;
@@ -338,15 +343,30 @@ impl Reachability {
         };
         self.problems.row(REACHABLE, detail)
     }
-}
 
-/// The heap TIDs of the element item at `t` (empty if it cannot be read).
-fn element_heap_tids(rel: &IndexRel, meta: &Meta, t: ItemPointer) -> Vec<ItemPointer> {
-    rel.read(t.block, |p| {
-        let item = PageRef::new(p, PageKind::Graph).and_then(|r| r.item(t.offset));
-        let element = item.and_then(|item| ElementRef::new(item, &meta.codec, meta.m as usize));
-        element.map(|e| (0..e.heap_tid_count()).map(|i| e.heap_tid(i)).collect()).unwrap_or_default()
-    })
+    /// Bytes held, for the check's memory budget.
+    fn bytes(&self) -> usize {
+        self.unreachable.capacity() * std::mem::size_of::<(ItemPointer, u8)>()
+            + self.unreachable_tids.capacity() * std::mem::size_of::<ItemPointer>()
+    }
+
+    /// Records unreachable element `t`, reading its heap TIDs from its item
+    /// (none if it cannot be read: `collect` reported that).
+    fn add_unreachable(&mut self, rel: &IndexRel, meta: &Meta, t: ItemPointer) {
+        try_reserve(&mut self.unreachable, 1, "hnsw_index_check");
+        try_reserve(&mut self.unreachable_tids, page::MAX_HEAP_TIDS, "hnsw_index_check");
+        let tids = &mut self.unreachable_tids;
+        let count = rel.read(t.block, |p| {
+            let item = PageRef::new(p, PageKind::Graph).and_then(|r| r.item(t.offset));
+            let element = item.and_then(|item| ElementRef::new(item, &meta.codec, meta.m as usize));
+            element.map_or(0, |e| {
+                let n = e.heap_tid_count().min(page::MAX_HEAP_TIDS);
+                tids.extend((0..n).map(|i| e.heap_tid(i)));
+                n
+            })
+        });
+        self.unreachable.push((t, count as u8));
+    }
 }
 
 /// Reachability: a walk over layer-0 links from the entry point, through
@@ -407,8 +427,9 @@ fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> R
     }
     for (i, x) in graph.elements.iter().enumerate() {
         if x.flags == 0 && seen[i / 64] & (1 << (i % 64)) == 0 {
-            try_reserve(&mut r.unreachable, 1, "hnsw_index_check");
-            r.unreachable.push((x.tid, element_heap_tids(rel, meta, x.tid)));
+            pgrx::check_for_interrupts!();
+            r.add_unreachable(rel, meta, x.tid);
+            within_budget(graph.bytes() + r.bytes());
         }
     }
     if e.deleted() {

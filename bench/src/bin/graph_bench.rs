@@ -3,7 +3,7 @@
 //! CPU), recall@10 and QPS per ef_search on one thread, and our QPS at
 //! hnswlib's recall levels (interpolated on our recall/QPS curve).
 //!
-//! `cargo run --release --manifest-path bench/Cargo.toml --bin graph_bench -- [--threads N] [--no-hnswlib] [--python PATH] [--synthetic N [--dims D] [--queries Q]] [--keep-pruned] [--keep-ties] [--no-relink] [--half] [--prefetch-lines L]`
+//! `cargo run --release --manifest-path bench/Cargo.toml --bin graph_bench -- [--threads N] [--no-hnswlib] [--python PATH] [--synthetic N [--dims D] [--queries Q]] [--keep-pruned] [--keep-ties] [--no-relink] [--half] [--seed S] [--seeds N] [--prefetch-lines L]`
 //!
 //! `--synthetic N` replaces the real dataset (cosine) by `N` seeded
 //! clustered vectors of `D` dimensions (default 128) under L2, with `Q`
@@ -15,6 +15,11 @@
 //! kept neighbor (the paper's `<`, as hnswlib); `--no-relink` leaves elements
 //! dropped from a pruned list unrelinked (as hnswlib). `--half` holds rows
 //! (and queries) in half precision, as `CREATE INDEX` holds a `vector`.
+//! `--seed S` seeds the level draws (default 7); `--seeds N` builds and
+//! queries N times with seeds S, S+1, ... (hnswlib with 100, 101, ...), in
+//! turn with hnswlib, and compares the means per ef_search: one seed's
+//! recall differs from another's by up to 0.005 at ef_search 40 on the real
+//! dataset, enough to move the QPS-at-equal-recall ratio by 0.1 or more.
 //!
 //! `--threads N` builds with N threads ([`ParallelInsert`]: this thread
 //! loads and links, N − 1 more link), as `CREATE INDEX` does; hnswlib builds
@@ -205,10 +210,8 @@ fn main() {
     };
     let efs: &[usize] = if synthetic.is_some() { &[10, 20, 40, 100, 200] } else { &EFS };
     let params = Params { m: 16, ef_construction: 64 };
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-    let levels: Vec<usize> =
-        base.iter().map(|_| random_level(rng.gen::<f64>(), params.level_multiplier(), 16)).collect();
-
+    let seed: u64 = value("--seed").map_or(7, |s| s.parse().expect("--seed S"));
+    let seeds: u64 = value("--seeds").map_or(1, |s| s.parse().expect("--seeds N"));
     let mut tuning = Tuning::default();
     if let Some(lines) = value("--prefetch-lines") {
         tuning.prefetch_lines = lines.parse().expect("--prefetch-lines N");
@@ -222,23 +225,29 @@ fn main() {
     if args.iter().any(|a| a == "--no-relink") {
         tuning.relink = false;
     }
-    let run = Run { params, tuning, threads, levels: &levels, truth: &truth, efs };
     println!(
         "graph.rs in memory: {} x {} {metric:?}, m=16, ef_construction=64, {:?}",
         base.len(),
         base[0].len(),
         tuning.heuristic
     );
-    let (build, build_cpu, curve) = if args.iter().any(|a| a == "--half") {
+    let half = args.iter().any(|a| a == "--half");
+    if half {
         println!("rows held in half precision, as CREATE INDEX holds a `vector` (queries too)");
-        let half = |rows: &[Vec<f32>]| rows.iter().map(|v| HalfRows::encode(v)).collect::<Vec<_>>();
-        run.measure(HalfRows(metric), &half(&base), &half(&queries))
-    } else {
-        run.measure(metric, &base, &queries)
-    };
-    if args.iter().any(|a| a == "--no-hnswlib") {
-        return;
     }
+    let ours = |seed: u64| {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        let levels: Vec<usize> =
+            base.iter().map(|_| random_level(rng.gen::<f64>(), params.level_multiplier(), 16)).collect();
+        let run = Run { params, tuning, threads, levels: &levels, truth: &truth, efs };
+        if half {
+            let half = |rows: &[Vec<f32>]| rows.iter().map(|v| HalfRows::encode(v)).collect::<Vec<_>>();
+            run.measure(HalfRows(metric), &half(&base), &half(&queries))
+        } else {
+            run.measure(metric, &base, &queries)
+        }
+    };
+    let with_hnswlib = !args.iter().any(|a| a == "--no-hnswlib");
     let python = value("--python").unwrap_or_else(|| {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv/bin/python");
         if venv.exists() {
@@ -247,40 +256,84 @@ fn main() {
             "python3".into()
         }
     });
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hnswlib_build.py");
-    let space = if metric == Metric::L2 { "l2" } else { "cosine" };
-    let efs: Vec<String> = efs.iter().map(|e| e.to_string()).collect();
-    let out = std::process::Command::new(&python)
-        .arg(script)
-        .arg("--dataset")
-        .arg(&dir)
-        .args(["--threads", &threads.to_string(), "--efs", &efs.join(","), "--space", space])
-        .output();
-    let Some(lib) = out.ok().and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok()) else {
-        eprintln!("hnswlib not available for {python} (python3 -m venv target/venv && target/venv/bin/pip install hnswlib numpy)");
-        return;
+    let hnswlib = |seed: u64| -> Option<serde_json::Value> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hnswlib_build.py");
+        let space = if metric == Metric::L2 { "l2" } else { "cosine" };
+        let efs: Vec<String> = efs.iter().map(|e| e.to_string()).collect();
+        let out = std::process::Command::new(&python)
+            .arg(script)
+            .arg("--dataset")
+            .arg(&dir)
+            .args(["--threads", &threads.to_string(), "--efs", &efs.join(","), "--space", space])
+            .args(["--seed", &seed.to_string()])
+            .output();
+        let lib = out.ok().and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
+        if lib.is_none() {
+            eprintln!(
+                "hnswlib not available for {python} (python3 -m venv target/venv && target/venv/bin/pip install hnswlib numpy)"
+            );
+        }
+        lib
     };
+    // Ours and hnswlib's in turn, one level seed each per round (hnswlib's
+    // seeds are 100, 101, ...), so drift in the machine's speed touches both.
+    let (mut our_runs, mut lib_runs) = (Vec::new(), Vec::new());
+    for i in 0..seeds {
+        if seeds > 1 {
+            println!("\n### seed {} (hnswlib {})", seed + i, 100 + i);
+        }
+        our_runs.push(ours(seed + i));
+        if with_hnswlib {
+            let Some(lib) = hnswlib(100 + i) else { return };
+            lib_runs.push(lib);
+        }
+    }
+    if !with_hnswlib {
+        return;
+    }
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let n = seeds as f64;
+    // Means over the seeds, per ef_search: recall@10, QPS, QPS (CPU).
+    let lib_curve: Vec<(f64, f64, f64)> = (0..efs.len())
+        .map(|j| {
+            let runs = lib_runs.iter().map(|l| &l["runs"][j]);
+            runs.fold((0.0, 0.0, 0.0), |a, r| {
+                (a.0 + f(r, "recall_at_10") / n, a.1 + f(r, "qps") / n, a.2 + f(r, "qps_cpu") / n)
+            })
+        })
+        .collect();
+    let curve: Vec<(f64, f64)> = (0..efs.len())
+        .map(|j| our_runs.iter().fold((0.0, 0.0), |a, r| (a.0 + r.2[j].0 / n, a.1 + r.2[j].1 / n)))
+        .collect();
+    let mean = |v: &mut dyn Iterator<Item = f64>| v.sum::<f64>() / n;
+    let (build, build_cpu) = (mean(&mut our_runs.iter().map(|r| r.0)), mean(&mut our_runs.iter().map(|r| r.1)));
+    let (lib_build, lib_build_cpu) =
+        (mean(&mut lib_runs.iter().map(|l| f(l, "build_s"))), mean(&mut lib_runs.iter().map(|l| f(l, "build_cpu_s"))));
+    if seeds > 1 {
+        println!(
+            "\n### means over {seeds} level seeds\n| ef_search | graph.rs recall@10 | graph.rs QPS |\n|---|---|---|"
+        );
+        for (ef, (r, q)) in efs.iter().zip(&curve) {
+            println!("| {ef} | {r:.4} | {q:.0} |");
+        }
+    }
     println!(
-        "\nhnswlib: build {:.1} s (CPU {:.1} s) with {threads} thread(s), mean layer-0 neighbors {:.2}",
-        lib["build_s"].as_f64().unwrap_or(0.0),
-        lib["build_cpu_s"].as_f64().unwrap_or(0.0),
-        lib["degree0"].as_f64().unwrap_or(f64::NAN)
+        "\nhnswlib: build {lib_build:.1} s (CPU {lib_build_cpu:.1} s) with {threads} thread(s), mean layer-0 neighbors {:.2}{}",
+        mean(&mut lib_runs.iter().map(|l| f(l, "degree0"))),
+        if seeds > 1 { format!(" (means over {seeds} seeds)") } else { String::new() }
     );
     println!("| ef_search | recall@10 | QPS | QPS (CPU time) | graph.rs QPS at this recall | ratio |\n|---|---|---|---|---|---|");
-    for run in lib["runs"].as_array().into_iter().flatten() {
-        let (r, qps) = (run["recall_at_10"].as_f64().unwrap_or(0.0), run["qps"].as_f64().unwrap_or(0.0));
+    for (ef, &(r, qps, qps_cpu)) in efs.iter().zip(&lib_curve) {
         let ours = qps_at(&curve, r);
         println!(
-            "| {} | {r:.4} | {qps:.0} | {:.0} | {} | {} |",
-            run["ef_search"],
-            run["qps_cpu"].as_f64().unwrap_or(0.0),
+            "| {ef} | {r:.4} | {qps:.0} | {qps_cpu:.0} | {} | {} |",
             ours.map_or("-".into(), |q| format!("{q:.0}")),
             ours.map_or("-".into(), |q| format!("{:.2}", q / qps))
         );
     }
     println!(
         "\nbuild time ratio graph.rs / hnswlib: {:.2} (wall), {:.2} (CPU)",
-        build / lib["build_s"].as_f64().unwrap_or(f64::NAN),
-        build_cpu / lib["build_cpu_s"].as_f64().unwrap_or(f64::NAN)
+        build / lib_build,
+        build_cpu / lib_build_cpu
     );
 }
