@@ -847,12 +847,35 @@ fn vacuum_walks_the_index_only_when_needed() {
     assert_clean_after_vacuum(&mut c, "t_idx");
 }
 
+/// The little-endian `u32` at `at` in `b`.
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+/// The little-endian `u16` at `at` in `b`.
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
+}
+
 /// The item at `offset` (1-based) of the page starting at `page` in `bytes`:
 /// its byte range.
 fn item_range(bytes: &[u8], page: usize, offset: usize) -> std::ops::Range<usize> {
-    let lp = u32::from_le_bytes(bytes[page + 24 + 4 * (offset - 1)..][..4].try_into().unwrap());
+    let lp = u32_at(bytes, page + 24 + 4 * (offset - 1));
     let (off, len) = ((lp & 0x7fff) as usize, ((lp >> 17) & 0x7fff) as usize);
     page + off..page + off + len
+}
+
+/// Every item of the index file `bytes` after the meta page, in address
+/// order: its `(block, offset)` and byte range.
+fn items(bytes: &[u8]) -> Vec<((u32, u16), std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    for page in (8192..bytes.len()).step_by(8192) {
+        let lower = u16_at(bytes, page + 12) as usize;
+        for offset in 1..=(lower.saturating_sub(24) / 4) {
+            out.push((((page / 8192) as u32, offset as u16), item_range(bytes, page, offset)));
+        }
+    }
+    out
 }
 
 /// The check can fail where it matters most: a live element's list pointing
@@ -879,22 +902,15 @@ fn check_reports_links_to_free_elements() {
     // Elements: kind 1 at byte 0, flags at 2 (1 deleted, 2 free), neighbor
     // item address at 4..10 (block u32, offset u16).
     let (mut free, mut live) = (None, None);
-    for page in (8192..bytes.len()).step_by(8192) {
-        let lower = u16::from_le_bytes(bytes[page + 12..][..2].try_into().unwrap()) as usize;
-        for offset in 1..=(lower.saturating_sub(24) / 4) {
-            let r = item_range(&bytes, page, offset);
-            if bytes[r.start] != 1 {
-                continue;
-            }
-            let flags = bytes[r.start + 2];
-            let at = ((page / 8192) as u32, offset as u16);
-            if flags & 2 != 0 && free.is_none() {
-                free = Some(at);
-            } else if flags == 0 && live.is_none() {
-                let block = u32::from_le_bytes(bytes[r.start + 4..][..4].try_into().unwrap()) as usize;
-                let off = u16::from_le_bytes(bytes[r.start + 8..][..2].try_into().unwrap()) as usize;
-                live = Some((block, off));
-            }
+    for (at, r) in items(&bytes) {
+        if bytes[r.start] != 1 {
+            continue;
+        }
+        let flags = bytes[r.start + 2];
+        if flags & 2 != 0 && free.is_none() {
+            free = Some(at);
+        } else if flags == 0 && live.is_none() {
+            live = Some((u32_at(&bytes, r.start + 4) as usize, u16_at(&bytes, r.start + 8) as usize));
         }
     }
     let ((fb, fo), (nb, no)) = (free.expect("a free element"), live.expect("a live element"));
@@ -936,18 +952,6 @@ fn check_fails_unreachable_rows_only_while_visible() {
     drop(c);
     cluster.stop("fast");
     let mut bytes = std::fs::read(&path).unwrap();
-    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
-    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes(b[at..at + 2].try_into().unwrap());
-    let items = |bytes: &[u8]| {
-        let mut out = Vec::new();
-        for page in (8192..bytes.len()).step_by(8192) {
-            let lower = u16_at(bytes, page + 12) as usize;
-            for offset in 1..=(lower.saturating_sub(24) / 4) {
-                out.push((((page / 8192) as u32, offset as u16), item_range(bytes, page, offset)));
-            }
-        }
-        out
-    };
     // Elements (kind 1): level at byte 1, flags at 2, heap TID count at 3,
     // heap TIDs from byte 12. Two live level-0 elements of one row each.
     let picked: Vec<((u32, u16), i64)> = items(&bytes)

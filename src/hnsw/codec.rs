@@ -724,62 +724,61 @@ mod tests {
         assert!(Codec::from_codes(1, 1, 0).is_err());
     }
 
-    /// The distance a scan computes from a payload equals the distance the
-    /// build computes between working forms (exact kinds), or is within the
-    /// half-precision rounding (vector).
-    /// The build holds `vector` rows as their payloads and compares those:
-    /// the payload written is the one `encode` makes, and distances match
-    /// the working form's within half-precision rounding.
-    #[test]
-    fn build_forms_encode_and_compare_like_working_forms() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    /// Calls `f(codec, a, b)` for 20 seeded pairs of prepared (working-form)
+    /// vectors per dense codec and dimension count (1, 3, 16, 17, 384).
+    fn for_prepared_pairs(seed: u64, mut f: impl FnMut(Codec, Vec<u32>, Vec<u32>)) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         for dims in [1usize, 3, 16, 17, 384] {
             for codec in dense_codecs(dims) {
                 for _ in 0..20 {
                     let (a, b) = (sample(&codec, &mut rng, dims), sample(&codec, &mut rng, dims));
-                    let (a, b) = (codec.prepare_dense(&a).unwrap().unwrap(), codec.prepare_dense(&b).unwrap().unwrap());
-                    let (fa, fb) = (codec.build_form(&a), codec.build_form(&b));
-                    assert_eq!(codec.build_payload(&fa), codec.encode(&a), "{codec:?}");
-                    assert_eq!(codec.payload_len(&fa), codec.payload_len(&a), "{codec:?}");
-                    let exact = codec.distance(&a, &b) as f64;
-                    let built = BuildSpace(codec).distance(&fa, &fb) as f64;
-                    let rounding =
-                        if matches!(codec, Codec::Vector { .. }) || codec.normalizes() { 2e-2 } else { 1e-4 };
-                    assert!((built - exact).abs() <= rounding * (1.0 + exact.abs()), "{codec:?}: {built} vs {exact}");
+                    f(codec, codec.prepare_dense(&a).unwrap().unwrap(), codec.prepare_dense(&b).unwrap().unwrap());
                 }
             }
         }
     }
 
+    /// The build holds `vector` rows as their payloads and compares those:
+    /// the payload written is the one `encode` makes, and distances match
+    /// the working form's within half-precision rounding.
+    #[test]
+    fn build_forms_encode_and_compare_like_working_forms() {
+        for_prepared_pairs(9, |codec, a, b| {
+            let (fa, fb) = (codec.build_form(&a), codec.build_form(&b));
+            assert_eq!(codec.build_payload(&fa), codec.encode(&a), "{codec:?}");
+            assert_eq!(codec.payload_len(&fa), codec.payload_len(&a), "{codec:?}");
+            let exact = codec.distance(&a, &b) as f64;
+            let built = BuildSpace(codec).distance(&fa, &fb) as f64;
+            let rounding = if matches!(codec, Codec::Vector { .. }) || codec.normalizes() { 2e-2 } else { 1e-4 };
+            assert!((built - exact).abs() <= rounding * (1.0 + exact.abs()), "{codec:?}: {built} vs {exact}");
+        });
+    }
+
+    /// The distance a scan computes from a payload equals the distance the
+    /// build computes between working forms (exact kinds), or is within the
+    /// half-precision rounding (vector).
     #[test]
     fn payload_distances_match_working_form_distances() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        for dims in [1usize, 3, 16, 17, 384] {
-            for codec in dense_codecs(dims) {
-                for _ in 0..20 {
-                    let (q, x) = (sample(&codec, &mut rng, dims), sample(&codec, &mut rng, dims));
-                    let (q, x) = (codec.prepare_dense(&q).unwrap().unwrap(), codec.prepare_dense(&x).unwrap().unwrap());
-                    let payload = codec.encode(&x);
-                    assert_eq!(payload.len(), codec.payload_len(&x));
-                    codec.validate(payload.len(), &payload).unwrap();
-                    codec.validate_deep(&payload).unwrap();
-                    let mut decoded = Vec::new();
-                    codec.decode(&payload, &mut decoded);
-                    let on_page = codec.distance_to_payload(&q, &payload) as f64;
-                    let in_memory = codec.distance(&q, &decoded) as f64;
-                    let exact = codec.distance(&q, &x) as f64;
-                    let tol = 1e-4 * (1.0 + exact.abs());
-                    assert!((on_page - in_memory).abs() <= tol, "{codec:?}: {on_page} vs {in_memory}");
-                    let rounding = if matches!(codec, Codec::Vector { .. }) || codec.normalizes() { 2e-2 } else { 0.0 };
-                    assert!((on_page - exact).abs() <= tol + rounding * (1.0 + exact.abs()), "{codec:?}");
-                    if let Codec::HalfVec { metric, .. } = codec {
-                        if metric != Metric::Cosine {
-                            assert_eq!(decoded, x, "halfvec payloads are exact");
-                        }
-                    }
+        for_prepared_pairs(5, |codec, q, x| {
+            let payload = codec.encode(&x);
+            assert_eq!(payload.len(), codec.payload_len(&x));
+            codec.validate(payload.len(), &payload).unwrap();
+            codec.validate_deep(&payload).unwrap();
+            let mut decoded = Vec::new();
+            codec.decode(&payload, &mut decoded);
+            let on_page = codec.distance_to_payload(&q, &payload) as f64;
+            let in_memory = codec.distance(&q, &decoded) as f64;
+            let exact = codec.distance(&q, &x) as f64;
+            let tol = 1e-4 * (1.0 + exact.abs());
+            assert!((on_page - in_memory).abs() <= tol, "{codec:?}: {on_page} vs {in_memory}");
+            let rounding = if matches!(codec, Codec::Vector { .. }) || codec.normalizes() { 2e-2 } else { 0.0 };
+            assert!((on_page - exact).abs() <= tol + rounding * (1.0 + exact.abs()), "{codec:?}");
+            if let Codec::HalfVec { metric, .. } = codec {
+                if metric != Metric::Cosine {
+                    assert_eq!(decoded, x, "halfvec payloads are exact");
                 }
             }
-        }
+        });
     }
 
     #[test]
