@@ -5,7 +5,9 @@
 //! pages, a 16 MB buffer pool, `ALTER INDEX ... SET`, who may run
 //! `hnsw_index_check`, and when VACUUM walks the index.
 
-use pg_hnsw_cluster_tests::{copy_vectors, cosine, exact_knn, recall_at, sqlstate, Client, Cluster, Dataset, NoTls};
+use pg_hnsw_cluster_tests::{
+    copy_vectors, cosine, exact_knn, l2, recall_at, sqlstate, Client, Cluster, Dataset, NoTls,
+};
 use pgvector::Vector;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -965,7 +967,8 @@ fn check_fails_unreachable_rows_only_while_visible() {
         .collect();
     let targets = [picked[0].0, picked[1].0];
     // Neighbor items (kind 2): M at bytes 2..4, then 2·M layer-0 slots of 6
-    // bytes (block u32, offset u16), the list ending at the first invalid one.
+    // bytes (block u32, offset u16; bit 15 of the offset marks a spare link),
+    // the list ending at the first invalid one.
     let mut removed = 0;
     for (_, r) in items(&bytes) {
         if bytes[r.start] != 2 {
@@ -975,9 +978,10 @@ fn check_fails_unreachable_rows_only_while_visible() {
         let slot = |i: usize| r.start + 4 + 6 * i;
         let list: Vec<(u32, u16)> = (0..slots)
             .map(|i| (u32_at(&bytes, slot(i)), u16_at(&bytes, slot(i) + 4)))
-            .take_while(|&(b, o)| b != u32::MAX && o != 0)
+            .take_while(|&(b, o)| b != u32::MAX && o & 0x7FFF != 0)
             .collect();
-        let kept: Vec<(u32, u16)> = list.iter().copied().filter(|t| !targets.contains(t)).collect();
+        let kept: Vec<(u32, u16)> =
+            list.iter().copied().filter(|&(b, o)| !targets.contains(&(b, o & 0x7FFF))).collect();
         removed += list.len() - kept.len();
         for i in 0..slots {
             let (b, o) = kept.get(i).copied().unwrap_or((u32::MAX, 0));
@@ -1004,4 +1008,62 @@ fn check_fails_unreachable_rows_only_while_visible() {
     let report = assert_clean_after_vacuum(&mut c, "t_idx");
     assert_eq!(element_count(&report, "live"), 1998, "{}", show(&report));
     assert!(!show(&report).contains("unreachable"), "{}", show(&report));
+}
+
+/// `(layer-0 links, spare ones)` from the "neighbor lists" row, e.g. "...;
+/// 4000 layer-0 links, 1200 of them spare".
+fn layer0_links(report: &Report) -> (usize, usize) {
+    let detail = &report.iter().find(|r| r.0 == "neighbor lists").expect("lists row").2;
+    let number_before = |what: &str| -> usize {
+        let at = detail.find(what).unwrap_or_else(|| panic!("{what} in {detail}"));
+        detail[..at].trim_end().rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    (number_before(" layer-0 links"), number_before(" of them spare"))
+}
+
+/// The build fills the layer-0 slots its selected links leave free with
+/// spare links (format 5); single-row inserts take those slots back for
+/// selected links, and every row stays reachable and found.
+#[test]
+fn spare_links_fill_lists_and_give_way_to_inserts() {
+    let cluster = Cluster::start("hazards_spare_links", &["autovacuum = off"]);
+    let mut c = cluster.connect_with_extension();
+    let mut rng = SmallRng::seed_from_u64(5);
+    let rows: Vec<Vec<f32>> = (0..4000).map(|_| (0..8).map(|_| rng.gen::<f32>()).collect()).collect();
+    run(&mut c, "CREATE TABLE t (id bigint, embedding vector(8))");
+    copy_vectors(&mut c, "t", 0, &rows[..3000]);
+    run(
+        &mut c,
+        "SET max_parallel_maintenance_workers = 0;
+         CREATE INDEX t_idx ON t USING hnsw (embedding vector_l2_ops) WITH (m = 8)",
+    );
+    let report = assert_check_passes(&mut c, "t_idx");
+    let reach = &report.iter().find(|r| r.0 == "reachable from entry point").unwrap().2;
+    assert!(!reach.contains("spare"), "the build links every element with selected links: {reach}");
+    let (links, spare) = layer0_links(&report);
+    // 16 layer-0 slots per element: nearly all in use, a good part by spare links.
+    assert!(links > 3000 * 15 && spare > 3000 * 3, "{links} links, {spare} spare");
+    for (i, v) in rows[3000..].iter().enumerate() {
+        c.execute("INSERT INTO t VALUES ($1, $2)", &[&(3000 + i as i64), &Vector::from(v.clone())]).unwrap();
+    }
+    let report = assert_check_passes(&mut c, "t_idx");
+    eprintln!("after inserts: {}", show(&report));
+    let (links_after, spare_after) = layer0_links(&report);
+    assert!(links_after > links && spare_after > 0, "{links_after} links, {spare_after} spare after inserts");
+    assert!(
+        spare_after * links < spare * links_after,
+        "inserts took spare links' slots: {spare} of {links} spare before, {spare_after} of {links_after} after"
+    );
+    c.batch_execute("SET enable_seqscan = off; SET hnsw.ef_search = 40").unwrap();
+    let mut recall = 0.0;
+    for q in rows.iter().step_by(100) {
+        let found: Vec<i64> = c
+            .query("SELECT id FROM t ORDER BY embedding <-> $1 LIMIT 10", &[&Vector::from(q.clone())])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        recall += recall_at(10, &found, &exact_knn(&rows, q, 10, l2)) / 40.0;
+    }
+    assert!(recall >= 0.95, "recall@10 {recall}");
 }

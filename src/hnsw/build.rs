@@ -530,7 +530,7 @@ pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph<BuildSpace>) {
         let lists: Vec<Vec<ItemPointer>> = (0..=graph.level(id))
             .map(|layer| graph.neighbor_ids(id, layer).iter().map(|&n| placement[n as usize].0).collect())
             .collect();
-        add(ntid, &encode_neighbors(params.m, graph.level(id), &lists), &mut open);
+        add(ntid, &encode_neighbors(params.m, graph.level(id), &lists, graph.spare_links(id)), &mut open);
     }
     assert!(open.is_empty(), "every page was written");
     rel.log_all_pages();

@@ -227,9 +227,10 @@ fn collect(rel: &IndexRel, meta: &Meta, graph: &mut Graph, pages: &mut Problems)
     }
 }
 
-/// Calls `f(layer, list)` for each layer `0..=level` of the neighbor item at
-/// `n` (already known to be a valid neighbor item of level >= `level`).
-fn read_lists(rel: &IndexRel, m: usize, n: ItemPointer, level: usize, mut f: impl FnMut(usize, &[ItemPointer])) {
+/// Calls `f(layer, list, spare)` for each layer `0..=level` of the neighbor
+/// item at `n` (already known to be a valid neighbor item of level >=
+/// `level`); the last `spare` links of `list` are spare links.
+fn read_lists(rel: &IndexRel, m: usize, n: ItemPointer, level: usize, mut f: impl FnMut(usize, &[ItemPointer], usize)) {
     let mut list = Vec::new();
     rel.read(n.block, |p| {
         let item = PageRef::new(p, PageKind::Graph).and_then(|r| r.item(n.offset));
@@ -237,8 +238,8 @@ fn read_lists(rel: &IndexRel, m: usize, n: ItemPointer, level: usize, mut f: imp
             if let Ok(items) = NeighborsRef::new(item, m) {
                 for layer in 0..=level.min(items.level()) {
                     list.clear();
-                    items.read_layer(layer, &mut list);
-                    f(layer, &list);
+                    let spare = items.read_layer(layer, &mut list);
+                    f(layer, &list, spare);
                 }
             }
         }
@@ -249,6 +250,7 @@ fn read_lists(rel: &IndexRel, m: usize, n: ItemPointer, level: usize, mut f: imp
 fn check_lists(rel: &IndexRel, m: usize, graph: &Graph) -> Row {
     let mut p = Problems::default();
     let mut deleted_links = 0usize;
+    let (mut links0, mut spare0) = (0usize, 0usize);
     // Elements in the order of their neighbor items, so each page is read
     // about once.
     let mut order: Vec<u32> = Vec::new();
@@ -266,10 +268,16 @@ fn check_lists(rel: &IndexRel, m: usize, graph: &Graph) -> Row {
             p.add(format!("element {} has level {} but room for {room}", at(e.tid), e.level));
             continue;
         }
-        read_lists(rel, m, e.neighbors, e.level as usize, |layer, list| {
+        read_lists(rel, m, e.neighbors, e.level as usize, |layer, list, spare| {
             let max = if layer == 0 { 2 * m } else { m };
             if list.len() > max {
                 p.add(format!("{} layer {layer}: {} links > {max}", at(e.tid), list.len()));
+            }
+            if (1..list.len()).any(|i| list[..i].contains(&list[i])) {
+                p.add(format!("{} layer {layer} links to the same element twice", at(e.tid)));
+            }
+            if layer == 0 {
+                (links0, spare0) = (links0 + list.len(), spare0 + spare);
             }
             for &t in list {
                 match graph.element(t) {
@@ -292,7 +300,10 @@ fn check_lists(rel: &IndexRel, m: usize, graph: &Graph) -> Row {
     }
     p.row(
         "neighbor lists",
-        format!("within bounds, pointing at elements that are not free; {deleted_links} links to deleted elements"),
+        format!(
+            "within bounds, pointing at elements that are not free; {deleted_links} links to deleted elements; \
+             {links0} layer-0 links, {spare0} of them spare"
+        ),
     )
 }
 
@@ -308,6 +319,8 @@ struct Reachability {
     unreachable: Vec<(ItemPointer, u8)>,
     unreachable_tids: Vec<ItemPointer>,
     live: usize,
+    /// Elements (live or deleted) the walk reached only through spare links.
+    spare_only: usize,
     note: &'static str,
 }
 
@@ -333,11 +346,17 @@ impl Reachability {
             }
         }
         let live = self.live - dead_rows;
+        let spare_note = match self.spare_only {
+            0 => String::new(),
+            // Reachable, but an insert may take a spare link's slot; the
+            // next VACUUM that walks the index gives them a selected link.
+            n => format!("; {n} reached only through spare links"),
+        };
         let detail = match dead_rows {
-            0 => format!("all {live} live elements{}", self.note),
+            0 => format!("all {live} live elements{}{spare_note}", self.note),
             n => format!(
                 "all {live} live elements of visible rows{}; {n} unreachable element(s) only for rows not visible \
-                 (an insert that did not commit; VACUUM frees them)",
+                 (an insert that did not commit; VACUUM frees them){spare_note}",
                 self.note
             ),
         };
@@ -370,7 +389,9 @@ impl Reachability {
 }
 
 /// Reachability: a walk over layer-0 links from the entry point, through
-/// live and deleted (not free) elements, as scans walk. Layer 0 is where
+/// live and deleted (not free) elements, as scans walk: first over selected
+/// links, then on from the spare ones (the elements it reaches only then
+/// are counted: an insert may take a spare link's slot). Layer 0 is where
 /// every search ends, so an element reachable only through upper layers is
 /// missed by nearly every query: it counts as unreachable (unless it holds
 /// only rows that are not visible, see [`Reachability::row`]). A free
@@ -405,24 +426,47 @@ fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> R
     let mut queue: Vec<u32> = vec![start as u32];
     mark(&mut seen, start);
     let m = meta.m as usize;
-    while let Some(i) = queue.pop() {
-        pgrx::check_for_interrupts!();
-        let x = graph.elements[i as usize];
-        let mut next = Vec::new();
-        read_lists(rel, m, x.neighbors, x.level as usize, |layer, list| {
-            for (j, y) in list.iter().filter_map(|&t| graph.element(t)) {
-                if y.free() {
-                    p.add(format!("free element {} is reachable (linked from {})", at(y.tid), at(x.tid)));
-                } else if layer == 0 {
-                    next.push(j);
+    // Layer-0 spare links met during the walk over selected links.
+    let mut deferred: Vec<u32> = Vec::new();
+    let mut through_spare = false;
+    loop {
+        while let Some(i) = queue.pop() {
+            pgrx::check_for_interrupts!();
+            let x = graph.elements[i as usize];
+            let (mut next, mut spare_next) = (Vec::new(), Vec::new());
+            read_lists(rel, m, x.neighbors, x.level as usize, |layer, list, spare| {
+                for (k, &t) in list.iter().enumerate() {
+                    let Some((j, y)) = graph.element(t) else { continue };
+                    if y.free() {
+                        p.add(format!("free element {} is reachable (linked from {})", at(y.tid), at(x.tid)));
+                    } else if layer == 0 && k >= list.len() - spare {
+                        spare_next.push(j as u32);
+                    } else if layer == 0 {
+                        next.push(j);
+                    }
+                }
+            });
+            for j in next {
+                if mark(&mut seen, j) {
+                    r.spare_only += through_spare as usize;
+                    try_reserve(&mut queue, 1, "hnsw_index_check");
+                    queue.push(j as u32);
                 }
             }
-        });
-        for j in next {
-            if mark(&mut seen, j) {
+            try_reserve(&mut deferred, spare_next.len(), "hnsw_index_check");
+            deferred.extend(spare_next);
+            within_budget(graph.bytes() + 4 * (queue.capacity() + deferred.capacity()));
+        }
+        through_spare = true;
+        for j in deferred.drain(..) {
+            if mark(&mut seen, j as usize) {
+                r.spare_only += 1;
                 try_reserve(&mut queue, 1, "hnsw_index_check");
-                queue.push(j as u32);
+                queue.push(j);
             }
+        }
+        if queue.is_empty() {
+            break;
         }
     }
     for (i, x) in graph.elements.iter().enumerate() {

@@ -5,8 +5,9 @@
 //! arXiv:1603.09320):
 //! - [`Searcher::search_layer`] is Algorithm 2 (beam search on one layer);
 //! - [`select_neighbors`] is Algorithm 4 (the neighbor-selection heuristic,
-//!   without extending or keeping pruned candidates, as hnswlib; pgvector
-//!   keeps them, see [`Heuristic`]);
+//!   without extending candidates; pruned candidates are kept in free
+//!   layer-0 slots as *spare links*, which inserts may take back, see
+//!   [`Tuning::spare_links`] and [`Heuristic`]);
 //! - [`Searcher::find_insert_neighbors`] is lines 1–13 of Algorithm 1;
 //! - [`random_level`] draws a level with `mL = 1 / ln(M)`.
 //!
@@ -348,7 +349,9 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
 
     /// For a new element at `level`, finds its neighbors on each layer
     /// `0..=min(level, entry_level)` (Algorithm 1, lines 1–13). Entry `i` of
-    /// the result holds the selected neighbors on layer `i`, nearest first.
+    /// the result holds the selected neighbors on layer `i`, nearest first;
+    /// on layer 0 they are followed by the returned number of spare links
+    /// (see [`Tuning::spare_links`]).
     pub fn find_insert_neighbors<S>(
         &mut self,
         store: &mut S,
@@ -357,13 +360,14 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
         entry: K,
         entry_level: usize,
         params: &Params,
-    ) -> Vec<Vec<Candidate<S::Node>>>
+    ) -> (Vec<Vec<Candidate<S::Node>>>, usize)
     where
         S: GraphStore<Key = K, Node = N>,
     {
         let mut lists = vec![Vec::new(); level + 1];
+        let mut spare0 = 0;
         let Some((distance, node)) = store.visit(query, entry) else {
-            return lists;
+            return (lists, 0);
         };
         let mut ep = vec![Candidate { distance, node }];
         for layer in (level + 1..=entry_level).rev() {
@@ -372,10 +376,11 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
         for layer in (0..=level.min(entry_level)).rev() {
             let w = self.search_layer(store, query, &ep, params.ef_construction, layer);
             let live: Vec<Candidate<S::Node>> = w.iter().filter(|c| !store.is_deleted(&c.node)).copied().collect();
-            lists[layer] = select_neighbors(store, &live, params.max_neighbors(layer), false);
+            let spare = layer == 0;
+            (lists[layer], spare0) = select_neighbors(store, &live, params.max_neighbors(layer), spare);
             ep = w;
         }
-        lists
+        (lists, spare0)
     }
 }
 
@@ -547,12 +552,12 @@ impl<K: GraphKey, N: Copy> ResumableSearch<K, N> {
 ///   dominate every candidate, leaving lists of a few such hubs (recall@20
 ///   0.91 on `random() * random()` data; 1.00 with this rule).
 ///
-/// Lists are not filled up with dominated candidates (`keep_pruned`,
-/// Malkov's keepPrunedConnections, which pgvector applies to every list):
-/// full lists cost about 15–30% more distances per search at the same
-/// `ef_search` and three times the build time, for the same recall at the
-/// same number of distances at small `ef_search`, and less recall at large
-/// `ef_search` on clustered data (see `bench/RESULTS.md`).
+/// Lists are not filled up with dominated candidates as selected links
+/// (`keep_pruned`, Malkov's keepPrunedConnections, which pgvector applies to
+/// every list): every reverse link to a full list then re-runs the
+/// heuristic, about three times the build time. The free layer-0 slots hold
+/// them as *spare links* instead ([`Tuning::spare_links`]), which costs the
+/// build nothing (see `bench/RESULTS.md`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Heuristic {
     /// Keep a candidate tied with a kept neighbor (the paper as written).
@@ -615,17 +620,18 @@ impl Heuristic {
 /// The neighbor-selection heuristic (Algorithm 4): walking `candidates`
 /// nearest first, keeps one unless a neighbor already kept dominates it
 /// ([`Heuristic::dominates`] with [`HEURISTIC`]), up to `max` neighbors. This
-/// keeps links pointing in diverse directions. With `keep_pruned` the
-/// remaining slots are filled with the nearest dominated candidates
-/// (Malkov's keepPrunedConnections), except near-duplicates of kept ones.
+/// keeps links pointing in diverse directions. With `spare` the remaining
+/// slots are filled with the nearest dominated candidates, except
+/// near-duplicates of kept ones, as spare links ([`Tuning::spare_links`]).
 ///
-/// `candidates` must be sorted by distance to the base, ascending.
+/// `candidates` must be sorted by distance to the base, ascending. Returns
+/// the selected links followed by the spare ones, and how many are spare.
 pub fn select_neighbors<S: GraphStore>(
     store: &mut S,
     candidates: &[Candidate<S::Node>],
     max: usize,
-    keep_pruned: bool,
-) -> Vec<Candidate<S::Node>> {
+    spare: bool,
+) -> (Vec<Candidate<S::Node>>, usize) {
     let h = HEURISTIC;
     let mut selected: Vec<Candidate<S::Node>> = Vec::with_capacity(max);
     let mut pruned: Vec<Candidate<S::Node>> = Vec::new();
@@ -641,18 +647,19 @@ pub fn select_neighbors<S: GraphStore>(
             Verdict::Duplicate => {}
         }
     }
-    // keepPrunedConnections: fill the remaining slots with the nearest
-    // discarded candidates (not near-duplicates of kept ones).
-    if keep_pruned || h.keep_pruned {
-        let room = max.saturating_sub(selected.len());
-        selected.extend(pruned.into_iter().take(room));
-    }
-    selected
+    // Spare links: the remaining slots take the nearest discarded
+    // candidates (not near-duplicates of kept ones).
+    let room = max.saturating_sub(selected.len());
+    let n = if spare { pruned.len().min(room) } else { 0 };
+    selected.extend(pruned.into_iter().take(n));
+    (selected, n)
 }
 
 /// Recomputes the neighbors of `base` on one layer when a new link would
 /// overflow it: `current` plus `added`, pruned by [`select_neighbors`] to
-/// `max`. Returns the keys to keep.
+/// `max`. Returns the keys to keep, followed (with `spare`, on layer 0) by
+/// spare links in the slots left (the pruned ones, nearest first), and how
+/// many spare links there are.
 ///
 /// When `added` is kept, callers relink the elements that left from `added`
 /// while it has room (see [`MemoryGraph::insert`]): they stay reachable
@@ -663,14 +670,16 @@ pub fn prune_neighbors<S: GraphStore>(
     current: &[S::Node],
     added: S::Node,
     max: usize,
-) -> Vec<S::Key> {
+    spare: bool,
+) -> (Vec<S::Key>, usize) {
     let live: Vec<S::Node> =
         current.iter().chain(std::iter::once(&added)).filter(|n| !store.is_deleted(n)).copied().collect();
     live.iter().for_each(|n| store.prefetch(n));
     let mut candidates: Vec<Candidate<S::Node>> =
         live.iter().map(|n| Candidate { distance: store.distance_between(base, n), node: *n }).collect();
     candidates.sort_by(|a, b| a.distance.total_cmp(&b.distance));
-    select_neighbors(store, &candidates, max, false).iter().map(|c| store.key(&c.node)).collect()
+    let (links, spare) = select_neighbors(store, &candidates, max, spare);
+    (links.iter().map(|c| store.key(&c.node)).collect(), spare)
 }
 
 // ---------------------------------------------------------------------------
@@ -708,9 +717,9 @@ unsafe fn free(p: *mut u8, bytes: usize, align: usize) {
     unsafe { std::alloc::dealloc(p, std::alloc::Layout::from_size_align_unchecked(bytes.max(1), align)) }
 }
 
-/// The fixed part of an element record. Fields other than `count0` (and the
-/// lists) never change once the element is published, except `ntids`,
-/// which changes under `lock`.
+/// The fixed part of an element record. Fields other than `count0` and
+/// `spare0` (and the lists) never change once the element is published,
+/// except `ntids`; all of them change under `lock`.
 #[repr(C)]
 struct Header {
     /// Guards the element's neighbor lists and `ntids`.
@@ -730,7 +739,9 @@ struct Header {
     /// `d(x, x)`: the zero of the distance scale at this element (see
     /// [`Heuristic`]).
     zero: f32,
-    _pad2: u32,
+    /// Spare links on layer 0: they follow the `count0` selected ones
+    /// (see [`Tuning::spare_links`]).
+    spare0: u32,
 }
 
 /// Bytes of [`Header`]; the layer-0 list follows.
@@ -826,11 +837,59 @@ pub struct Tuning {
     /// Cache lines of the next neighbor's vector prefetched while the
     /// current one is compared.
     pub prefetch_lines: usize,
+    /// Keep *spare links* on layer 0: the candidates the heuristic pruned
+    /// (nearest first, not near-duplicates of kept ones) fill the slots the
+    /// selected links leave free, and give them up one by one as selected
+    /// links arrive, so they never cost the build a heuristic run. Searches
+    /// during the build walk only the selected links unless
+    /// `spare_in_build`; queries walk both.
+    pub spare_links: bool,
+    /// Let searches during the build walk spare links too.
+    pub spare_in_build: bool,
 }
 
 impl Default for Tuning {
     fn default() -> Tuning {
-        Tuning { heuristic: HEURISTIC, relink: true, prefetch_lines: 8 }
+        Tuning { heuristic: HEURISTIC, relink: true, prefetch_lines: 8, spare_links: true, spare_in_build: false }
+    }
+}
+
+/// Appends the selected link `to` to a list whose `slots` hold `count`
+/// selected links (`count < slots.len()`) followed by `spare` spare links,
+/// nearest first (see [`Tuning::spare_links`]): a spare copy of `to` is
+/// dropped, the other spare links move up a slot, and the farthest one
+/// leaves when the slots are full. Returns the new `(count, spare)`.
+///
+/// Panics if `count + spare > slots.len()` or no selected slot is free.
+pub fn append_selected<T: Copy + PartialEq>(slots: &mut [T], count: usize, spare: usize, to: T) -> (usize, usize) {
+    assert!(count < slots.len() && count + spare <= slots.len(), "a selected slot is free");
+    let mut spare = spare;
+    if let Some(j) = slots[count..count + spare].iter().position(|&s| s == to) {
+        slots.copy_within(count + j + 1..count + spare, count + j);
+        spare -= 1;
+    }
+    let keep = spare.min(slots.len() - count - 1);
+    slots.copy_within(count..count + keep, count + 1);
+    slots[count] = to;
+    (count + 1, keep)
+}
+
+/// [`append_selected`] on an element's list in place.
+///
+/// # Safety
+/// The caller holds the element's lock (or has exclusive access); `count`
+/// and `slots` are the list's own (from `list_ptrs`) with `max` slots, and
+/// `spare` is its spare count (`spare_ptr`: null above layer 0).
+unsafe fn append_link(count: *mut u32, spare: *mut u32, slots: *mut u32, max: usize, to: u32) {
+    // SAFETY: per the contract the list has `max` slots, nobody else uses
+    // them meanwhile, and the counts are the list's own.
+    unsafe {
+        let s = if spare.is_null() { 0 } else { *spare as usize };
+        let (c, s) = append_selected(std::slice::from_raw_parts_mut(slots, max), *count as usize, s, to);
+        *count = c as u32;
+        if !spare.is_null() {
+            *spare = s as u32;
+        }
     }
 }
 
@@ -872,6 +931,8 @@ pub struct Scratch {
     layers: Vec<Vec<Near>>,
     kept: Vec<Near>,
     pruned: Vec<Near>,
+    /// The new element's layer-0 spare links (see [`Tuning::spare_links`]).
+    spare: Vec<u32>,
     pool: Vec<Near>,
 }
 
@@ -1101,6 +1162,18 @@ impl<T: Copy> Records<T> {
         }
     }
 
+    /// Record `id`'s spare-link count on `layer` (only layer 0 has spare
+    /// links: null above).
+    #[inline(always)]
+    fn spare_ptr(&self, id: u32, layer: usize) -> *mut u32 {
+        if layer == 0 {
+            // SAFETY: the header is at the start of the allocated record.
+            unsafe { std::ptr::addr_of_mut!((*(self.record(id) as *mut Header)).spare0) }
+        } else {
+            std::ptr::null_mut()
+        }
+    }
+
     /// Allocates `bytes` (8-aligned, zeroed) from the pool.
     fn pool_alloc(&self, grow: &mut Grow, bytes: usize) -> Result<*mut u8, OutOfMemory> {
         let bytes = bytes.next_multiple_of(8);
@@ -1195,7 +1268,7 @@ impl<T: Copy> Records<T> {
                     tid,
                     upper,
                     zero,
-                    _pad2: 0,
+                    spare0: 0,
                 },
             );
             let at = r.add(self.layout.vector_at);
@@ -1365,6 +1438,26 @@ impl<S: Space> MemoryGraph<S> {
         self.rec.list_ptrs(id, layer)
     }
 
+    #[inline(always)]
+    fn spare_ptr(&self, id: u32, layer: usize) -> *mut u32 {
+        self.rec.spare_ptr(id, layer)
+    }
+
+    /// Spare links of `id` on `layer` (see [`Tuning::spare_links`]).
+    ///
+    /// # Safety
+    /// Under the element's lock, or while no insert runs.
+    #[inline(always)]
+    unsafe fn spare_len(&self, id: u32, layer: usize) -> usize {
+        let p = self.spare_ptr(id, layer);
+        // SAFETY: per the contract, nobody writes it meanwhile.
+        if p.is_null() {
+            0
+        } else {
+            unsafe { *p as usize }
+        }
+    }
+
     /// Top layer of element `id`.
     pub fn level(&self, id: u32) -> usize {
         self.rec.level(id)
@@ -1376,7 +1469,8 @@ impl<S: Space> MemoryGraph<S> {
         self.rec.vector(id)
     }
 
-    /// Neighbor ids of element `id` on `layer`.
+    /// Neighbor ids of element `id` on `layer`: the selected links, then
+    /// the spare ones (see [`Tuning::spare_links`]).
     pub fn neighbor_ids(&self, id: u32, layer: usize) -> &[u32] {
         if layer > self.level(id) {
             return &[];
@@ -1385,7 +1479,22 @@ impl<S: Space> MemoryGraph<S> {
         // SAFETY: while `&self` is lent out no insert runs (inserts need
         // `&mut self`, or own the graph inside a `ParallelInsert`), so the
         // list does not change.
-        unsafe { std::slice::from_raw_parts(slots, *count as usize) }
+        unsafe { std::slice::from_raw_parts(slots, *count as usize + self.spare_len(id, layer)) }
+    }
+
+    /// Selected neighbor ids of element `id` on `layer` (without its spare
+    /// links).
+    fn selected_ids(&self, id: u32, layer: usize) -> &[u32] {
+        let all = self.neighbor_ids(id, layer);
+        // SAFETY: no insert runs while `&self` is lent out (see `neighbor_ids`).
+        &all[..all.len() - unsafe { self.spare_len(id, layer) }]
+    }
+
+    /// How many of element `id`'s layer-0 links, at the end of
+    /// [`MemoryGraph::neighbor_ids`], are spare links.
+    pub fn spare_links(&self, id: u32) -> usize {
+        // SAFETY: no insert runs while `&self` is lent out (see `neighbor_ids`).
+        unsafe { self.spare_len(id, 0) }
     }
 
     /// Heap TIDs of element `id`.
@@ -1415,15 +1524,21 @@ impl<S: Space> MemoryGraph<S> {
     }
 
     /// Copies element `id`'s list on `layer` into `out`, under its lock if
-    /// `LOCK` (other threads may be inserting).
+    /// `LOCK` (other threads may be inserting, i.e. a build). Searches during
+    /// a build walk the selected links only (unless
+    /// [`Tuning::spare_in_build`]), so spare links never change the graph
+    /// the build makes; other searches walk the spare links too.
     #[inline(always)]
     fn read_list<const LOCK: bool>(&self, id: u32, layer: usize, out: &mut Vec<u32>) {
         out.clear();
         let (count, slots) = self.list_ptrs(id, layer);
         let _guard = LOCK.then(|| self.lock(id));
         // SAFETY: the list is written only under the lock (held whenever
-        // others may write); `count` never exceeds the slots.
-        unsafe { out.extend_from_slice(std::slice::from_raw_parts(slots, *count as usize)) };
+        // others may write); selected plus spare links never exceed the slots.
+        unsafe {
+            let spare = if !LOCK || self.tuning.spare_in_build { self.spare_len(id, layer) } else { 0 };
+            out.extend_from_slice(std::slice::from_raw_parts(slots, *count as usize + spare))
+        };
     }
 
     /// Prefetches the first `lines` cache lines of element `id`'s vector.
@@ -1455,7 +1570,10 @@ impl<S: Space> MemoryGraph<S> {
                 // SAFETY: exclusive access; the list fits the same slots.
                 unsafe {
                     std::ptr::copy_nonoverlapping(list.as_ptr(), slots, list.len());
-                    *count = list.len() as u32;
+                    *count = *self.list_ptrs(id, layer).0;
+                    if layer == 0 {
+                        (*rec.header(new)).spare0 = self.spare_len(id, 0) as u32;
+                    }
                     (*rec.header(new)).ntids = ntids;
                 }
             }
@@ -1568,8 +1686,8 @@ impl<S: Space> MemoryGraph<S> {
             }
         }
         if h.keep_pruned {
-            let room = max.saturating_sub(kept.len());
-            kept.extend(pruned.iter().take(room));
+            let room = max.saturating_sub(kept.len()).min(pruned.len());
+            kept.extend(pruned.drain(..room));
         }
     }
     /// Inserts a vector: finds its neighbors on each layer (Algorithm 1), and
@@ -1622,6 +1740,12 @@ impl<S: Space> MemoryGraph<S> {
             self.select(&sc.found, max, &mut kept, &mut pruned);
             sc.layers[layer].clear();
             sc.layers[layer].extend_from_slice(&kept);
+            if layer == 0 {
+                sc.spare.clear();
+                if self.tuning.spare_links {
+                    sc.spare.extend(pruned.iter().take(max - kept.len()).map(|c| c.id));
+                }
+            }
         }
         sc.kept = kept;
         sc.pruned = pruned;
@@ -1648,13 +1772,19 @@ impl<S: Space> MemoryGraph<S> {
             let _guard = self.lock(id);
             for (layer, list) in sc.layers[..=top].iter().enumerate() {
                 let (count, slots) = self.list_ptrs(id, layer);
-                // SAFETY: under the element's lock; a list never exceeds its
-                // slots (2·M on layer 0, M above).
+                // SAFETY: under the element's lock; selected and spare links
+                // never exceed the slots (2·M on layer 0, M above).
                 unsafe {
                     for (i, c) in list.iter().enumerate() {
                         *slots.add(i) = c.id;
                     }
                     *count = list.len() as u32;
+                    if layer == 0 {
+                        for (i, &s) in sc.spare.iter().enumerate() {
+                            *slots.add(list.len() + i) = s;
+                        }
+                        *self.spare_ptr(id, 0) = sc.spare.len() as u32;
+                    }
                 }
             }
         }
@@ -1724,11 +1854,8 @@ impl<S: Space> MemoryGraph<S> {
             return true;
         }
         if current.len() < max {
-            // SAFETY: under the lock, and `len < max` slots are in use.
-            unsafe {
-                *slots.add(current.len()) = to;
-                *count += 1;
-            }
+            // SAFETY: under the lock, and fewer than `max` links are selected.
+            unsafe { append_link(count, self.spare_ptr(from, layer), slots, max, to) };
             return true;
         }
         let base = self.vector(from);
@@ -1745,18 +1872,29 @@ impl<S: Space> MemoryGraph<S> {
         let (mut kept, mut pruned) = (std::mem::take(&mut sc.kept), std::mem::take(&mut sc.pruned));
         self.select(&pool, max, &mut kept, &mut pruned);
         let linked = kept.iter().any(|c| c.id == to);
-        // Elements that leave the list are relinked from `to` (below).
+        // Elements that leave the selected links (even to stay as spare
+        // links, whose slots the next append may take) are relinked from
+        // `to` (below).
         let mut dropped = std::mem::take(&mut sc.list);
         dropped.clear();
         if linked && self.tuning.relink {
             dropped.extend(current.iter().copied().filter(|n| !kept.iter().any(|c| c.id == *n)));
         }
-        // SAFETY: under the lock; `kept` has at most `max` entries.
+        // SAFETY: under the lock; `kept` has at most `max` entries, the
+        // spare links fill at most the rest.
         unsafe {
             for (i, c) in kept.iter().enumerate() {
                 *slots.add(i) = c.id;
             }
             *count = kept.len() as u32;
+            let spare = self.spare_ptr(from, layer);
+            if !spare.is_null() {
+                let n = if self.tuning.spare_links { pruned.len().min(max - kept.len()) } else { 0 };
+                for (i, c) in pruned[..n].iter().enumerate() {
+                    *slots.add(kept.len() + i) = c.id;
+                }
+                *spare = n as u32;
+            }
         }
         drop(guard);
         sc.pool = pool;
@@ -1782,8 +1920,7 @@ impl<S: Space> MemoryGraph<S> {
                 return;
             }
             if list.len() < max {
-                *slots.add(list.len()) = to;
-                *count += 1;
+                append_link(count, self.spare_ptr(from, 0), slots, max, to);
             } else {
                 let i = self.farthest(from, list);
                 *slots.add(i) = to;
@@ -1822,8 +1959,7 @@ impl<S: Space> MemoryGraph<S> {
                     return;
                 }
                 if list.len() < max {
-                    *slots.add(list.len()) = d;
-                    *count += 1;
+                    append_link(count, self.spare_ptr(to, layer), slots, max, d);
                     return;
                 }
             }
@@ -1833,10 +1969,15 @@ impl<S: Space> MemoryGraph<S> {
         }
         let displaced = {
             let _guard = self.lock(to);
-            // SAFETY: under `to`'s lock.
+            // SAFETY: under `to`'s lock (the list may have changed since it
+            // was last held: checked again).
             unsafe {
                 let list = std::slice::from_raw_parts(slots, *count as usize);
                 if list.contains(&d) || list.is_empty() {
+                    return;
+                }
+                if list.len() < max {
+                    append_link(count, self.spare_ptr(to, layer), slots, max, d);
                     return;
                 }
                 let i = self.farthest(to, list);
@@ -1877,7 +2018,9 @@ impl<S: Space> MemoryGraph<S> {
     }
 
     /// Marks the elements reachable from the entry point over all layers'
-    /// links (`top_layer = usize::MAX`) or over layers `0..=top_layer`.
+    /// selected links (`top_layer = usize::MAX`) or over layers
+    /// `0..=top_layer`. Spare links do not count: an insert may take their
+    /// slot, so no element may depend on one.
     fn reachable_set(&self, top_layer: usize) -> Result<Vec<bool>, OutOfMemory> {
         let n = self.rec.loaded() as usize;
         let mut seen = Vec::new();
@@ -1890,7 +2033,7 @@ impl<S: Space> MemoryGraph<S> {
         seen[entry as usize] = true;
         while let Some(id) = stack.pop() {
             for layer in 0..=self.level(id).min(top_layer) {
-                for &k in self.neighbor_ids(id, layer) {
+                for &k in self.selected_ids(id, layer) {
                     if !std::mem::replace(&mut seen[k as usize], true) {
                         stack.push(k);
                     }
@@ -1901,7 +2044,7 @@ impl<S: Space> MemoryGraph<S> {
     }
 
     /// Number of elements reachable from the entry point over all layers'
-    /// links (all of them, in a healthy graph).
+    /// selected links (all of them, in a healthy graph).
     pub fn reachable(&self) -> usize {
         self.reachable_set(usize::MAX).map_or(0, |seen| seen.iter().filter(|&&s| s).count())
     }
@@ -1932,7 +2075,7 @@ impl<S: Space> MemoryGraph<S> {
             inbound.resize(n, 0);
             for id in 0..n as u32 {
                 for layer in 0..=self.level(id) {
-                    for &k in self.neighbor_ids(id, layer) {
+                    for &k in self.selected_ids(id, layer) {
                         inbound[k as usize] += 1;
                     }
                 }
@@ -1958,11 +2101,8 @@ impl<S: Space> MemoryGraph<S> {
                         break;
                     }
                     if list.len() < max0 {
-                        // SAFETY: as above, and a slot is free.
-                        unsafe {
-                            *slots.add(list.len()) = u;
-                            *count += 1;
-                        }
+                        // SAFETY: as above, and a selected slot is free.
+                        unsafe { append_link(count, self.spare_ptr(t, 0), slots, max0, u) };
                         linked = true;
                         break;
                     }
@@ -1972,7 +2112,7 @@ impl<S: Space> MemoryGraph<S> {
                     // that can, its farthest neighbor with another inbound link.
                     'targets: for &t in &targets {
                         let base = self.vector(t);
-                        let list = self.neighbor_ids(t, 0);
+                        let list = self.selected_ids(t, 0);
                         let mut order: Vec<(f32, usize)> = list
                             .iter()
                             .enumerate()
@@ -2053,7 +2193,7 @@ impl<S: Space> MemoryGraph<S> {
                 let (count, slots) = self.list_ptrs(id, layer);
                 // SAFETY: exclusive access; holes were never linked.
                 unsafe {
-                    for i in 0..*count as usize {
+                    for i in 0..*count as usize + self.spare_len(id, layer) {
                         *slots.add(i) = map[*slots.add(i) as usize];
                     }
                 }
@@ -2389,6 +2529,61 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn append_selected_gives_up_the_farthest_spare_link() {
+        // Two selected links, then spare links 7 (nearest) and 8.
+        let mut slots = [1, 2, 7, 8, 0];
+        assert_eq!(append_selected(&mut slots, 2, 2, 3), (3, 2), "a free slot: every spare link stays");
+        assert_eq!(slots, [1, 2, 3, 7, 8]);
+        assert_eq!(append_selected(&mut slots, 3, 2, 4), (4, 1), "full: the farthest spare link leaves");
+        assert_eq!(slots[..5], [1, 2, 3, 4, 7]);
+        assert_eq!(append_selected(&mut slots, 4, 1, 7), (5, 0), "a spare link becomes selected, not a copy");
+        assert_eq!(slots, [1, 2, 3, 4, 7]);
+        let mut slots = [1, 5, 6, 9];
+        assert_eq!(append_selected(&mut slots, 1, 3, 6), (2, 2));
+        assert_eq!(slots[..4], [1, 6, 5, 9], "the other spare links keep their order");
+    }
+
+    /// Spare links fill layer-0 slots without changing the selected links
+    /// (the build's searches do not walk them), never repeat a link, and
+    /// give queries more recall at the same `ef_search`.
+    #[test]
+    fn spare_links_fill_free_slots_and_lift_small_ef_recall() {
+        let (data, queries) = clustered(4000, 100, 16, 11);
+        let params = Params { m: 4, ef_construction: 32 };
+        let with_tuning = |spare_links: bool| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+            let mut g = MemoryGraph::new(Metric::L2, params, 16);
+            g.set_tuning(Tuning { spare_links, ..Tuning::default() });
+            for (i, v) in data.iter().enumerate() {
+                g.insert(v, i as u64, random_level(rng.gen::<f64>(), params.level_multiplier(), 16));
+            }
+            g
+        };
+        let (mut plain, mut spare) = (with_tuning(false), with_tuning(true));
+        let mut filled = 0;
+        for id in 0..spare.len() as u32 {
+            let (all, n) = (spare.neighbor_ids(id, 0), spare.spare_links(id));
+            assert_eq!(&all[..all.len() - n], plain.neighbor_ids(id, 0), "selected links unchanged");
+            assert!(all.len() <= params.max_neighbors(0));
+            let mut unique = all.to_vec();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), all.len(), "no link twice");
+            assert!(!all.contains(&id));
+            filled += (all.len() == params.max_neighbors(0)) as usize;
+            for layer in 1..=spare.level(id) {
+                assert_eq!(spare.neighbor_ids(id, layer), plain.neighbor_ids(id, layer), "upper layers unchanged");
+            }
+        }
+        assert!(filled > spare.len() / 2, "most layer-0 lists are full ({filled} of {})", spare.len());
+        let (r_plain, r_spare) = (
+            recall_at_10(&mut plain, &data, &queries, Metric::L2, 10),
+            recall_at_10(&mut spare, &data, &queries, Metric::L2, 10),
+        );
+        assert!(r_spare > r_plain, "recall@10 at ef_search 10: {r_spare} with spare links, {r_plain} without");
     }
 
     #[test]

@@ -21,7 +21,7 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::graph::{prune_neighbors, random_level, Searcher};
+use super::graph::{append_selected, prune_neighbors, random_level, Searcher};
 use super::page::{self, encode_element, encode_neighbors, ElementMut, ItemPointer, NeighborsRef, PageKind, PageRef};
 use super::prepare_datum;
 use super::storage::{from_pg_tid, ElementNode, IndexRel, PageStore, EXCLUSIVE_LOCK, SHARE_LOCK};
@@ -74,14 +74,18 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[u32], heap_tid: ItemPointer, le
     let mut store = PageStore::new(*rel, meta);
     let stored = meta.codec.encode(vector);
     let Some((entry, entry_level)) = meta.entry else {
-        let (etid, _) = write_element(&store, level, heap_tid, &vec![Vec::new(); level + 1], &stored);
+        let (etid, _) = write_element(&store, level, heap_tid, &vec![Vec::new(); level + 1], 0, &stored);
         rel.set_entry(Some((etid, level as u16)));
         rel.unlock_graph(mode);
         return;
     };
     let params = store.params();
     let mut searcher = Searcher::default();
-    let lists = searcher.find_insert_neighbors(&mut store, vector, level, entry, entry_level as usize, &params);
+    // The search walks selected links only, as the build's do.
+    store.walk_spare = false;
+    let (lists, spare0) =
+        searcher.find_insert_neighbors(&mut store, vector, level, entry, entry_level as usize, &params);
+    store.walk_spare = true;
     let nearest = lists[0].first().map_or(f32::NAN, |c| c.distance);
     for c in lists[0].iter().take_while(|c| c.distance == nearest) {
         if !c.node.deleted && add_duplicate(&store, c.node.tid, &stored, heap_tid) {
@@ -90,14 +94,15 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[u32], heap_tid: ItemPointer, le
         }
     }
     let tids: Vec<Vec<ItemPointer>> = lists.iter().map(|l| l.iter().map(|c| c.node.tid).collect()).collect();
-    let (etid, ntid) = write_element(&store, level, heap_tid, &tids, &stored);
+    let (etid, ntid) = write_element(&store, level, heap_tid, &tids, spare0, &stored);
     let new = store.node(etid);
     debug_assert_eq!(new.neighbors, ntid);
     // Searches end on layer 0, so `new` needs an inbound link there, not
     // only on an upper layer.
     let mut linked = false;
     for (layer, list) in lists.iter().enumerate() {
-        for c in list {
+        let selected = if layer == 0 { list.len() - spare0 } else { list.len() };
+        for c in &list[..selected] {
             let kept = add_reverse_link(&mut store, &c.node, &new, layer);
             linked |= kept && layer == 0;
         }
@@ -173,6 +178,7 @@ fn reuse_free_element(
     level: usize,
     heap_tid: ItemPointer,
     lists: &[Vec<ItemPointer>],
+    spare0: usize,
     payload: &[u8],
 ) -> Option<(ItemPointer, ItemPointer)> {
     let hint = store.meta.free_hint?;
@@ -213,7 +219,8 @@ fn reuse_free_element(
                     NeighborsRef::new(&p[range.clone()], m).unwrap_or_else(|e| rel.corrupt(ntid.block, e)).level();
                 for layer in 0..=capacity {
                     let list = lists.get(layer).map(Vec::as_slice).unwrap_or(&[]);
-                    page::set_layer(&mut p[range.clone()], m, layer, list)
+                    let spare = if layer == 0 { spare0.min(list.len()) } else { 0 };
+                    page::set_layer(&mut p[range.clone()], m, layer, list, spare)
                         .unwrap_or_else(|e| rel.corrupt(ntid.block, e));
                 }
                 Some(())
@@ -227,66 +234,95 @@ fn reuse_free_element(
 
 /// Writes a new element: into a free element if VACUUM left one, otherwise
 /// its neighbor item and then its element item at the end of the index.
-/// Returns `(element, neighbors)` addresses.
+/// The last `spare0` links of `lists[0]` are spare links. Returns
+/// `(element, neighbors)` addresses.
 fn write_element(
     store: &PageStore,
     level: usize,
     heap_tid: ItemPointer,
     lists: &[Vec<ItemPointer>],
+    spare0: usize,
     payload: &[u8],
 ) -> (ItemPointer, ItemPointer) {
-    if let Some(at) = reuse_free_element(store, level, heap_tid, lists, payload) {
+    if let Some(at) = reuse_free_element(store, level, heap_tid, lists, spare0, payload) {
         return at;
     }
-    let ntid = put_item(&store.rel, &encode_neighbors(store.meta.m as usize, level, lists));
+    let ntid = put_item(&store.rel, &encode_neighbors(store.meta.m as usize, level, lists, spare0));
     let etid = put_item(&store.rel, &encode_element(level, &[heap_tid], ntid, payload));
     (etid, ntid)
 }
 
+/// A list as read from a page: its links (selected first) and how many of
+/// them, at the end, are spare links.
+#[derive(Clone, PartialEq)]
+struct List {
+    links: Vec<ItemPointer>,
+    spare: usize,
+}
+
+impl List {
+    /// The selected links.
+    fn selected(&self) -> &[ItemPointer] {
+        &self.links[..self.links.len() - self.spare]
+    }
+
+    /// Appends selected link `to` ([`append_selected`]: a spare link gives
+    /// up its slot if none is free). The list must have a free selected slot.
+    fn append(&mut self, to: ItemPointer, max: usize) {
+        let selected = self.links.len() - self.spare;
+        self.links.resize(max, ItemPointer::INVALID);
+        let (count, spare) = append_selected(&mut self.links, selected, self.spare, to);
+        self.links.truncate(count + spare);
+        self.spare = spare;
+    }
+}
+
 /// Reads the list of `node` on `layer` from a locked page image.
-fn list_in(
-    rel: &IndexRel,
-    p: &[u8],
-    node: &ElementNode,
-    layer: usize,
-    m: usize,
-) -> (std::ops::Range<usize>, Vec<ItemPointer>) {
+fn list_in(rel: &IndexRel, p: &[u8], node: &ElementNode, layer: usize, m: usize) -> (std::ops::Range<usize>, List) {
     let at = node.neighbors;
     let range = rel.item_range(at.block, p, at.offset);
     let n = NeighborsRef::new(&p[range.clone()], m).unwrap_or_else(|e| rel.corrupt(at.block, e));
-    let mut list = Vec::new();
-    n.read_layer(layer, &mut list);
-    (range, list)
+    let mut links = Vec::new();
+    let spare = n.read_layer(layer, &mut links);
+    (range, List { links, spare })
+}
+
+impl List {
+    /// Writes this list as layer `layer` of the neighbor item `item` (in
+    /// block `block` of `rel`, locked).
+    fn write_to(&self, rel: &IndexRel, item: &mut [u8], block: u32, m: usize, layer: usize) {
+        page::set_layer(item, m, layer, &self.links, self.spare).unwrap_or_else(|e| rel.corrupt(block, e));
+    }
 }
 
 /// Makes `new` reachable when no neighbor kept a link to it: replaces an
 /// entry of `node`'s layer-0 list ([`displaceable`]) with `new`.
 fn force_link(store: &mut PageStore, node: &ElementNode, new: &ElementNode) {
     let (rel, m, block) = (store.rel, store.meta.m as usize, node.neighbors.block);
+    let max = store.params().max_neighbors(0);
     for _attempt in 0..3 {
-        let mut current = Vec::new();
-        store.read_neighbors(node, 0, &mut current);
-        if current.contains(&new.tid) {
+        let current = rel.read(block, |p| list_in(&rel, p, node, 0, m).1);
+        if current.selected().contains(&new.tid) {
             return;
         }
         let mut list = current.clone();
         let mut displaced = None;
-        if list.len() >= store.params().max_neighbors(0) {
+        if list.selected().len() >= max {
             // Even an entry that keeps back links gets a link from `new`
             // when `new` has room: back links from a group of elements
             // that link only to each other do not make it reachable.
-            let i = displaceable(store, node.tid, &list);
-            displaced = Some(list[i]);
-            list[i] = new.tid;
+            let i = displaceable(store, node.tid, &list.links);
+            displaced = Some(list.links[i]);
+            list.links[i] = new.tid;
         } else {
-            list.push(new.tid);
+            list.append(new.tid, max);
         }
         let written = rel.modify(block, |p| {
             let (range, now) = list_in(&rel, p, node, 0, m);
             if now != current {
                 return None;
             }
-            page::set_layer(&mut p[range], m, 0, &list).unwrap_or_else(|e| rel.corrupt(block, e));
+            list.write_to(&rel, &mut p[range], block, m, 0);
             Some(())
         });
         if written.is_some() {
@@ -298,10 +334,11 @@ fn force_link(store: &mut PageStore, node: &ElementNode, new: &ElementNode) {
     }
 }
 
-/// Links `node -> new` on `layer`: appends when there is room, otherwise
-/// prunes with the heuristic (computed without locks, then written only if
-/// the list did not change meanwhile; retried a few times). Returns whether
-/// `node` now links to `new`.
+/// Links `node -> new` on `layer`: appends when a selected slot is free
+/// (giving up a spare link if need be), otherwise prunes with the heuristic
+/// (computed without locks, then written only if the list did not change
+/// meanwhile; retried a few times). Returns whether `node` now links to
+/// `new` (with a selected link).
 pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &ElementNode, layer: usize) -> bool {
     if layer > node.level as usize {
         return false;
@@ -311,27 +348,29 @@ pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &Element
     let max = store.params().max_neighbors(layer);
     let block = node.neighbors.block;
     for _attempt in 0..3 {
-        let mut full: Option<Vec<ItemPointer>> = None;
+        let mut full: Option<List> = None;
         rel.modify(block, |p| {
             let (range, mut list) = list_in(&rel, p, node, layer, m);
-            if list.contains(&new.tid) {
+            if list.selected().contains(&new.tid) {
                 return None;
             }
-            if list.len() >= max {
+            if list.selected().len() >= max {
                 full = Some(list);
                 return None;
             }
-            list.push(new.tid);
-            page::set_layer(&mut p[range], m, layer, &list).unwrap_or_else(|e| rel.corrupt(block, e));
+            list.append(new.tid, max);
+            list.write_to(&rel, &mut p[range], block, m, layer);
             Some(())
         });
         let Some(current) = full else {
             return true;
         };
         let base = store.vector(node.tid).to_vec();
-        let nodes: Vec<ElementNode> = current.iter().filter_map(|&k| store.visit(&base, k).map(|(_, n)| n)).collect();
-        let kept = prune_neighbors(store, node, &nodes, *new, max);
-        if !kept.contains(&new.tid) {
+        let nodes: Vec<ElementNode> =
+            current.links.iter().filter_map(|&k| store.visit(&base, k).map(|(_, n)| n)).collect();
+        let (links, spare) = prune_neighbors(store, node, &nodes, *new, max, layer == 0);
+        let kept = List { links, spare };
+        if !kept.selected().contains(&new.tid) {
             return false;
         }
         let mut raced = false;
@@ -341,14 +380,16 @@ pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &Element
                 raced = true;
                 return None;
             }
-            page::set_layer(&mut p[range], m, layer, &kept).unwrap_or_else(|e| rel.corrupt(block, e));
+            kept.write_to(&rel, &mut p[range], block, m, layer);
             Some(())
         });
         if !raced {
             // Never relink a deleted element: VACUUM relies on inserts not
             // adding links to elements they read as deleted (vacuum.rs, (a)).
+            // An element kept only as a spare link counts as dropped: the
+            // next append may take its slot.
             let deleted = |t: &ItemPointer| nodes.iter().any(|n| n.tid == *t && n.deleted);
-            for dropped in current.iter().copied().filter(|c| !kept.contains(c) && !deleted(c)) {
+            for dropped in current.links.iter().copied().filter(|c| !kept.selected().contains(c) && !deleted(c)) {
                 relink(store, new, dropped, layer);
             }
             return true;
@@ -385,34 +426,34 @@ fn relink_at_depth(
     let max = store.params().max_neighbors(layer);
     let mut needs_link = None;
     for _attempt in 0..3 {
-        let mut full: Option<Vec<ItemPointer>> = None;
+        let mut full: Option<List> = None;
         rel.modify(block, |p| {
             let (range, mut list) = list_in(&rel, p, new, layer, m);
-            if list.contains(&dropped) {
+            if list.selected().contains(&dropped) {
                 return None;
             }
-            if list.len() >= max {
+            if list.selected().len() >= max {
                 full = Some(list);
                 return None;
             }
-            list.push(dropped);
-            page::set_layer(&mut p[range], m, layer, &list).unwrap_or_else(|e| rel.corrupt(block, e));
+            list.append(dropped, max);
+            list.write_to(&rel, &mut p[range], block, m, layer);
             Some(())
         });
         let Some(current) = full else { return };
         if depth >= MAX_RELINK_DEPTH || !*needs_link.get_or_insert_with(|| force || !has_back_link(store, dropped)) {
             return;
         }
-        let at = displaceable(store, new.tid, &current);
-        let displaced = current[at];
+        let at = displaceable(store, new.tid, &current.links);
+        let displaced = current.links[at];
         let mut list = current.clone();
-        list[at] = dropped;
+        list.links[at] = dropped;
         let written = rel.modify(block, |p| {
             let (range, now) = list_in(&rel, p, new, layer, m);
             if now != current {
                 return None;
             }
-            page::set_layer(&mut p[range], m, layer, &list).unwrap_or_else(|e| rel.corrupt(block, e));
+            list.write_to(&rel, &mut p[range], block, m, layer);
             Some(())
         });
         if written.is_some() {
@@ -457,7 +498,8 @@ fn has_back_link(store: &mut PageStore, tid: ItemPointer) -> bool {
     let mut links = 0;
     for &u in &out {
         let u = store.node(u);
-        store.read_neighbors(&u, 0, &mut back);
+        // A spare link back does not count: an insert may take its slot.
+        store.read_selected(&u, 0, &mut back);
         links += back.contains(&tid) as usize;
         if links >= 2 {
             return true;

@@ -16,7 +16,10 @@
 //!     codes with their scale and rounding error, `72 + 16 + 2·dims` bytes);
 //!   - a **neighbor item**: `2·M` slots for layer 0 and `M` for each layer
 //!     above (`4 + 6·M·(level + 2)` bytes), updated in place so a new link
-//!     never rewrites the vector.
+//!     never rewrites the vector. A list holds its selected links, then its
+//!     *spare links* (pruned candidates kept in free slots, see
+//!     [`Tuning::spare_links`](super::graph::Tuning::spare_links)), marked
+//!     by [`SPARE_BIT`] in the slot's offset; empty slots are invalid.
 //!
 //! Bytes read from disk are checked ([`PageRef::new`], [`ElementRef::new`],
 //! [`NeighborsRef::new`]) before any field is used; a bad page is a
@@ -45,8 +48,12 @@ pub const META_BLOCK: u32 = 0;
 /// Meta page magic number ("HNSW").
 pub const MAGIC: u32 = 0x484E_5357;
 /// Version of this format, checked on every open (4: element payloads by
-/// codec, the stable part of a `vector` payload first).
-pub const FORMAT_VERSION: u32 = 4;
+/// codec, the stable part of a `vector` payload first; 5: spare links).
+pub const FORMAT_VERSION: u32 = 5;
+/// Oldest format version this build reads: format 4 is format 5 without
+/// spare links, so such an index needs no `REINDEX` (its meta page is
+/// stamped 5 at its next update).
+pub const OLDEST_FORMAT_VERSION: u32 = 4;
 /// Tag in every page's special space identifying an `hnsw` page.
 pub const PAGE_ID: u16 = 0xFF91;
 /// Bytes of an element item before its payload.
@@ -61,6 +68,9 @@ const HEAP_TIDS_AT: usize = 12;
 pub const NEIGHBORS_HEADER_SIZE: usize = 4;
 /// Bytes per neighbor slot (block u32, offset u16).
 pub const SLOT_SIZE: usize = 6;
+/// Set in a neighbor slot's offset when it holds a spare link (offsets of
+/// an 8 kB page stay below 2,048).
+pub const SPARE_BIT: u16 = 0x8000;
 
 const KIND_ELEMENT: u8 = 1;
 const KIND_NEIGHBORS: u8 = 2;
@@ -362,8 +372,11 @@ impl Meta {
         if u32_at(b, 0) != MAGIC {
             return err(format!("bad magic number {:#x}", u32_at(b, 0)));
         }
-        if u32_at(b, 4) != FORMAT_VERSION {
-            return err(format!("unsupported format version {} (this build reads {FORMAT_VERSION})", u32_at(b, 4)));
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&u32_at(b, 4)) {
+            return err(format!(
+                "unsupported format version {} (this build reads {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})",
+                u32_at(b, 4)
+            ));
         }
         let (dims, m, ef_construction) = (u32_at(b, 8), u32_at(b, 12), u32_at(b, 16));
         if !(2..=100).contains(&m) || ef_construction == 0 {
@@ -664,15 +677,16 @@ impl<'a> ElementMut<'a> {
 }
 
 /// Encodes a neighbor item with `lists[layer]` for layers `0..=level`
-/// (`kind u8 | level u8 | m u16 | slots`, empty slots invalid).
-pub fn encode_neighbors(m: usize, level: usize, lists: &[Vec<ItemPointer>]) -> Vec<u8> {
+/// (`kind u8 | level u8 | m u16 | slots`, empty slots invalid), the last
+/// `spare0` links of layer 0 spare links.
+pub fn encode_neighbors(m: usize, level: usize, lists: &[Vec<ItemPointer>], spare0: usize) -> Vec<u8> {
     let mut b = vec![0u8; neighbor_item_size(m, level)];
     b[0] = KIND_NEIGHBORS;
     b[1] = level as u8;
     put_u16(&mut b, 2, m as u16);
     for layer in 0..=level {
         let empty: Vec<ItemPointer> = Vec::new();
-        write_layer(&mut b, m, layer, lists.get(layer).unwrap_or(&empty));
+        write_layer(&mut b, m, layer, lists.get(layer).unwrap_or(&empty), if layer == 0 { spare0 } else { 0 });
     }
     b
 }
@@ -686,10 +700,15 @@ fn layer_slots(m: usize, layer: usize) -> (usize, usize) {
     }
 }
 
-fn write_layer(b: &mut [u8], m: usize, layer: usize, list: &[ItemPointer]) {
+/// Writes `list` into `layer`'s slots, its last `spare` links marked spare.
+fn write_layer(b: &mut [u8], m: usize, layer: usize, list: &[ItemPointer], spare: usize) {
     let (first, count) = layer_slots(m, layer);
+    let selected = list.len().saturating_sub(spare);
     for i in 0..count {
-        let t = list.get(i).copied().unwrap_or(ItemPointer::INVALID);
+        let mut t = list.get(i).copied().unwrap_or(ItemPointer::INVALID);
+        if i >= selected && t.is_valid() {
+            t.offset |= SPARE_BIT;
+        }
         t.write(b, NEIGHBORS_HEADER_SIZE + SLOT_SIZE * (first + i));
     }
 }
@@ -719,29 +738,45 @@ impl<'a> NeighborsRef<'a> {
         self.bytes[1] as usize
     }
 
-    /// Appends the valid neighbors on `layer` to `out` (nothing above `level`).
-    pub fn read_layer(&self, layer: usize, out: &mut Vec<ItemPointer>) {
+    /// Appends the valid neighbors on `layer` to `out`, selected links
+    /// first, then spare ones (nothing above `level`). Returns how many of
+    /// them are spare links: those from the first slot marked spare on.
+    pub fn read_layer(&self, layer: usize, out: &mut Vec<ItemPointer>) -> usize {
         if layer > self.level() {
-            return;
+            return 0;
         }
         let (first, count) = layer_slots(self.m, layer);
+        let mut spare = 0;
         for i in 0..count {
-            let t = ItemPointer::read(self.bytes, NEIGHBORS_HEADER_SIZE + SLOT_SIZE * (first + i));
+            let mut t = ItemPointer::read(self.bytes, NEIGHBORS_HEADER_SIZE + SLOT_SIZE * (first + i));
+            let marked = t.offset & SPARE_BIT != 0;
+            t.offset &= !SPARE_BIT;
             if !t.is_valid() {
                 break;
             }
+            if marked || spare > 0 {
+                spare += 1;
+            }
             out.push(t);
         }
+        spare
     }
 }
 
-/// Replaces the list of `layer` in a neighbor item in place (validated first).
-pub fn set_layer(bytes: &mut [u8], m: usize, layer: usize, list: &[ItemPointer]) -> Result<(), PageError> {
+/// Replaces the list of `layer` in a neighbor item in place (validated
+/// first), its last `spare` links spare links.
+pub fn set_layer(
+    bytes: &mut [u8],
+    m: usize,
+    layer: usize,
+    list: &[ItemPointer],
+    spare: usize,
+) -> Result<(), PageError> {
     let level = NeighborsRef::new(bytes, m)?.level();
-    if layer > level || list.len() > layer_slots(m, layer).1 {
-        return err(format!("layer {layer} with {} links does not fit level {level}", list.len()));
+    if layer > level || list.len() > layer_slots(m, layer).1 || spare > list.len() {
+        return err(format!("layer {layer} with {} links ({spare} spare) does not fit level {level}", list.len()));
     }
-    write_layer(bytes, m, layer, list);
+    write_layer(bytes, m, layer, list, spare);
     Ok(())
 }
 
@@ -749,7 +784,7 @@ pub fn set_layer(bytes: &mut [u8], m: usize, layer: usize, list: &[ItemPointer])
 pub fn clear_neighbors(bytes: &mut [u8], m: usize) -> Result<(), PageError> {
     let level = NeighborsRef::new(bytes, m)?.level();
     for layer in 0..=level {
-        write_layer(bytes, m, layer, &[]);
+        write_layer(bytes, m, layer, &[], 0);
     }
     Ok(())
 }
@@ -821,6 +856,13 @@ mod tests {
         put_u16(&mut old.0, 12, (PAGE_HEADER_SIZE + 40) as u16);
         assert_eq!(Meta::read_page(&old.0).unwrap(), Meta { healed_blocks: 0, ..meta });
 
+        // Format 4 (no spare links) reads as it is; 3 does not.
+        let mut v4 = page.clone();
+        put_u32(&mut v4.0, PAGE_HEADER_SIZE + 4, 4);
+        assert_eq!(Meta::read_page(&v4.0).unwrap(), meta);
+        put_u32(&mut v4.0, PAGE_HEADER_SIZE + 4, 3);
+        assert!(Meta::read_page(&v4.0).unwrap_err().0.contains("version 3"));
+
         let mut bad = page.clone();
         bad.0[PAGE_HEADER_SIZE] ^= 0xFF;
         assert!(Meta::read_page(&bad.0).unwrap_err().0.contains("magic"));
@@ -882,21 +924,34 @@ mod tests {
     fn neighbor_lists_update_in_place_per_layer() {
         let m = 4;
         let lists = vec![vec![tid(1, 1), tid(1, 2)], vec![tid(2, 1)]];
-        let mut item = encode_neighbors(m, 1, &lists);
+        let mut item = encode_neighbors(m, 1, &lists, 1);
         assert_eq!(item.len(), neighbor_item_size(m, 1));
-        set_layer(&mut item, m, 0, &[tid(5, 5)]).unwrap();
-        let n = NeighborsRef::new(&item, m).unwrap();
         let mut out = Vec::new();
-        n.read_layer(0, &mut out);
+        let n = NeighborsRef::new(&item, m).unwrap();
+        assert_eq!(n.read_layer(0, &mut out), 1, "the last layer-0 link is spare");
+        assert_eq!(out, vec![tid(1, 1), tid(1, 2)], "spare links read unmarked");
+        out.clear();
+        set_layer(&mut item, m, 0, &[tid(5, 5)], 0).unwrap();
+        let n = NeighborsRef::new(&item, m).unwrap();
+        assert_eq!(n.read_layer(0, &mut out), 0);
         assert_eq!(out, vec![tid(5, 5)]);
         out.clear();
-        n.read_layer(1, &mut out);
+        assert_eq!(n.read_layer(1, &mut out), 0);
         assert_eq!(out, vec![tid(2, 1)]);
         out.clear();
         n.read_layer(2, &mut out);
         assert!(out.is_empty());
-        assert!(set_layer(&mut item, m, 2, &[tid(1, 1)]).is_err(), "no layer 2");
-        assert!(set_layer(&mut item, m, 1, &[tid(1, 1); 5]).is_err(), "over M");
+        assert!(set_layer(&mut item, m, 2, &[tid(1, 1)], 0).is_err(), "no layer 2");
+        assert!(set_layer(&mut item, m, 1, &[tid(1, 1); 5], 0).is_err(), "over M");
+        assert!(set_layer(&mut item, m, 0, &[tid(1, 1)], 2).is_err(), "more spare links than links");
+        // A full layer 0: six selected links and two spare ones.
+        let full: Vec<ItemPointer> = (1..=8).map(|i| tid(9, i)).collect();
+        set_layer(&mut item, m, 0, &full, 2).unwrap();
+        out.clear();
+        assert_eq!(NeighborsRef::new(&item, m).unwrap().read_layer(0, &mut out), 2);
+        assert_eq!(out, full);
+        let marked = |i: usize| u16_at(&item, NEIGHBORS_HEADER_SIZE + SLOT_SIZE * i + 4) & SPARE_BIT != 0;
+        assert_eq!((0..8).map(marked).collect::<Vec<_>>(), [false, false, false, false, false, false, true, true]);
     }
 
     #[test]
@@ -918,7 +973,7 @@ mod tests {
         raw[3] = 11;
         assert!(ElementRef::new(&raw, &codec, 16).is_err());
         // Neighbor item whose length does not match its level.
-        let mut n = encode_neighbors(4, 0, &[]);
+        let mut n = encode_neighbors(4, 0, &[], 0);
         n[1] = 3;
         assert!(NeighborsRef::new(&n, 4).is_err());
         // Random garbage never panics, for every codec.

@@ -529,6 +529,9 @@ pub struct PageStore {
     hints: Vec<Option<pg_sys::Buffer>>,
     /// Elements whose distance was computed so far (visits), for statistics.
     pub visits: u64,
+    /// Whether graph searches ([`GraphStore::neighbors`]) walk spare links
+    /// too (scans: yes; an insert's own search: no, as in the build).
+    pub walk_spare: bool,
 }
 
 /// Most buffers [`PageStore::visit_many`] keeps pinned at once: below
@@ -583,7 +586,15 @@ unsafe fn pinned_item_range(page: *const u8, offset: u16) -> Result<std::ops::Ra
 impl PageStore {
     /// A store over `rel` described by `meta`.
     pub fn new(rel: IndexRel, meta: Meta) -> PageStore {
-        PageStore { rel, meta, vectors: FxHashMap::default(), pinned: Vec::new(), hints: Vec::new(), visits: 0 }
+        PageStore {
+            rel,
+            meta,
+            vectors: FxHashMap::default(),
+            pinned: Vec::new(),
+            hints: Vec::new(),
+            visits: 0,
+            walk_spare: true,
+        }
     }
 
     /// Construction parameters from the meta page.
@@ -638,8 +649,17 @@ impl PageStore {
         &self.vectors[&tid]
     }
 
-    /// Reads the current list of `node` on `layer`.
-    pub fn read_neighbors(&self, node: &ElementNode, layer: usize, out: &mut Vec<ItemPointer>) {
+    /// Reads the selected links of `node` on `layer` (without its spare
+    /// links: what reachability may rely on, since an insert may take a
+    /// spare link's slot).
+    pub fn read_selected(&self, node: &ElementNode, layer: usize, out: &mut Vec<ItemPointer>) {
+        let spare = self.read_neighbors(node, layer, out);
+        out.truncate(out.len() - spare);
+    }
+
+    /// Reads the current list of `node` on `layer`, selected links first;
+    /// returns how many spare links follow them.
+    pub fn read_neighbors(&self, node: &ElementNode, layer: usize, out: &mut Vec<ItemPointer>) -> usize {
         out.clear();
         let at = node.neighbors;
         let m = self.meta.m as usize;
@@ -770,7 +790,11 @@ impl GraphStore for PageStore {
     }
 
     fn neighbors(&mut self, node: &ElementNode, layer: usize, out: &mut Vec<ItemPointer>) {
-        self.read_neighbors(node, layer, out)
+        if self.walk_spare {
+            self.read_neighbors(node, layer, out);
+        } else {
+            self.read_selected(node, layer, out);
+        }
     }
 
     fn is_deleted(&self, node: &ElementNode) -> bool {

@@ -133,7 +133,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use super::graph::{Candidate, GraphStore};
+use super::graph::{append_selected, Candidate, GraphStore};
 use super::options;
 use super::page::{
     self, item_footprint, neighbor_item_size, ElementMut, ElementRef, ItemPointer, Meta, NeighborsRef, PageError,
@@ -440,19 +440,39 @@ fn elements_of(store: &PageStore, block: u32, out: &mut Vec<(ElementNode, bool)>
 }
 
 /// Rewrites `node`'s list on `layer` from `old` to `new`, only if it still
-/// equals `old`; returns whether it did.
-fn replace_list(store: &PageStore, node: &ElementNode, layer: usize, old: &[ItemPointer], new: &[ItemPointer]) -> bool {
+/// equals `old`; returns whether it did. The last `spare` links of `new` are
+/// spare links; with `None`, links of `new` that were spare links in `old`
+/// stay spare (moved after the others) and the rest are selected.
+fn replace_list(
+    store: &PageStore,
+    node: &ElementNode,
+    layer: usize,
+    old: &[ItemPointer],
+    new: &[ItemPointer],
+    spare: Option<usize>,
+) -> bool {
     let (rel, m, at) = (store.rel, store.meta.m as usize, node.neighbors);
     rel.modify(at.block, |p| {
         let range = rel.item_range(at.block, p, at.offset);
         let mut current = Vec::new();
-        NeighborsRef::new(&p[range.clone()], m)
+        let spare_now = NeighborsRef::new(&p[range.clone()], m)
             .unwrap_or_else(|e| rel.corrupt(at.block, e))
             .read_layer(layer, &mut current);
         if current != old {
             return None;
         }
-        page::set_layer(&mut p[range], m, layer, new).unwrap_or_else(|e| rel.corrupt(at.block, e));
+        let (list, spare) = match spare {
+            Some(n) => (new.to_vec(), n),
+            None => {
+                let was_spare = &current[current.len() - spare_now..];
+                let (mut list, spares): (Vec<ItemPointer>, Vec<ItemPointer>) =
+                    new.iter().partition(|t| !was_spare.contains(t));
+                let n = spares.len();
+                list.extend(spares);
+                (list, n)
+            }
+        };
+        page::set_layer(&mut p[range], m, layer, &list, spare).unwrap_or_else(|e| rel.corrupt(at.block, e));
         Some(())
     })
     .is_some()
@@ -543,7 +563,7 @@ fn repair_list(
         } else {
             repaired_list(store, node, layer, &current, deleted)
         };
-        if replace_list(store, node, layer, &current, &new) {
+        if replace_list(store, node, layer, &current, &new, None) {
             break;
         }
         // Someone else changed the list meanwhile: read it again.
@@ -724,7 +744,7 @@ fn linked_back(store: &PageStore, tid: ItemPointer) -> bool {
     store.read_neighbors(&node, 0, &mut out);
     out.iter().any(|&u| {
         let u = store.node(u);
-        store.read_neighbors(&u, 0, &mut back);
+        store.read_selected(&u, 0, &mut back);
         !u.deleted && back.contains(&tid)
     })
 }
@@ -783,14 +803,21 @@ fn link_unreached(
     for displace in [false, true] {
         for host in &hosts {
             for _attempt in 0..REFILL_ATTEMPTS {
-                store.read_neighbors(host, 0, &mut list);
-                if list.contains(&tid) {
+                // Only a selected link counts (an insert may take a spare
+                // link's slot); a spare copy of `tid` is promoted.
+                let spare = store.read_neighbors(host, 0, &mut list);
+                let selected = list.len() - spare;
+                if list[..selected].contains(&tid) {
                     return true;
                 }
                 let mut new = list.clone();
+                let mut new_spare = 0;
                 let mut displaced = None;
-                if new.len() < max {
-                    new.push(tid);
+                if selected < max {
+                    new.resize(max, ItemPointer::INVALID);
+                    let (count, kept) = append_selected(&mut new, selected, spare, tid);
+                    new.truncate(count + kept);
+                    new_spare = kept;
                 } else if !displace {
                     break;
                 } else {
@@ -805,7 +832,7 @@ fn link_unreached(
                     displaced = Some(new[i]);
                     new[i] = tid;
                 }
-                if replace_list(store, host, 0, &list, &new) {
+                if replace_list(store, host, 0, &list, &new, Some(new_spare)) {
                     inbound.insert(tid);
                     if let Some(d) = displaced {
                         // It had at least two inbound links and lost one.
@@ -850,7 +877,7 @@ fn count_inbound(
                     t.highest = Some((node.tid, node.level as u16));
                 }
             }
-            store.read_neighbors(&node, 0, &mut list);
+            store.read_selected(&node, 0, &mut list);
             for &t in &list {
                 if t != node.tid && !inbound.insert(t) {
                     inbound2.insert(t);
@@ -874,7 +901,8 @@ fn ensure_entry(rel: &IndexRel, highest: Option<(ItemPointer, u16)>) -> Option<I
 }
 
 /// Marks in `reached` every element a search reaches on layer 0 from
-/// `start`, walking through deleted (not free) elements as scans do.
+/// `start` over selected links (a spare link may lose its slot to the next
+/// insert), walking through deleted (not free) elements as scans do.
 /// Returns false, leaving the walk unfinished, if its queue would outgrow
 /// `budget` bytes.
 fn walk_from(store: &PageStore, start: ItemPointer, reached: &mut ItemBitmap, budget: usize) -> bool {
@@ -886,7 +914,7 @@ fn walk_from(store: &PageStore, start: ItemPointer, reached: &mut ItemBitmap, bu
     while let Some(t) = queue.pop() {
         pgrx::check_for_interrupts!();
         let node = store.node(t);
-        store.read_neighbors(&node, 0, &mut list);
+        store.read_selected(&node, 0, &mut list);
         for &x in &list {
             if reached.insert(x) {
                 if queue.len() * std::mem::size_of::<ItemPointer>() >= budget {

@@ -3,7 +3,7 @@
 //! CPU), recall@10 and QPS per ef_search on one thread, and our QPS at
 //! hnswlib's recall levels (interpolated on our recall/QPS curve).
 //!
-//! `cargo run --release --manifest-path bench/Cargo.toml --bin graph_bench -- [--threads N] [--no-hnswlib] [--python PATH] [--synthetic N [--dims D] [--queries Q]] [--keep-pruned] [--keep-ties] [--no-relink] [--half] [--seed S] [--seeds N] [--prefetch-lines L]`
+//! `cargo run --release --manifest-path bench/Cargo.toml --bin graph_bench -- [--threads N] [--no-hnswlib] [--python PATH] [--synthetic N [--dims D] [--queries Q]] [--keep-pruned] [--keep-ties] [--no-relink] [--no-spare-links] [--spare-in-build] [--half] [--seed S] [--seeds N] [--prefetch-lines L]`
 //!
 //! `--synthetic N` replaces the real dataset (cosine) by `N` seeded
 //! clustered vectors of `D` dimensions (default 128) under L2, with `Q`
@@ -13,7 +13,9 @@
 //! candidates (Malkov's keepPrunedConnections, as pgvector does) to compare
 //! that variant of the heuristic; `--keep-ties` keeps candidates tied with a
 //! kept neighbor (the paper's `<`, as hnswlib); `--no-relink` leaves elements
-//! dropped from a pruned list unrelinked (as hnswlib). `--half` holds rows
+//! dropped from a pruned list unrelinked (as hnswlib); `--no-spare-links`
+//! leaves free layer-0 slots empty instead of holding spare links, and
+//! `--spare-in-build` lets the build's searches walk spare links too. `--half` holds rows
 //! (and queries) in half precision, as `CREATE INDEX` holds a `vector`.
 //! `--seed S` seeds the level draws (default 7); `--seeds N` builds and
 //! queries N times with seeds S, S+1, ... (hnswlib with 100, 101, ...), in
@@ -225,11 +227,15 @@ fn main() {
     if args.iter().any(|a| a == "--no-relink") {
         tuning.relink = false;
     }
+    tuning.spare_links = !args.iter().any(|a| a == "--no-spare-links");
+    tuning.spare_in_build = args.iter().any(|a| a == "--spare-in-build");
     println!(
-        "graph.rs in memory: {} x {} {metric:?}, m=16, ef_construction=64, {:?}",
+        "graph.rs in memory: {} x {} {metric:?}, m=16, ef_construction=64, {:?}, spare links {} (in build {})",
         base.len(),
         base[0].len(),
-        tuning.heuristic
+        tuning.heuristic,
+        tuning.spare_links,
+        tuning.spare_in_build
     );
     let half = args.iter().any(|a| a == "--half");
     if half {
