@@ -3,7 +3,7 @@
 //! CPU), recall@10 and QPS per ef_search on one thread, and our QPS at
 //! hnswlib's recall levels (interpolated on our recall/QPS curve).
 //!
-//! `cargo run --release --manifest-path bench/Cargo.toml --bin graph_bench -- [--threads N] [--no-hnswlib] [--python PATH] [--synthetic N [--dims D] [--queries Q]] [--keep-pruned] [--keep-ties] [--no-relink] [--no-spare-links] [--spare-in-build] [--half] [--seed S] [--seeds N] [--prefetch-lines L]`
+//! `cargo run --release --manifest-path bench/Cargo.toml --bin graph_bench -- [--threads N] [--no-hnswlib] [--python PATH] [--synthetic N [--dims D] [--queries Q]] [--keep-pruned] [--keep-ties] [--no-relink] [--no-spare-links] [--spare-in-build] [--half] [--seed S] [--seeds N] [--efs 10,20,40] [--prefetch-lines L]`
 //!
 //! `--synthetic N` replaces the real dataset (cosine) by `N` seeded
 //! clustered vectors of `D` dimensions (default 128) under L2, with `Q`
@@ -22,6 +22,9 @@
 //! turn with hnswlib, and compares the means per ef_search: one seed's
 //! recall differs from another's by up to 0.005 at ef_search 40 on the real
 //! dataset, enough to move the QPS-at-equal-recall ratio by 0.1 or more.
+//!
+//! `--efs LIST` sets the ef_search values of both sweeps: more points make
+//! the interpolated QPS at hnswlib's recall closer to a measured one.
 //!
 //! `--threads N` builds with N threads ([`ParallelInsert`]: this thread
 //! loads and links, N − 1 more link), as `CREATE INDEX` does; hnswlib builds
@@ -210,7 +213,13 @@ fn main() {
             (dir, Metric::L2, base, queries, truth)
         }
     };
-    let efs: &[usize] = if synthetic.is_some() { &[10, 20, 40, 100, 200] } else { &EFS };
+    let efs_arg: Option<Vec<usize>> =
+        value("--efs").map(|l| l.split(',').map(|e| e.trim().parse().expect("--efs 10,20,40")).collect());
+    let efs: &[usize] = match &efs_arg {
+        Some(list) => list,
+        None if synthetic.is_some() => &[10, 20, 40, 100, 200],
+        None => &EFS,
+    };
     let params = Params { m: 16, ef_construction: 64 };
     let seed: u64 = value("--seed").map_or(7, |s| s.parse().expect("--seed S"));
     let seeds: u64 = value("--seeds").map_or(1, |s| s.parse().expect("--seeds N"));
