@@ -1450,10 +1450,10 @@ impl<S: Space> MemoryGraph<S> {
     #[inline(always)]
     unsafe fn spare_len(&self, id: u32, layer: usize) -> usize {
         let p = self.spare_ptr(id, layer);
-        // SAFETY: per the contract, nobody writes it meanwhile.
         if p.is_null() {
             0
         } else {
+            // SAFETY: per the contract, nobody writes it meanwhile.
             unsafe { *p as usize }
         }
     }

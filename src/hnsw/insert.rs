@@ -21,8 +21,10 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::graph::{append_selected, prune_neighbors, random_level, Searcher};
-use super::page::{self, encode_element, encode_neighbors, ElementMut, ItemPointer, NeighborsRef, PageKind, PageRef};
+use super::graph::{prune_neighbors, random_level, Searcher};
+use super::page::{
+    self, encode_element, encode_neighbors, ElementMut, ItemPointer, LayerList, NeighborsRef, PageKind, PageRef,
+};
 use super::prepare_datum;
 use super::storage::{from_pg_tid, ElementNode, IndexRel, PageStore, EXCLUSIVE_LOCK, SHARE_LOCK};
 use crate::hnsw::graph::GraphStore;
@@ -252,47 +254,26 @@ fn write_element(
     (etid, ntid)
 }
 
-/// A list as read from a page: its links (selected first) and how many of
-/// them, at the end, are spare links.
-#[derive(Clone, PartialEq)]
-struct List {
-    links: Vec<ItemPointer>,
-    spare: usize,
-}
-
-impl List {
-    /// The selected links.
-    fn selected(&self) -> &[ItemPointer] {
-        &self.links[..self.links.len() - self.spare]
-    }
-
-    /// Appends selected link `to` ([`append_selected`]: a spare link gives
-    /// up its slot if none is free). The list must have a free selected slot.
-    fn append(&mut self, to: ItemPointer, max: usize) {
-        let selected = self.links.len() - self.spare;
-        self.links.resize(max, ItemPointer::INVALID);
-        let (count, spare) = append_selected(&mut self.links, selected, self.spare, to);
-        self.links.truncate(count + spare);
-        self.spare = spare;
-    }
-}
-
 /// Reads the list of `node` on `layer` from a locked page image.
-fn list_in(rel: &IndexRel, p: &[u8], node: &ElementNode, layer: usize, m: usize) -> (std::ops::Range<usize>, List) {
+fn list_in(
+    rel: &IndexRel,
+    p: &[u8],
+    node: &ElementNode,
+    layer: usize,
+    m: usize,
+) -> (std::ops::Range<usize>, LayerList) {
     let at = node.neighbors;
     let range = rel.item_range(at.block, p, at.offset);
     let n = NeighborsRef::new(&p[range.clone()], m).unwrap_or_else(|e| rel.corrupt(at.block, e));
     let mut links = Vec::new();
     let spare = n.read_layer(layer, &mut links);
-    (range, List { links, spare })
+    (range, LayerList { links, spare })
 }
 
-impl List {
-    /// Writes this list as layer `layer` of the neighbor item `item` (in
-    /// block `block` of `rel`, locked).
-    fn write_to(&self, rel: &IndexRel, item: &mut [u8], block: u32, m: usize, layer: usize) {
-        page::set_layer(item, m, layer, &self.links, self.spare).unwrap_or_else(|e| rel.corrupt(block, e));
-    }
+/// Writes `list` as layer `layer` of the neighbor item `item` (in block
+/// `block` of `rel`, locked).
+fn write_list(list: &LayerList, rel: &IndexRel, item: &mut [u8], block: u32, m: usize, layer: usize) {
+    page::set_layer(item, m, layer, &list.links, list.spare).unwrap_or_else(|e| rel.corrupt(block, e));
 }
 
 /// Makes `new` reachable when no neighbor kept a link to it: replaces an
@@ -322,7 +303,7 @@ fn force_link(store: &mut PageStore, node: &ElementNode, new: &ElementNode) {
             if now != current {
                 return None;
             }
-            list.write_to(&rel, &mut p[range], block, m, 0);
+            write_list(&list, &rel, &mut p[range], block, m, 0);
             Some(())
         });
         if written.is_some() {
@@ -348,7 +329,7 @@ pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &Element
     let max = store.params().max_neighbors(layer);
     let block = node.neighbors.block;
     for _attempt in 0..3 {
-        let mut full: Option<List> = None;
+        let mut full: Option<LayerList> = None;
         rel.modify(block, |p| {
             let (range, mut list) = list_in(&rel, p, node, layer, m);
             if list.selected().contains(&new.tid) {
@@ -359,7 +340,7 @@ pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &Element
                 return None;
             }
             list.append(new.tid, max);
-            list.write_to(&rel, &mut p[range], block, m, layer);
+            write_list(&list, &rel, &mut p[range], block, m, layer);
             Some(())
         });
         let Some(current) = full else {
@@ -369,7 +350,7 @@ pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &Element
         let nodes: Vec<ElementNode> =
             current.links.iter().filter_map(|&k| store.visit(&base, k).map(|(_, n)| n)).collect();
         let (links, spare) = prune_neighbors(store, node, &nodes, *new, max, layer == 0);
-        let kept = List { links, spare };
+        let kept = LayerList { links, spare };
         if !kept.selected().contains(&new.tid) {
             return false;
         }
@@ -380,7 +361,7 @@ pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &Element
                 raced = true;
                 return None;
             }
-            kept.write_to(&rel, &mut p[range], block, m, layer);
+            write_list(&kept, &rel, &mut p[range], block, m, layer);
             Some(())
         });
         if !raced {
@@ -426,7 +407,7 @@ fn relink_at_depth(
     let max = store.params().max_neighbors(layer);
     let mut needs_link = None;
     for _attempt in 0..3 {
-        let mut full: Option<List> = None;
+        let mut full: Option<LayerList> = None;
         rel.modify(block, |p| {
             let (range, mut list) = list_in(&rel, p, new, layer, m);
             if list.selected().contains(&dropped) {
@@ -437,7 +418,7 @@ fn relink_at_depth(
                 return None;
             }
             list.append(dropped, max);
-            list.write_to(&rel, &mut p[range], block, m, layer);
+            write_list(&list, &rel, &mut p[range], block, m, layer);
             Some(())
         });
         let Some(current) = full else { return };
@@ -453,7 +434,7 @@ fn relink_at_depth(
             if now != current {
                 return None;
             }
-            list.write_to(&rel, &mut p[range], block, m, layer);
+            write_list(&list, &rel, &mut p[range], block, m, layer);
             Some(())
         });
         if written.is_some() {

@@ -763,6 +763,35 @@ impl<'a> NeighborsRef<'a> {
     }
 }
 
+/// One layer's list as read from a neighbor item: its links, selected first,
+/// and how many of them, at the end, are spare links.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerList {
+    /// Selected links, then spare links.
+    pub links: Vec<ItemPointer>,
+    /// Spare links at the end of `links`.
+    pub spare: usize,
+}
+
+impl LayerList {
+    /// The selected links.
+    pub fn selected(&self) -> &[ItemPointer] {
+        &self.links[..self.links.len() - self.spare]
+    }
+
+    /// Appends selected link `to` to a list of `max` slots
+    /// ([`append_selected`](crate::hnsw::graph::append_selected): a spare
+    /// link gives up its slot if none is free). Fewer than `max` links must
+    /// be selected.
+    pub fn append(&mut self, to: ItemPointer, max: usize) {
+        let selected = self.links.len() - self.spare;
+        self.links.resize(max, ItemPointer::INVALID);
+        let (count, spare) = crate::hnsw::graph::append_selected(&mut self.links, selected, self.spare, to);
+        self.links.truncate(count + spare);
+        self.spare = spare;
+    }
+}
+
 /// Replaces the list of `layer` in a neighbor item in place (validated
 /// first), its last `spare` links spare links.
 pub fn set_layer(

@@ -133,11 +133,11 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use super::graph::{append_selected, Candidate, GraphStore};
+use super::graph::{Candidate, GraphStore};
 use super::options;
 use super::page::{
-    self, item_footprint, neighbor_item_size, ElementMut, ElementRef, ItemPointer, Meta, NeighborsRef, PageError,
-    PageKind, PageRef, ELEMENT_HEADER_SIZE, EMPTY_PAGE_SPACE, META_BLOCK,
+    self, item_footprint, neighbor_item_size, ElementMut, ElementRef, ItemPointer, LayerList, Meta, NeighborsRef,
+    PageError, PageKind, PageRef, ELEMENT_HEADER_SIZE, EMPTY_PAGE_SPACE, META_BLOCK,
 };
 use super::storage::{to_pg_tid, ElementNode, IndexRel, PageStore, EXCLUSIVE_LOCK, SHARE_LOCK};
 use crate::error::raise_detail;
@@ -814,10 +814,9 @@ fn link_unreached(
                 let mut new_spare = 0;
                 let mut displaced = None;
                 if selected < max {
-                    new.resize(max, ItemPointer::INVALID);
-                    let (count, kept) = append_selected(&mut new, selected, spare, tid);
-                    new.truncate(count + kept);
-                    new_spare = kept;
+                    let mut next = LayerList { links: list.clone(), spare };
+                    next.append(tid, max);
+                    (new, new_spare) = (next.links, next.spare);
                 } else if !displace {
                     break;
                 } else {
