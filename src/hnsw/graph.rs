@@ -446,6 +446,18 @@ impl<K: GraphKey, N: Copy> ResumableSearch<K, N> {
         self.pending.len() + self.unexpanded.len()
     }
 
+    /// The smallest distance of an element visited but not returned or not
+    /// expanded: elements a later batch returns are (as far as the walk can
+    /// tell) at least this far. `None` when the search is exhausted.
+    pub fn frontier(&self) -> Option<f32> {
+        let pending = self.pending.peek().map(|Reverse(ByDistance(c))| c.distance);
+        let unexpanded = self.unexpanded.peek().map(|Reverse(ByDistance(c))| c.distance);
+        match (pending, unexpanded) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Whether nothing is left to return or expand.
     pub fn is_exhausted(&self) -> bool {
         self.pending.is_empty() && self.unexpanded.is_empty()

@@ -74,6 +74,12 @@ pub const DEFAULT_MAX_SCAN_TUPLES: i32 = 20_000;
 /// `hnsw.max_scan_tuples`: elements an iterative scan may visit after its
 /// first pass (a soft limit: the batch under way finishes its expansion).
 pub static MAX_SCAN_TUPLES: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_MAX_SCAN_TUPLES);
+/// `hnsw.exact_fallback` (default on): whether an iterative scan that has
+/// spent `hnsw.max_scan_tuples` (or its memory, or exhausted the graph)
+/// goes on with an exact pass over the index's own elements, so a filter
+/// the graph could not satisfy still yields every row that matches (see
+/// the scan module). Off: the scan stops there, as pgvector's does.
+pub static EXACT_FALLBACK: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// `hnsw.scan_mem_multiplier`: an iterative scan's memory as a multiple of
 /// `work_mem`.
 pub static SCAN_MEM_MULTIPLIER: GucSetting<f64> = GucSetting::<f64>::new(1.0);
@@ -135,10 +141,18 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"hnsw.max_scan_tuples",
         c"Sets the max number of tuples to visit for iterative scans",
-        c"A soft budget of elements visited after the first pass; past it the scan returns what it already holds, nearest first.",
+        c"A soft budget of graph elements visited after the first pass; past it the scan returns what it already holds, nearest first, then (with hnsw.exact_fallback) goes on with an exact pass over the index.",
         &MAX_SCAN_TUPLES,
         1,
         i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"hnsw.exact_fallback",
+        c"Lets an iterative scan finish with an exact pass over the index",
+        c"When an iterative scan has spent hnsw.max_scan_tuples, its memory, or the graph, it reads the remaining index elements in exact distance order instead of stopping, so filtered queries return every matching row.",
+        &EXACT_FALLBACK,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -261,6 +275,11 @@ pub fn iterative_scan() -> IterativeScan {
 /// The current `hnsw.max_scan_tuples`.
 pub fn max_scan_tuples() -> usize {
     MAX_SCAN_TUPLES.get().max(1) as usize
+}
+
+/// The current `hnsw.exact_fallback`.
+pub fn exact_fallback() -> bool {
+    EXACT_FALLBACK.get()
 }
 
 /// Bytes an iterative scan may hold: `hnsw.scan_mem_multiplier × work_mem`.

@@ -30,21 +30,60 @@ struct Setting {
     name: &'static str,
     sql: &'static str,
     attribute_index: bool,
+    /// The family is a parameter (`category = $2`) under
+    /// `plan_cache_mode = force_generic_plan`, as prepared statements run
+    /// after their fifth execution: the planner cannot see its selectivity.
+    generic: bool,
 }
 
-const SETTINGS: [Setting; 5] = [
-    Setting { name: "iterative off, ef 40", sql: "SET hnsw.iterative_scan = off", attribute_index: false },
-    Setting { name: "relaxed_order, ef 40", sql: "SET hnsw.iterative_scan = relaxed_order", attribute_index: false },
-    Setting { name: "strict_order, ef 40", sql: "SET hnsw.iterative_scan = strict_order", attribute_index: false },
+const SETTINGS: [Setting; 8] = [
+    Setting {
+        name: "iterative off, ef 40",
+        sql: "SET hnsw.iterative_scan = off",
+        attribute_index: false,
+        generic: false,
+    },
+    Setting {
+        name: "relaxed_order, ef 40",
+        sql: "SET hnsw.iterative_scan = relaxed_order",
+        attribute_index: false,
+        generic: false,
+    },
+    Setting {
+        name: "strict_order, ef 40",
+        sql: "SET hnsw.iterative_scan = strict_order",
+        attribute_index: false,
+        generic: false,
+    },
     Setting {
         name: "relaxed_order, forced index",
         sql: "SET hnsw.iterative_scan = relaxed_order; SET enable_seqscan = off",
         attribute_index: false,
+        generic: false,
     },
     Setting {
         name: "relaxed_order + btree(category)",
         sql: "SET hnsw.iterative_scan = relaxed_order",
         attribute_index: true,
+        generic: false,
+    },
+    Setting {
+        name: "generic plan, relaxed_order",
+        sql: "SET hnsw.iterative_scan = relaxed_order",
+        attribute_index: false,
+        generic: true,
+    },
+    Setting {
+        name: "generic plan, strict_order",
+        sql: "SET hnsw.iterative_scan = strict_order",
+        attribute_index: false,
+        generic: true,
+    },
+    Setting {
+        name: "generic plan, relaxed_order, exact_fallback off",
+        sql: "SET hnsw.iterative_scan = relaxed_order; SET hnsw.exact_fallback = off",
+        attribute_index: false,
+        generic: true,
     },
 ];
 
@@ -63,9 +102,14 @@ fn category_of(name: &str) -> &'static str {
     "other"
 }
 
-/// The plan's scan nodes, e.g. "Index Scan using packages_embedding_idx".
-fn plan_summary(c: &mut Client, sql: &str, q: &Vector) -> String {
-    let rows = c.query(&format!("EXPLAIN {sql}"), &[q]).unwrap();
+/// The plan's scan nodes, e.g. "Index Scan using packages_embedding_idx"
+/// (`family`: the value of `$2`, for a generic plan).
+fn plan_summary(c: &mut Client, sql: &str, q: &Vector, family: Option<&str>) -> String {
+    let explain = format!("EXPLAIN {sql}");
+    let rows = match family {
+        Some(f) => c.query(&explain, &[q, &f]).unwrap(),
+        None => c.query(&explain, &[q]).unwrap(),
+    };
     let mut nodes: Vec<String> = Vec::new();
     for r in rows {
         let line: String = r.get(0);
@@ -175,16 +219,29 @@ fn main() {
         }
         for (fi, (family, _)) in FAMILIES.iter().enumerate() {
             let share = family_rows[fi].len() as f64 / base.len() as f64;
-            let sql = format!("SELECT id FROM packages WHERE category = '{family}' ORDER BY embedding <=> $1 LIMIT 10");
-            let plan = plan_summary(&mut c, &sql, &params[0]);
+            let family_param = family.to_string();
+            let sql = if setting.generic {
+                c.batch_execute("SET plan_cache_mode = force_generic_plan").unwrap();
+                "SELECT id FROM packages WHERE category = $2 ORDER BY embedding <=> $1 LIMIT 10".to_string()
+            } else {
+                format!("SELECT id FROM packages WHERE category = '{family}' ORDER BY embedding <=> $1 LIMIT 10")
+            };
             let stmt = c.prepare(&sql).unwrap();
+            let run = |c: &mut Client, p: &Vector| {
+                if setting.generic {
+                    c.query(&stmt, &[p, &family_param]).unwrap()
+                } else {
+                    c.query(&stmt, &[p]).unwrap()
+                }
+            };
+            let plan = plan_summary(&mut c, &sql, &params[0], setting.generic.then_some(family));
             for p in params.iter().take(5) {
-                c.query(&stmt, &[p]).unwrap();
+                run(&mut c, p);
             }
             let (mut hits, mut returned) = (0usize, 0usize);
             let start = Instant::now();
             for (p, t) in params.iter().zip(&truth[fi]) {
-                let rows = c.query(&stmt, &[p]).unwrap();
+                let rows = run(&mut c, p);
                 returned += rows.len();
                 hits += rows.iter().filter(|r| t.contains(&r.get::<_, i32>(0))).count();
             }
