@@ -6,7 +6,9 @@
 //! returned, QPS and the plan PostgreSQL chose.
 //!
 //! `cargo run --release --manifest-path bench/Cargo.toml --bin filtered --
-//! [--connect CONNSTR] [--queries 200] [--dataset DIR]`: with `--connect`,
+//! [--connect CONNSTR] [--queries 200] [--dataset DIR] [--extension NAME]
+//! [--out FILE]`: `--extension vector` drives pgvector (when installed) with
+//! the same queries, leaving out the settings it does not have. With `--connect`,
 //! uses (and completes) the `packages` table the demo leaves behind;
 //! otherwise starts its own cluster and loads the dataset. Results also go to
 //! `bench/results/filtered.md`.
@@ -103,12 +105,17 @@ fn category_of(name: &str) -> &'static str {
 }
 
 /// The plan's scan nodes, e.g. "Index Scan using packages_embedding_idx"
-/// (`family`: the value of `$2`, for a generic plan).
+/// (`family`: the value of `$2`, for a generic plan, which `EXPLAIN EXECUTE`
+/// of a named prepared statement shows; an unnamed one is planned for its
+/// values).
 fn plan_summary(c: &mut Client, sql: &str, q: &Vector, family: Option<&str>) -> String {
-    let explain = format!("EXPLAIN {sql}");
     let rows = match family {
-        Some(f) => c.query(&explain, &[q, &f]).unwrap(),
-        None => c.query(&explain, &[q]).unwrap(),
+        Some(f) => {
+            let literal: Vec<String> = q.as_slice().iter().map(|x| x.to_string()).collect();
+            c.batch_execute(&format!("DEALLOCATE ALL; PREPARE plan_of(vector, text) AS {sql}")).unwrap();
+            c.query(&format!("EXPLAIN EXECUTE plan_of('[{}]', '{f}')", literal.join(",")), &[]).unwrap()
+        }
+        None => c.query(&format!("EXPLAIN {sql}"), &[q]).unwrap(),
     };
     let mut nodes: Vec<String> = Vec::new();
     for r in rows {
@@ -143,7 +150,8 @@ fn main() {
     };
     let mut c =
         Client::connect(&conn, NoTls).unwrap_or_else(|e| fail(&format!("cannot connect: {e}"), "check --connect"));
-    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_hnsw").unwrap();
+    let extension = arg("--extension").unwrap_or_else(|| "pg_hnsw".to_string());
+    c.batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {extension}")).unwrap();
     let have: i64 =
         c.query_one("SELECT count(*) FROM pg_class WHERE relname = 'packages' AND relkind = 'r'", &[]).unwrap().get(0);
     if have == 0 {
@@ -207,6 +215,9 @@ fn main() {
     );
     let params: Vec<Vector> = queries.iter().map(|q| Vector::from(q.clone())).collect();
     for setting in &SETTINGS {
+        if extension != "pg_hnsw" && setting.sql.contains("exact_fallback") {
+            continue;
+        }
         c.batch_execute("RESET ALL; SET hnsw.ef_search = 40").unwrap();
         c.batch_execute(setting.sql).unwrap();
         if setting.attribute_index {
@@ -260,6 +271,7 @@ fn main() {
     }
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
     std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("filtered.md"), &table).unwrap();
+    let file = arg("--out").map(PathBuf::from).unwrap_or_else(|| out.join("filtered.md"));
+    std::fs::write(file, &table).unwrap();
     println!("{table}");
 }
