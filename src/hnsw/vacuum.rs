@@ -202,6 +202,8 @@ impl ItemBitmap {
         let mut bits = Vec::new();
         try_reserve(&mut bits, n, "an hnsw element bitmap");
         bits.resize(n, 0);
+        #[cfg(any(test, feature = "pg_test"))]
+        LIVE_BITMAPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ItemBitmap { blocks, words, bits, count: 0 }
     }
 
@@ -280,6 +282,19 @@ impl ItemBitmap {
     /// Every element in the set, in address order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = ItemPointer> + '_ {
         self.blocks.clone().flat_map(move |block| self.offsets(block).map(move |offset| ItemPointer { block, offset }))
+    }
+}
+
+/// For tests: the [`ItemBitmap`]s alive in this backend, to show that an
+/// `ERROR` raised inside VACUUM (its callback included) unwinds our frames
+/// and frees them rather than jumping over them.
+#[cfg(any(test, feature = "pg_test"))]
+pub(crate) static LIVE_BITMAPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(any(test, feature = "pg_test"))]
+impl Drop for ItemBitmap {
+    fn drop(&mut self) {
+        LIVE_BITMAPS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -698,8 +713,15 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     let ranges = batches(rel.nblocks(), batch_blocks(words, 1));
     let removal = remove_dead_tids(&rel, &meta, &ranges, words, |t| {
         let mut tid = to_pg_tid(t);
-        // SAFETY: the callback VACUUM gave us, with its own state.
-        unsafe { callback(&mut tid, callback_state) }
+        let tid = &mut tid as *mut pg_sys::ItemPointerData;
+        // SAFETY: the callback VACUUM gave us, with its own state, called
+        // on the backend's main thread. It may raise an ERROR (during
+        // `CREATE INDEX CONCURRENTLY` it is `validate_index_callback`, which
+        // writes a tuplesort: temp_file_limit, a full disk): the guarded FFI
+        // boundary turns that longjmp into a Rust panic, so our frames
+        // unwind (freeing what they hold) up to `#[pg_guard]`, which raises
+        // the ERROR again. The closure holds nothing with a destructor.
+        unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| callback(tid, callback_state)) }
     });
     free_batch(&rel, &meta, &removal.deleted);
     drop(removal.deleted);
@@ -1137,6 +1159,65 @@ mod tests {
         assert!(heal_due(&meta(0), 10));
         assert!(!heal_due(&meta(10), 10) && !heal_due(&meta(10), 19));
         assert!(heal_due(&meta(10), 20));
+    }
+
+    /// A callback that raises, as `validate_index_callback` does when its
+    /// tuplesort hits `temp_file_limit`.
+    #[pg_guard]
+    unsafe extern "C-unwind" fn raising_callback(_tid: pg_sys::ItemPointer, _state: *mut std::ffi::c_void) -> bool {
+        pgrx::error!("hnsw test: the VACUUM callback failed")
+    }
+
+    /// An `ERROR` raised by VACUUM's callback comes back through the guarded
+    /// FFI boundary: `ambulkdelete`'s frames unwind (its bitmap is freed,
+    /// not leaked by a longjmp over it) and the same error reaches the
+    /// caller. Runs `ambulkdelete` in a subtransaction, as PL/pgSQL would.
+    #[pg_test]
+    fn callback_error_unwinds_bulkdelete() {
+        use std::sync::atomic::Ordering;
+        Spi::run(
+            "CREATE TABLE cb (id int, v vector(2));
+             INSERT INTO cb SELECT i, ARRAY[i, i % 3]::vector FROM generate_series(1, 300) i;
+             CREATE INDEX cb_idx ON cb USING hnsw (v vector_l2_ops)",
+        )
+        .unwrap();
+        let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'cb_idx'::regclass::oid").unwrap().unwrap();
+        // SAFETY: opening, vacuuming and closing an index this test created,
+        // in a subtransaction that is rolled back on error (releasing the
+        // buffer lock and pin the unwound frames held), restoring the
+        // memory context and resource owner as PL/pgSQL does.
+        unsafe {
+            let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let mut info: pg_sys::IndexVacuumInfo = std::mem::zeroed();
+            info.index = index;
+            info.message_level = pg_sys::DEBUG2 as i32;
+            let before = LIVE_BITMAPS.load(Ordering::Relaxed);
+            let (context, owner) = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
+            pg_sys::BeginInternalSubTransaction(std::ptr::null());
+            let info_ptr = &mut info as *mut pg_sys::IndexVacuumInfo;
+            let message = PgTryBuilder::new(|| {
+                pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                    ambulkdelete(info_ptr, std::ptr::null_mut(), Some(raising_callback), std::ptr::null_mut())
+                });
+                None
+            })
+            .catch_others(|e| match e {
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => Some(r.message().to_string()),
+            })
+            .execute();
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            pg_sys::index_close(index, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            assert_eq!(message.as_deref(), Some("hnsw test: the VACUUM callback failed"));
+            assert_eq!(
+                LIVE_BITMAPS.load(Ordering::Relaxed),
+                before,
+                "ambulkdelete's bitmap leaked: frames were skipped"
+            );
+        }
     }
 
     #[pg_test]
