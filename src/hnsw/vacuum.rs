@@ -20,7 +20,8 @@
 //!    step 3 met, under the insert lock in exclusive mode (which also waits
 //!    for every insert in progress).
 //! 5. **Wait for scans** in progress ([`IndexRel::wait_for_scans`]).
-//! 6. **Free** the deleted elements and clear their neighbor items: later
+//! 6. **Free** the deleted elements: clear their neighbor items, then mark
+//!    them free (block by block, in that order: see [`free`]); later
 //!    inserts reuse them in place, found through the meta page's free hint.
 //!
 //! `amvacuumcleanup` then makes sure searches can reach every live element.
@@ -112,12 +113,18 @@
 //! never a freed element. `hnsw_index_check` reports a link to a free element
 //! or a free entry point as a failure.
 //!
+//! (d) *Nothing of an element is written after it is marked free.* Step 6
+//!     clears an element's neighbor item while it is deleted and not free
+//!     (no insert reuses it, and by (c) nothing reads it), and marks it free
+//!     last: from then on only the insert that reuses it writes it, so
+//!     VACUUM never wipes the lists of a reused element.
+//!
 //! Crashes: every change is a WAL record of one page. A crash during steps
 //! 1–5 leaves deleted elements that are not free; the next VACUUM's D
 //! contains them and it starts again at step 2. A crash during step 6 leaves
-//! some of D free (unreachable, by (a)–(c)) and the rest deleted. An element
-//! freed without its neighbor item cleared is harmless: reuse rewrites every
-//! layer of it.
+//! some of D free (unreachable, by (a)–(c)) and the rest deleted, some of
+//! those with their neighbor items already cleared (unreachable too; the
+//! next VACUUM frees them).
 //!
 //! Hot standbys: page locks are not WAL-logged, so steps 2, 4 and 5 do not
 //! wait for queries running on a standby; a standby query that is walking
@@ -129,6 +136,7 @@
 //! wait for inserts and scans, free); the data structures, batching and the
 //! orphan pass are ours.
 
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -627,9 +635,59 @@ fn move_entry(rel: &IndexRel, deleted: &ItemBitmap, highest: Option<(ItemPointer
     rel.unlock_graph(EXCLUSIVE_LOCK);
 }
 
-/// Step 6: marks every element of `deleted` free and clears its neighbor
-/// item (one WAL record per element page and per neighbor page), then lowers
-/// the meta page's free hint to the first block with a free element.
+/// `hnsw.debug_vacuum_free_lock`: a test hook (superuser-only, hidden from
+/// `SHOW ALL`). When above 0, VACUUM's free step, on the first block it
+/// frees, waits between its two writes (clearing the neighbor items, then
+/// marking the elements free) for the advisory lock
+/// `pg_advisory_lock_shared(value)`, so a test holding
+/// `pg_advisory_lock(value)` can run inserts in between.
+pub static DEBUG_VACUUM_FREE_LOCK: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// Registers VACUUM's test hooks ([`DEBUG_VACUUM_FREE_LOCK`]).
+pub fn init_test_hooks() {
+    GucRegistry::define_int_guc(
+        c"hnsw.debug_vacuum_free_lock",
+        c"For tests: advisory lock VACUUM's free step waits for between its two writes (0 = none)",
+        c"",
+        &DEBUG_VACUUM_FREE_LOCK,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL,
+    );
+}
+
+/// The test hook of [`DEBUG_VACUUM_FREE_LOCK`]: waits for (then releases)
+/// the advisory lock `key` in share mode. No other heavyweight lock and no
+/// buffer lock is held here.
+fn debug_wait_for_advisory_lock(key: i32) {
+    // SAFETY: a locktag filled as pg_advisory_lock_shared(bigint) fills it
+    // (SET_LOCKTAG_INT64); LockAcquire and LockRelease are guarded bindings.
+    unsafe {
+        let mut tag: pg_sys::LOCKTAG = std::mem::zeroed();
+        tag.locktag_field1 = pg_sys::MyDatabaseId.to_u32();
+        tag.locktag_field2 = 0;
+        tag.locktag_field3 = key as u32;
+        tag.locktag_field4 = 1;
+        tag.locktag_type = pg_sys::LockTagType::LOCKTAG_ADVISORY as u8;
+        tag.locktag_lockmethodid = pg_sys::USER_LOCKMETHOD as u8;
+        pg_sys::LockAcquire(&tag, SHARE_LOCK, false, false);
+        pg_sys::LockRelease(&tag, SHARE_LOCK, false);
+    }
+}
+
+/// Step 6: for each block with elements of `deleted`, clears their neighbor
+/// items, then marks them free (one WAL record per neighbor page and per
+/// element page), then lowers the meta page's free hint to the first block
+/// with a free element.
+///
+/// The order matters: an insert may reuse an element the moment it is
+/// marked free, and writes its lists into the element's neighbor item. So
+/// the items are cleared while their elements are still deleted and not
+/// free (no insert reuses them, and by (a)–(c) of the module docs no scan or
+/// insert reaches them), and nothing of an element is written after it is
+/// marked free. (Marking first and clearing afterwards could wipe the lists
+/// an insert had just written into a reused element.)
 fn free(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) {
     let (codec, m) = (meta.codec, meta.m as usize);
     let mut first_free: Option<u32> = None;
@@ -641,21 +699,26 @@ fn free(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) {
             last = Some(t.block);
         }
     }
+    let mut pause = DEBUG_VACUUM_FREE_LOCK.get();
     let mut neighbor_items: Vec<ItemPointer> = Vec::new();
     for block in blocks {
         vacuum_delay();
+        // Only VACUUM marks elements deleted or free, and one VACUUM runs
+        // per table: what this read finds stays so until the marking below.
         neighbor_items.clear();
-        rel.modify(block, |p| {
+        rel.read(block, |p| {
+            let r = PageRef::new(p, PageKind::Graph).unwrap_or_else(|e| rel.corrupt(block, e));
             for offset in deleted.offsets(block) {
-                let range = rel.item_range(block, p, offset);
-                let mut e = ElementMut::new(&mut p[range], &codec, m).unwrap_or_else(|e| rel.corrupt(block, e));
+                let item = r.item(offset).unwrap_or_else(|e| rel.corrupt(block, e));
+                let e = ElementRef::new(item, &codec, m).unwrap_or_else(|e| rel.corrupt(block, e));
                 if e.is_deleted() && !e.is_free() {
-                    e.set_free();
                     neighbor_items.push(e.neighbors());
                 }
             }
-            (!neighbor_items.is_empty()).then_some(())
         });
+        if neighbor_items.is_empty() {
+            continue;
+        }
         neighbor_items.sort();
         for group in neighbor_items.chunk_by(|a, b| a.block == b.block) {
             let nblock = group[0].block;
@@ -667,6 +730,22 @@ fn free(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) {
                 Some(())
             });
         }
+        if pause > 0 {
+            debug_wait_for_advisory_lock(pause);
+            pause = 0;
+        }
+        rel.modify(block, |p| {
+            let mut changed = false;
+            for offset in deleted.offsets(block) {
+                let range = rel.item_range(block, p, offset);
+                let mut e = ElementMut::new(&mut p[range], &codec, m).unwrap_or_else(|e| rel.corrupt(block, e));
+                if e.is_deleted() && !e.is_free() {
+                    e.set_free();
+                    changed = true;
+                }
+            }
+            changed.then_some(())
+        });
         first_free = Some(first_free.map_or(block, |b| b.min(block)));
     }
     if let Some(b) = first_free {
