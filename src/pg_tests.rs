@@ -92,4 +92,15 @@ mod tests {
         let (passed, detail) = heap_check("pe_partial");
         assert!(passed && detail.starts_with("100 rows; 1 index entries"), "after updates: {detail}");
     }
+
+    /// The access method says it uses `maintenance_work_mem` (VACUUM sizes
+    /// its batches from it), so parallel VACUUM gives each worker its share
+    /// of it instead of letting every worker take all of it.
+    #[pg_test]
+    fn access_method_uses_maintenance_work_mem() {
+        let am = Spi::get_one::<pg_sys::Oid>("SELECT oid FROM pg_am WHERE amname = 'hnsw'").unwrap().unwrap();
+        // SAFETY: a guarded catalog lookup returning a palloc'd routine.
+        let uses = unsafe { (*pg_sys::GetIndexAmRoutineByAmId(am, false)).amusemaintenanceworkmem };
+        assert!(uses);
+    }
 }

@@ -64,6 +64,8 @@
 //! `maintenance_work_mem` (`autovacuum_work_mem` in autovacuum workers, when
 //! set) allows; steps 2–6 run once per batch, and elements emptied outside
 //! the current batch stay unmarked (live, without heap TIDs) until theirs.
+//! The access method sets `amusemaintenanceworkmem`, so a parallel VACUUM
+//! sets each worker's `maintenance_work_mem` to its share of the whole.
 //! Every large allocation uses `try_reserve`, so running out of memory is an
 //! `ERROR` (SQLSTATE 53200), never an abort.
 //!
