@@ -19,10 +19,11 @@ pub mod hnsw;
 pub mod vector;
 
 /// Runs when the library is loaded into a backend: registers the index
-/// options and the `hnsw.ef_search` GUC.
+/// options, the `hnsw.*` GUCs and VACUUM's test hooks.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     hnsw::options::init();
+    hnsw::vacuum::init_test_hooks();
 }
 
 extension_sql_file!(

@@ -10,7 +10,9 @@
 //! links, walking through deleted elements as scans do (an unreachable
 //! element holding only rows the heap no longer shows, left by an insert
 //! that never committed, is counted rather than failed); every live heap row
-//! indexed exactly once.
+//! the index takes indexed exactly once (rows whose indexed column or
+//! expression is not null, and for a partial index whose predicate holds:
+//! both read from the catalog with `pg_get_indexdef` and `pg_get_expr`).
 //!
 //! Links to *deleted* elements are legal (VACUUM repairs them before it
 //! frees the elements; an interrupted VACUUM leaves them for the next one):
@@ -144,17 +146,28 @@ fn query_row(sql: &str, columns: usize) -> Option<Vec<String>> {
     })
 }
 
-/// The indexed table and column (quoted), or `None` for an expression index.
-fn heap_target(index_oid: pg_sys::Oid) -> Option<(String, String)> {
+/// What the heap part queries: the indexed table, the indexed column or
+/// expression, and the partial index's predicate, all as SQL text
+/// (qualified and quoted as `pg_get_indexdef` and `pg_get_expr` deparse
+/// them).
+struct HeapTarget {
+    table: String,
+    key: String,
+    predicate: Option<String>,
+}
+
+/// The [`HeapTarget`] of index `index_oid`.
+fn heap_target(index_oid: pg_sys::Oid) -> Option<HeapTarget> {
     let sql = format!(
-        "SELECT i.indrelid::pg_catalog.regclass::pg_catalog.text, pg_catalog.quote_ident(a.attname::pg_catalog.text) \
-         FROM pg_catalog.pg_index i \
-         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
-         WHERE i.indexrelid = {} AND i.indkey[0] <> 0",
+        "SELECT i.indrelid::pg_catalog.regclass::pg_catalog.text, \
+                pg_catalog.pg_get_indexdef(i.indexrelid, 1, false), \
+                COALESCE(pg_catalog.pg_get_expr(i.indpred, i.indrelid), '') \
+         FROM pg_catalog.pg_index i WHERE i.indexrelid = {}",
         index_oid.to_u32()
     );
-    let row = query_row(&sql, 2)?;
-    Some((row[0].clone(), row[1].clone()))
+    let row = query_row(&sql, 3)?;
+    let predicate = (!row[2].is_empty()).then(|| row[2].clone());
+    Some(HeapTarget { table: row[0].clone(), key: row[1].clone(), predicate })
 }
 
 /// The schema of the extension that owns the `hnsw` access method (quoted;
@@ -483,14 +496,16 @@ fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> R
 }
 
 /// Every live heap row indexed exactly once: the index's heap TIDs sorted,
-/// the heap's rows read through a cursor in chunks. Also returns which of
-/// the index's heap TIDs (`graph.heap_tids`, now sorted and deduplicated)
-/// are rows the check's snapshot sees: a bitmap in their order, `None` when
-/// the check is skipped (expression index).
+/// the heap's rows read through a cursor in chunks. The rows are those the
+/// index takes: its column or expression not null (and, under cosine
+/// distance, not a zero vector), and for a partial index its predicate
+/// true. Also returns which of the index's heap TIDs (`graph.heap_tids`,
+/// now sorted and deduplicated) are rows the check's snapshot sees: a bitmap
+/// in their order (`None` only if the index's catalog row was not found).
 fn check_heap(index_oid: pg_sys::Oid, codec: &Codec, graph: &mut Graph) -> (Row, Option<Vec<u64>>) {
     let name = "heap rows indexed once".to_string();
-    let Some((table, column)) = heap_target(index_oid) else {
-        return ((name, true, "skipped: expression index".into()), None);
+    let Some(HeapTarget { table, key, predicate }) = heap_target(index_oid) else {
+        return ((name, false, "skipped: the index's pg_index row was not found".into()), None);
     };
     let tids = &mut graph.heap_tids;
     tids.sort_unstable();
@@ -506,10 +521,11 @@ fn check_heap(index_oid: pg_sys::Oid, codec: &Codec, graph: &mut Graph) -> (Row,
     // Zero vectors are not indexed under cosine distance.
     let filter = match (codec.kind(), codec.normalizes()) {
         (_, false) => String::new(),
-        (Kind::Vector, true) => format!(" AND {}.vector_norm({column}) OPERATOR(pg_catalog.>) 0", extension_schema()),
-        (_, true) => format!(" AND {}.l2_norm({column}) OPERATOR(pg_catalog.>) 0", extension_schema()),
+        (Kind::Vector, true) => format!(" AND {}.vector_norm({key}) OPERATOR(pg_catalog.>) 0", extension_schema()),
+        (_, true) => format!(" AND {}.l2_norm({key}) OPERATOR(pg_catalog.>) 0", extension_schema()),
     };
-    let sql = format!("SELECT ctid FROM {table} WHERE {column} IS NOT NULL{filter}");
+    let predicate = predicate.map_or(String::new(), |p| format!(" AND ({p})"));
+    let sql = format!("SELECT ctid FROM {table} WHERE ({key}) IS NOT NULL{filter}{predicate}");
     let mut heap_rows = 0usize;
     // One SPI session per chunk, so each chunk's rows are freed before the next.
     let cursor = Spi::connect(|c| c.open_cursor(sql.as_str(), &[]).detach_into_name());

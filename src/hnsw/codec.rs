@@ -402,8 +402,9 @@ impl Codec {
                 Codec::Vector { .. } | Codec::HalfVec { .. } | Codec::Bit { .. } => {
                     payload_len == self.payload_len(&[])
                 }
+                // Whole words: the decoders read the payload as `u32`s.
                 Codec::SparseVec { .. } => {
-                    payload_len >= 4 && {
+                    payload_len >= 4 && payload_len % 4 == 0 && {
                         let nnz = u32_at(stable, 0) as usize;
                         nnz <= MAX_SPARSE_NNZ && 4 + 8 * nnz <= payload_len
                     }
@@ -504,7 +505,8 @@ impl Codec {
             Codec::Bit { .. } => out.extend_from_slice(cast(payload).unwrap_or(&[])),
             Codec::SparseVec { .. } => {
                 let nnz = u32_at(payload, 0) as usize;
-                out.extend_from_slice(&cast::<u32>(payload).unwrap_or(&[])[..1 + 2 * nnz]);
+                let words = cast::<u32>(payload).unwrap_or(&[]);
+                out.extend_from_slice(&words[..(1 + 2 * nnz).min(words.len())]);
             }
         }
     }
@@ -820,6 +822,31 @@ mod tests {
         bad[4..8].copy_from_slice(&60i32.to_ne_bytes());
         assert!(codec.validate_deep(&bad).is_err(), "indices out of order");
         assert!(codec.validate(4, &pb[..4]).is_err(), "claims more pairs than it holds");
+    }
+
+    /// A corrupt `sparsevec` payload whose length is not a whole number of
+    /// words (one pair plus 1–3 stray bytes, or a bare count plus some) is
+    /// rejected by `validate`, so the page layer raises XX002; before, it
+    /// passed and `decode` panicked (XX000) slicing an empty word slice.
+    #[test]
+    fn sparse_payload_of_partial_words_is_corrupt() {
+        let codec = Codec::SparseVec { metric: Metric::L2, dims: 100 };
+        // Word-aligned bytes: nnz = 1, index 3, value 1.0, then zeros.
+        let words: Vec<u32> = vec![1, 3, 1.0f32.to_bits(), 0, 0];
+        let bytes: &[u8] = bytemuck::cast_slice(&words);
+        for len in [13, 14, 15, 17, 19] {
+            assert!(codec.validate(len, &bytes[..len]).is_err(), "{len} bytes");
+            assert!(codec.validate_deep(&bytes[..len]).is_err(), "{len} bytes");
+        }
+        let empty: Vec<u32> = vec![0, 0];
+        for len in [5, 6, 7] {
+            assert!(codec.validate(len, &bytemuck::cast_slice::<u32, u8>(&empty)[..len]).is_err(), "{len} bytes");
+        }
+        assert!(codec.validate(12, &bytes[..12]).is_ok() && codec.validate(16, &bytes[..16]).is_ok());
+        // decode never panics, even on bytes that skipped validation.
+        let mut out = Vec::new();
+        codec.decode(&bytes[..15], &mut out);
+        assert!(out.len() <= 3);
     }
 
     #[test]

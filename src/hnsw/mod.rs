@@ -226,7 +226,9 @@ fn hnsw_handler(_fcinfo: pg_sys::FunctionCallInfo) -> PgBox<pg_sys::IndexAmRouti
     am.ampredlocks = false;
     am.amcanparallel = false;
     am.amcaninclude = false;
-    am.amusemaintenanceworkmem = false;
+    // VACUUM sizes its batches from maintenance_work_mem: with this set,
+    // parallel VACUUM gives each worker its share, not all of it.
+    am.amusemaintenanceworkmem = true;
     am.amparallelvacuumoptions = pg_sys::VACUUM_OPTION_PARALLEL_BULKDEL as u8;
     am.amkeytype = pg_sys::InvalidOid;
 

@@ -20,7 +20,8 @@
 //!    step 3 met, under the insert lock in exclusive mode (which also waits
 //!    for every insert in progress).
 //! 5. **Wait for scans** in progress ([`IndexRel::wait_for_scans`]).
-//! 6. **Free** the deleted elements and clear their neighbor items: later
+//! 6. **Free** the deleted elements: clear their neighbor items, then mark
+//!    them free (block by block, in that order: see [`free`]); later
 //!    inserts reuse them in place, found through the meta page's free hint.
 //!
 //! `amvacuumcleanup` then makes sure searches can reach every live element.
@@ -63,6 +64,8 @@
 //! `maintenance_work_mem` (`autovacuum_work_mem` in autovacuum workers, when
 //! set) allows; steps 2–6 run once per batch, and elements emptied outside
 //! the current batch stay unmarked (live, without heap TIDs) until theirs.
+//! The access method sets `amusemaintenanceworkmem`, so a parallel VACUUM
+//! sets each worker's `maintenance_work_mem` to its share of the whole.
 //! Every large allocation uses `try_reserve`, so running out of memory is an
 //! `ERROR` (SQLSTATE 53200), never an abort.
 //!
@@ -112,12 +115,18 @@
 //! never a freed element. `hnsw_index_check` reports a link to a free element
 //! or a free entry point as a failure.
 //!
+//! (d) *Nothing of an element is written after it is marked free.* Step 6
+//!     clears an element's neighbor item while it is deleted and not free
+//!     (no insert reuses it, and by (c) nothing reads it), and marks it free
+//!     last: from then on only the insert that reuses it writes it, so
+//!     VACUUM never wipes the lists of a reused element.
+//!
 //! Crashes: every change is a WAL record of one page. A crash during steps
 //! 1–5 leaves deleted elements that are not free; the next VACUUM's D
 //! contains them and it starts again at step 2. A crash during step 6 leaves
-//! some of D free (unreachable, by (a)–(c)) and the rest deleted. An element
-//! freed without its neighbor item cleared is harmless: reuse rewrites every
-//! layer of it.
+//! some of D free (unreachable, by (a)–(c)) and the rest deleted, some of
+//! those with their neighbor items already cleared (unreachable too; the
+//! next VACUUM frees them).
 //!
 //! Hot standbys: page locks are not WAL-logged, so steps 2, 4 and 5 do not
 //! wait for queries running on a standby; a standby query that is walking
@@ -129,6 +138,7 @@
 //! wait for inserts and scans, free); the data structures, batching and the
 //! orphan pass are ours.
 
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -202,6 +212,8 @@ impl ItemBitmap {
         let mut bits = Vec::new();
         try_reserve(&mut bits, n, "an hnsw element bitmap");
         bits.resize(n, 0);
+        #[cfg(any(test, feature = "pg_test"))]
+        LIVE_BITMAPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ItemBitmap { blocks, words, bits, count: 0 }
     }
 
@@ -280,6 +292,19 @@ impl ItemBitmap {
     /// Every element in the set, in address order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = ItemPointer> + '_ {
         self.blocks.clone().flat_map(move |block| self.offsets(block).map(move |offset| ItemPointer { block, offset }))
+    }
+}
+
+/// For tests: the [`ItemBitmap`]s alive in this backend, to show that an
+/// `ERROR` raised inside VACUUM (its callback included) unwinds our frames
+/// and frees them rather than jumping over them.
+#[cfg(any(test, feature = "pg_test"))]
+pub(crate) static LIVE_BITMAPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(any(test, feature = "pg_test"))]
+impl Drop for ItemBitmap {
+    fn drop(&mut self) {
+        LIVE_BITMAPS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -612,9 +637,59 @@ fn move_entry(rel: &IndexRel, deleted: &ItemBitmap, highest: Option<(ItemPointer
     rel.unlock_graph(EXCLUSIVE_LOCK);
 }
 
-/// Step 6: marks every element of `deleted` free and clears its neighbor
-/// item (one WAL record per element page and per neighbor page), then lowers
-/// the meta page's free hint to the first block with a free element.
+/// `hnsw.debug_vacuum_free_lock`: a test hook (superuser-only, hidden from
+/// `SHOW ALL`). When above 0, VACUUM's free step, on the first block it
+/// frees, waits between its two writes (clearing the neighbor items, then
+/// marking the elements free) for the advisory lock
+/// `pg_advisory_lock_shared(value)`, so a test holding
+/// `pg_advisory_lock(value)` can run inserts in between.
+pub static DEBUG_VACUUM_FREE_LOCK: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// Registers VACUUM's test hooks ([`DEBUG_VACUUM_FREE_LOCK`]).
+pub fn init_test_hooks() {
+    GucRegistry::define_int_guc(
+        c"hnsw.debug_vacuum_free_lock",
+        c"For tests: advisory lock VACUUM's free step waits for between its two writes (0 = none)",
+        c"",
+        &DEBUG_VACUUM_FREE_LOCK,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL,
+    );
+}
+
+/// The test hook of [`DEBUG_VACUUM_FREE_LOCK`]: waits for (then releases)
+/// the advisory lock `key` in share mode. No other heavyweight lock and no
+/// buffer lock is held here.
+fn debug_wait_for_advisory_lock(key: i32) {
+    // SAFETY: a locktag filled as pg_advisory_lock_shared(bigint) fills it
+    // (SET_LOCKTAG_INT64); LockAcquire and LockRelease are guarded bindings.
+    unsafe {
+        let mut tag: pg_sys::LOCKTAG = std::mem::zeroed();
+        tag.locktag_field1 = pg_sys::MyDatabaseId.to_u32();
+        tag.locktag_field2 = 0;
+        tag.locktag_field3 = key as u32;
+        tag.locktag_field4 = 1;
+        tag.locktag_type = pg_sys::LockTagType::LOCKTAG_ADVISORY as u8;
+        tag.locktag_lockmethodid = pg_sys::USER_LOCKMETHOD as u8;
+        pg_sys::LockAcquire(&tag, SHARE_LOCK, false, false);
+        pg_sys::LockRelease(&tag, SHARE_LOCK, false);
+    }
+}
+
+/// Step 6: for each block with elements of `deleted`, clears their neighbor
+/// items, then marks them free (one WAL record per neighbor page and per
+/// element page), then lowers the meta page's free hint to the first block
+/// with a free element.
+///
+/// The order matters: an insert may reuse an element the moment it is
+/// marked free, and writes its lists into the element's neighbor item. So
+/// the items are cleared while their elements are still deleted and not
+/// free (no insert reuses them, and by (a)–(c) of the module docs no scan or
+/// insert reaches them), and nothing of an element is written after it is
+/// marked free. (Marking first and clearing afterwards could wipe the lists
+/// an insert had just written into a reused element.)
 fn free(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) {
     let (codec, m) = (meta.codec, meta.m as usize);
     let mut first_free: Option<u32> = None;
@@ -626,21 +701,26 @@ fn free(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) {
             last = Some(t.block);
         }
     }
+    let mut pause = DEBUG_VACUUM_FREE_LOCK.get();
     let mut neighbor_items: Vec<ItemPointer> = Vec::new();
     for block in blocks {
         vacuum_delay();
+        // Only VACUUM marks elements deleted or free, and one VACUUM runs
+        // per table: what this read finds stays so until the marking below.
         neighbor_items.clear();
-        rel.modify(block, |p| {
+        rel.read(block, |p| {
+            let r = PageRef::new(p, PageKind::Graph).unwrap_or_else(|e| rel.corrupt(block, e));
             for offset in deleted.offsets(block) {
-                let range = rel.item_range(block, p, offset);
-                let mut e = ElementMut::new(&mut p[range], &codec, m).unwrap_or_else(|e| rel.corrupt(block, e));
+                let item = r.item(offset).unwrap_or_else(|e| rel.corrupt(block, e));
+                let e = ElementRef::new(item, &codec, m).unwrap_or_else(|e| rel.corrupt(block, e));
                 if e.is_deleted() && !e.is_free() {
-                    e.set_free();
                     neighbor_items.push(e.neighbors());
                 }
             }
-            (!neighbor_items.is_empty()).then_some(())
         });
+        if neighbor_items.is_empty() {
+            continue;
+        }
         neighbor_items.sort();
         for group in neighbor_items.chunk_by(|a, b| a.block == b.block) {
             let nblock = group[0].block;
@@ -652,6 +732,22 @@ fn free(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) {
                 Some(())
             });
         }
+        if pause > 0 {
+            debug_wait_for_advisory_lock(pause);
+            pause = 0;
+        }
+        rel.modify(block, |p| {
+            let mut changed = false;
+            for offset in deleted.offsets(block) {
+                let range = rel.item_range(block, p, offset);
+                let mut e = ElementMut::new(&mut p[range], &codec, m).unwrap_or_else(|e| rel.corrupt(block, e));
+                if e.is_deleted() && !e.is_free() {
+                    e.set_free();
+                    changed = true;
+                }
+            }
+            changed.then_some(())
+        });
         first_free = Some(first_free.map_or(block, |b| b.min(block)));
     }
     if let Some(b) = first_free {
@@ -698,8 +794,15 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     let ranges = batches(rel.nblocks(), batch_blocks(words, 1));
     let removal = remove_dead_tids(&rel, &meta, &ranges, words, |t| {
         let mut tid = to_pg_tid(t);
-        // SAFETY: the callback VACUUM gave us, with its own state.
-        unsafe { callback(&mut tid, callback_state) }
+        let tid = &mut tid as *mut pg_sys::ItemPointerData;
+        // SAFETY: the callback VACUUM gave us, with its own state, called
+        // on the backend's main thread. It may raise an ERROR (during
+        // `CREATE INDEX CONCURRENTLY` it is `validate_index_callback`, which
+        // writes a tuplesort: temp_file_limit, a full disk): the guarded FFI
+        // boundary turns that longjmp into a Rust panic, so our frames
+        // unwind (freeing what they hold) up to `#[pg_guard]`, which raises
+        // the ERROR again. The closure holds nothing with a destructor.
+        unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| callback(tid, callback_state)) }
     });
     free_batch(&rel, &meta, &removal.deleted);
     drop(removal.deleted);
@@ -1137,6 +1240,65 @@ mod tests {
         assert!(heal_due(&meta(0), 10));
         assert!(!heal_due(&meta(10), 10) && !heal_due(&meta(10), 19));
         assert!(heal_due(&meta(10), 20));
+    }
+
+    /// A callback that raises, as `validate_index_callback` does when its
+    /// tuplesort hits `temp_file_limit`.
+    #[pg_guard]
+    unsafe extern "C-unwind" fn raising_callback(_tid: pg_sys::ItemPointer, _state: *mut std::ffi::c_void) -> bool {
+        pgrx::error!("hnsw test: the VACUUM callback failed")
+    }
+
+    /// An `ERROR` raised by VACUUM's callback comes back through the guarded
+    /// FFI boundary: `ambulkdelete`'s frames unwind (its bitmap is freed,
+    /// not leaked by a longjmp over it) and the same error reaches the
+    /// caller. Runs `ambulkdelete` in a subtransaction, as PL/pgSQL would.
+    #[pg_test]
+    fn callback_error_unwinds_bulkdelete() {
+        use std::sync::atomic::Ordering;
+        Spi::run(
+            "CREATE TABLE cb (id int, v vector(2));
+             INSERT INTO cb SELECT i, ARRAY[i, i % 3]::vector FROM generate_series(1, 300) i;
+             CREATE INDEX cb_idx ON cb USING hnsw (v vector_l2_ops)",
+        )
+        .unwrap();
+        let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'cb_idx'::regclass::oid").unwrap().unwrap();
+        // SAFETY: opening, vacuuming and closing an index this test created,
+        // in a subtransaction that is rolled back on error (releasing the
+        // buffer lock and pin the unwound frames held), restoring the
+        // memory context and resource owner as PL/pgSQL does.
+        unsafe {
+            let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let mut info: pg_sys::IndexVacuumInfo = std::mem::zeroed();
+            info.index = index;
+            info.message_level = pg_sys::DEBUG2 as i32;
+            let before = LIVE_BITMAPS.load(Ordering::Relaxed);
+            let (context, owner) = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
+            pg_sys::BeginInternalSubTransaction(std::ptr::null());
+            let info_ptr = &mut info as *mut pg_sys::IndexVacuumInfo;
+            let message = PgTryBuilder::new(|| {
+                pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                    ambulkdelete(info_ptr, std::ptr::null_mut(), Some(raising_callback), std::ptr::null_mut())
+                });
+                None
+            })
+            .catch_others(|e| match e {
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => Some(r.message().to_string()),
+            })
+            .execute();
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            pg_sys::index_close(index, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            assert_eq!(message.as_deref(), Some("hnsw test: the VACUUM callback failed"));
+            assert_eq!(
+                LIVE_BITMAPS.load(Ordering::Relaxed),
+                before,
+                "ambulkdelete's bitmap leaked: frames were skipped"
+            );
+        }
     }
 
     #[pg_test]
