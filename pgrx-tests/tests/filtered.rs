@@ -13,6 +13,24 @@ fn literal(v: &[f32]) -> String {
     format!("'[{}]'", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
 }
 
+/// `n` seeded random vectors of `dims` elements in [0, 1).
+fn random_rows(seed: u64, n: usize, dims: usize) -> Vec<Vec<f32>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| (0..dims).map(|_| rng.gen::<f32>()).collect()).collect()
+}
+
+/// Loads `rows` into `table` with COPY, one line per row from `line(i,
+/// vector literal)`.
+fn copy_rows(c: &mut Client, table: &str, rows: &[Vec<f32>], line: impl Fn(usize, &str) -> String) {
+    use std::io::Write;
+    let mut w = c.copy_in(&format!("COPY {table} FROM STDIN")).unwrap();
+    for (i, v) in rows.iter().enumerate() {
+        let text: Vec<String> = v.iter().map(|x| format!("{x:?}")).collect();
+        writeln!(w, "{}", line(i, &format!("[{}]", text.join(",")))).unwrap();
+    }
+    w.finish().unwrap();
+}
+
 /// 100,000 random 3-d rows; a filter matching 1 row in 10,000.
 #[test]
 fn iterative_scan_finds_rare_rows_within_its_budget() {
@@ -75,19 +93,9 @@ fn iterative_scan_finds_rare_rows_within_its_budget() {
 fn exact_fallback_passes_are_complete_and_ordered() {
     let cluster = Cluster::start("filtered_exact_pass", &[]);
     let mut c = cluster.connect_with_extension();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let n = 20_000;
-    let rows: Vec<Vec<f32>> = (0..n).map(|_| (0..4).map(|_| rng.gen::<f32>()).collect()).collect();
+    let rows = random_rows(5, 20_000, 4);
     c.batch_execute("CREATE TABLE t (id int4, v vector(4), h halfvec(4))").unwrap();
-    {
-        use std::io::Write;
-        let mut w = c.copy_in("COPY t FROM STDIN").unwrap();
-        for (i, v) in rows.iter().enumerate() {
-            let text: Vec<String> = v.iter().map(|x| format!("{x:?}")).collect();
-            writeln!(w, "{i}\t[{t}]\t[{t}]", t = text.join(",")).unwrap();
-        }
-        w.finish().unwrap();
-    }
+    copy_rows(&mut c, "t", &rows, |i, v| format!("{i}\t{v}\t{v}"));
     c.batch_execute(
         "CREATE INDEX ON t USING hnsw (v vector_l2_ops); CREATE INDEX ON t USING hnsw (h halfvec_l2_ops); ANALYZE t;
          SET enable_seqscan = off; SET work_mem = '64kB'; SET hnsw.max_scan_tuples = 1;",
@@ -239,19 +247,10 @@ fn generic_plans_return_every_row() {
 fn filtered_recall_and_order() {
     let cluster = Cluster::start("filtered_recall", &[]);
     let mut c = cluster.connect_with_extension();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-    let n = 50_000;
-    let rows: Vec<Vec<f32>> = (0..n).map(|_| (0..8).map(|_| rng.gen::<f32>()).collect()).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(18);
+    let rows = random_rows(17, 50_000, 8);
     c.batch_execute("CREATE TABLE t (id int4, c50 int4, c500 int4, v vector(8))").unwrap();
-    {
-        use std::io::Write;
-        let mut w = c.copy_in("COPY t FROM STDIN").unwrap();
-        for (i, v) in rows.iter().enumerate() {
-            let text: Vec<String> = v.iter().map(|x| format!("{x:?}")).collect();
-            writeln!(w, "{i}\t{}\t{}\t[{}]", i % 50, i % 500, text.join(",")).unwrap();
-        }
-        w.finish().unwrap();
-    }
+    copy_rows(&mut c, "t", &rows, |i, v| format!("{i}\t{}\t{}\t{v}", i % 50, i % 500));
     c.batch_execute("CREATE INDEX t_idx ON t USING hnsw (v vector_l2_ops); ANALYZE t;").unwrap();
     c.batch_execute("SET enable_seqscan = off; SET hnsw.ef_search = 40").unwrap();
     let l2 = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| ((x - y) * (x - y)) as f64).sum::<f64>();

@@ -285,7 +285,7 @@ fn emit(store: &PageStore, state: &mut ScanState, batch: &[Candidate<ElementNode
         state.ready.extend(rows.into_iter().map(|(tid, value)| (tid, Some(value))));
         return;
     }
-    state.held.extend(rows.into_iter().map(|(tid, value)| Held(value, tid)));
+    state.held.extend(rows.into_iter().map(|(tid, value)| std::cmp::Reverse(ByValue(value, tid, ()))));
     let threshold = match rest {
         Rest::Value(v) => v,
         Rest::Frontier(f) => graph_threshold(&codec, state, f),
@@ -302,32 +302,37 @@ enum Rest {
     Frontier(Option<f32>),
 }
 
-/// A row waiting for release in a `strict_order` scan: its ORDER BY value
-/// and heap TID, ordered so the smallest value is on top of a max-heap.
-struct Held(f64, ItemPointer);
+/// An ORDER BY value with the item it belongs to (a heap TID for held
+/// rows, an element for the exact pass), ordered by `(value, TID)`: ties in
+/// value are broken by the TID, so orders are total and repeatable.
+struct ByValue<T>(f64, ItemPointer, T);
 
-impl PartialEq for Held {
+impl<T> PartialEq for ByValue<T> {
     fn eq(&self, o: &Self) -> bool {
         self.cmp(o) == std::cmp::Ordering::Equal
     }
 }
-impl Eq for Held {}
-impl PartialOrd for Held {
+impl<T> Eq for ByValue<T> {}
+impl<T> PartialOrd for ByValue<T> {
     fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(o))
     }
 }
-impl Ord for Held {
+impl<T> Ord for ByValue<T> {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        o.0.total_cmp(&self.0)
+        key_cmp((self.0, self.1), (o.0, o.1))
     }
 }
+
+/// A row waiting for release in a `strict_order` scan: its ORDER BY value
+/// and heap TID, smallest on top of a max-heap.
+type Held = std::cmp::Reverse<ByValue<()>>;
 
 /// Moves the held rows with values up to `threshold` to the ready queue,
 /// smallest first, dropping those below the largest value returned.
 fn release_held(state: &mut ScanState, threshold: f64) {
-    while state.held.peek().is_some_and(|h| h.0 <= threshold) {
-        let Some(Held(value, tid)) = state.held.pop() else { break };
+    while state.held.peek().is_some_and(|h| h.0 .0 <= threshold) {
+        let Some(std::cmp::Reverse(ByValue(value, tid, ()))) = state.held.pop() else { break };
         if value < state.last_value {
             continue;
         }
@@ -524,24 +529,7 @@ fn exact_fill(rel: IndexRel, query: &[u32], returned: &rustc_hash::FxHashSet<(It
     let after = pass.after;
     let held = pass.held;
     // Max-heap on (value, TID): the farthest kept element on top.
-    struct Kept((f64, Candidate<ElementNode>));
-    impl PartialEq for Kept {
-        fn eq(&self, o: &Self) -> bool {
-            self.cmp(o) == std::cmp::Ordering::Equal
-        }
-    }
-    impl Eq for Kept {}
-    impl PartialOrd for Kept {
-        fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-            Some(self.cmp(o))
-        }
-    }
-    impl Ord for Kept {
-        fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-            key_cmp((self.0 .0, self.0 .1.node.tid), (o.0 .0, o.0 .1.node.tid))
-        }
-    }
-    let mut kept: std::collections::BinaryHeap<Kept> = std::collections::BinaryHeap::new();
+    let mut kept: std::collections::BinaryHeap<ByValue<Candidate<ElementNode>>> = std::collections::BinaryHeap::new();
     let mut more = false;
     let mut visits = 0u64;
     let nblocks = rel.nblocks();
@@ -573,7 +561,7 @@ fn exact_fill(rel: IndexRel, query: &[u32], returned: &rustc_hash::FxHashSet<(It
                         continue;
                     }
                     if kept.len() >= held {
-                        let top = kept.peek().map(|k| (k.0 .0, k.0 .1.node.tid));
+                        let top = kept.peek().map(|k| (k.0, k.1));
                         if top.is_some_and(|t| key_cmp((value, tid), t).is_ge()) {
                             more = true;
                             continue;
@@ -581,7 +569,7 @@ fn exact_fill(rel: IndexRel, query: &[u32], returned: &rustc_hash::FxHashSet<(It
                         kept.pop();
                         more = true;
                     }
-                    kept.push(Kept((value, Candidate { distance, node: ElementNode::read(tid, &e) })));
+                    kept.push(ByValue(value, tid, Candidate { distance, node: ElementNode::read(tid, &e) }));
                 }
             });
         }
@@ -590,7 +578,7 @@ fn exact_fill(rel: IndexRel, query: &[u32], returned: &rustc_hash::FxHashSet<(It
     }
     LAST_SCAN_VISITS.with(|v| v.set(v.get() + visits));
     // into_sorted_vec is ascending; the queue pops from the back.
-    pass.queue = kept.into_sorted_vec().into_iter().rev().map(|k| k.0).collect();
+    pass.queue = kept.into_sorted_vec().into_iter().rev().map(|k| (k.0, k.2)).collect();
     pass.more = more;
     pass.started = true;
 }
