@@ -13,6 +13,7 @@ use pgrx::prelude::*;
 
 pgrx::pg_module_magic!();
 
+pub mod compat;
 pub mod distance;
 pub mod error;
 pub mod hnsw;

@@ -572,7 +572,7 @@ fn hnsw_index_check(
     index: PgRelation,
 ) -> TableIterator<'static, (name!(check_name, String), name!(passed, bool), name!(detail, String))> {
     // SAFETY: checking ownership of an existing relation for the current user.
-    if !unsafe { pg_sys::pg_class_ownercheck(index.oid(), pg_sys::GetUserId()) } {
+    if !unsafe { crate::compat::owns_relation(index.oid(), pg_sys::GetUserId()) } {
         raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of index {}", index.name()));
     }
     // SAFETY: PgRelation holds an open relation; rd_rel is valid.

@@ -64,7 +64,7 @@ pub fn index_codec(index: pg_sys::Relation) -> Codec {
     // SAFETY: an index relation has a tuple descriptor with one attribute.
     let (typmod, typid) = unsafe {
         let desc = (*index).rd_att;
-        let attr = &(*desc).attrs.as_slice((*desc).natts as usize)[0];
+        let attr = crate::compat::tuple_desc_attr(desc, 0);
         (attr.atttypmod, attr.atttypid)
     };
     if typid == pg_sys::VARBITOID {

@@ -183,16 +183,12 @@ pub fn init() {
 #[pgrx::pg_guard]
 pub unsafe extern "C-unwind" fn amoptions(reloptions: pg_sys::Datum, validate: bool) -> *mut pg_sys::bytea {
     let table = [
-        pg_sys::relopt_parse_elt {
-            optname: c"m".as_ptr(),
-            opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
-            offset: std::mem::offset_of!(HnswOptions, m) as i32,
-        },
-        pg_sys::relopt_parse_elt {
-            optname: c"ef_construction".as_ptr(),
-            opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
-            offset: std::mem::offset_of!(HnswOptions, ef_construction) as i32,
-        },
+        crate::compat::relopt(c"m", pg_sys::relopt_type::RELOPT_TYPE_INT, std::mem::offset_of!(HnswOptions, m)),
+        crate::compat::relopt(
+            c"ef_construction",
+            pg_sys::relopt_type::RELOPT_TYPE_INT,
+            std::mem::offset_of!(HnswOptions, ef_construction),
+        ),
     ];
     // SAFETY: the table describes HnswOptions exactly; build_reloptions
     // pallocs a struct of the given size (or returns null for no options).

@@ -239,7 +239,7 @@ unsafe fn count_index_scan(rel: pg_sys::Relation) {
             pg_sys::pgstat_assoc_relation(rel);
         }
         if !(*rel).pgstat_info.is_null() {
-            (*(*rel).pgstat_info).t_counts.t_numscans += 1;
+            crate::compat::count_scan(&mut *(*rel).pgstat_info);
         }
     }
 }

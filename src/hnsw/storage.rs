@@ -30,6 +30,7 @@ use super::page::{
     self, ElementHead, ElementMut, ElementRef, ItemPointer, Meta, NeighborsRef, PageError, PageKind, PageRef, BLCKSZ,
     ELEMENT_HEADER_SIZE, ELEMENT_HEAD_SIZE, META_BLOCK, PAGE_HEADER_SIZE,
 };
+use crate::compat::RelFile;
 use crate::error::raise_hint;
 
 /// An open index relation (borrowed from the caller; never closed here).
@@ -47,7 +48,7 @@ pub struct IndexRel {
 /// costs one failed check, never a wrong page.
 struct RecentBuffers {
     /// (relfilenode, fork) → buffer per block number (0 = unknown).
-    rels: Vec<((pg_sys::RelFileNode, pg_sys::ForkNumber::Type), Vec<pg_sys::Buffer>)>,
+    rels: Vec<((RelFile, pg_sys::ForkNumber::Type), Vec<pg_sys::Buffer>)>,
 }
 
 /// Indexes with hints kept per backend (least recently added dropped first).
@@ -56,18 +57,16 @@ const RECENT_RELS: usize = 8;
 const RECENT_BLOCKS: u32 = 1 << 20;
 
 impl RecentBuffers {
-    fn slot(&self, node: pg_sys::RelFileNode, fork: pg_sys::ForkNumber::Type) -> Option<usize> {
-        self.rels.iter().position(|((n, f), _)| {
-            n.spcNode == node.spcNode && n.dbNode == node.dbNode && n.relNode == node.relNode && *f == fork
-        })
+    fn slot(&self, node: RelFile, fork: pg_sys::ForkNumber::Type) -> Option<usize> {
+        self.rels.iter().position(|((n, f), _)| crate::compat::same_file(n, &node) && *f == fork)
     }
 
-    fn get(&mut self, node: pg_sys::RelFileNode, fork: pg_sys::ForkNumber::Type, block: u32) -> Option<pg_sys::Buffer> {
+    fn get(&mut self, node: RelFile, fork: pg_sys::ForkNumber::Type, block: u32) -> Option<pg_sys::Buffer> {
         let hints = &self.rels[self.slot(node, fork)?].1;
         hints.get(block as usize).copied().filter(|&b| b > 0)
     }
 
-    fn set(&mut self, node: pg_sys::RelFileNode, fork: pg_sys::ForkNumber::Type, block: u32, buf: pg_sys::Buffer) {
+    fn set(&mut self, node: RelFile, fork: pg_sys::ForkNumber::Type, block: u32, buf: pg_sys::Buffer) {
         // Local (temporary-table) buffers are negative: never hinted.
         if buf <= 0 || block >= RECENT_BLOCKS {
             return;
@@ -166,8 +165,8 @@ impl IndexRel {
         if self.local {
             return None;
         }
-        // SAFETY: the relation is open, so rd_node is valid.
-        let node = unsafe { (*self.rel).rd_node };
+        // SAFETY: the relation is open.
+        let node = unsafe { crate::compat::rel_file(self.rel) };
         RECENT.with(|r| r.borrow_mut().get(node, self.fork, block))
     }
 
@@ -178,8 +177,8 @@ impl IndexRel {
             out.extend(blocks.map(|_| None));
             return;
         }
-        // SAFETY: the relation is open, so rd_node is valid.
-        let node = unsafe { (*self.rel).rd_node };
+        // SAFETY: the relation is open.
+        let node = unsafe { crate::compat::rel_file(self.rel) };
         RECENT.with(|r| {
             let r = r.borrow();
             match r.slot(node, self.fork) {
@@ -194,8 +193,8 @@ impl IndexRel {
 
     /// [`IndexRel::read_buffer`] with the hint already looked up.
     pub(crate) fn pin(&self, block: u32, hint: Option<pg_sys::Buffer>) -> pg_sys::Buffer {
-        // SAFETY: the relation is open, so rd_node is valid.
-        let node = unsafe { (*self.rel).rd_node };
+        // SAFETY: the relation is open.
+        let node = unsafe { crate::compat::rel_file(self.rel) };
         if let Some(buf) = hint {
             // SAFETY: `buf` is a shared buffer number this backend was given
             // for this block; ReadRecentBuffer pins it only if it still holds

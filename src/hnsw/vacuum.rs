@@ -328,7 +328,7 @@ fn batches(nblocks: u32, batch: u32) -> Vec<std::ops::Range<u32>> {
 fn vacuum_delay() {
     // SAFETY: VACUUM may sleep here for cost-based delay (it also checks
     // for interrupts); no heavyweight or buffer lock is held by callers.
-    unsafe { pg_sys::vacuum_delay_point() };
+    unsafe { crate::compat::vacuum_delay_point() };
 }
 
 /// Raises the corruption error for an item offset that no page can have.
