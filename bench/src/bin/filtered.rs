@@ -112,8 +112,10 @@ fn plan_summary(c: &mut Client, sql: &str, q: &Vector, family: Option<&str>) -> 
     let rows = match family {
         Some(f) => {
             let literal: Vec<String> = q.as_slice().iter().map(|x| x.to_string()).collect();
-            c.batch_execute(&format!("DEALLOCATE ALL; PREPARE plan_of(vector, text) AS {sql}")).unwrap();
-            c.query(&format!("EXPLAIN EXECUTE plan_of('[{}]', '{f}')", literal.join(",")), &[]).unwrap()
+            c.batch_execute(&format!("PREPARE plan_of(vector, text) AS {sql}")).unwrap();
+            let rows = c.query(&format!("EXPLAIN EXECUTE plan_of('[{}]', '{f}')", literal.join(",")), &[]).unwrap();
+            c.batch_execute("DEALLOCATE plan_of").unwrap();
+            rows
         }
         None => c.query(&format!("EXPLAIN {sql}"), &[q]).unwrap(),
     };
