@@ -38,6 +38,7 @@ use rand::{Rng, SeedableRng};
 
 use super::codec::{BuildSpace, Codec, Kind};
 use super::graph::{random_level, InsertFailure, MemoryGraph, OutOfMemory, ParallelInsert, Params, Scratch};
+use super::key_datum::{self, KeyColumn};
 use super::page::{
     self, encode_element, encode_neighbors, item_footprint, ItemPointer, Meta, PageImage, PageKind, EMPTY_PAGE_SPACE,
 };
@@ -53,6 +54,10 @@ const BUILD_SEED: u64 = 0x5eed_0f_4e5f;
 /// Bytes [`write_graph`] needs per element for the page layout (two item
 /// addresses), counted against `maintenance_work_mem` while loading.
 const LAYOUT_BYTES_PER_ELEMENT: usize = 2 * std::mem::size_of::<ItemPointer>() + 2;
+
+/// Bytes of bookkeeping per row in the build's key table (hash entry and
+/// vector header), counted against `maintenance_work_mem` with the keys.
+const KEY_ENTRY_BYTES: usize = 48;
 
 /// Page images [`write_graph`] may hold at once (pages still receiving
 /// neighbor items), counted against `maintenance_work_mem` while loading.
@@ -118,10 +123,24 @@ struct InMemory {
     workers: Workers,
 }
 
+/// Key blobs of a multi-column index's rows, by packed heap TID, until the
+/// graph is written out (each row is an element of its own there: rows
+/// with equal vectors are not merged, see [`Tuning::merge_duplicates`]).
+///
+/// [`Tuning::merge_duplicates`]: super::graph::Tuning::merge_duplicates
+type KeyTable = rustc_hash::FxHashMap<u64, Vec<u8>>;
+
 /// Everything the heap-scan callback needs.
 struct BuildState {
     rel: IndexRel,
     codec: Codec,
+    /// The filter columns after the vector (none for one column).
+    key_columns: Vec<KeyColumn>,
+    /// Key blobs of the rows in the in-memory graph, by heap TID (empty
+    /// for a single-column index, whose elements have none).
+    keys: KeyTable,
+    /// Bytes `keys` holds (see [`KEY_ENTRY_BYTES`]).
+    keys_bytes: usize,
     params: Params,
     max_level: usize,
     /// Threads inserting (the leader included).
@@ -211,13 +230,18 @@ pub unsafe extern "C-unwind" fn ambuild(
         raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("index \"{}\" already contains data", rel.name()));
     }
     let params = options::params_of(index);
+    key_datum::check_columns(index);
     let codec = index_codec(index);
+    let key_columns = key_datum::key_columns(index);
     let threads = build_threads(heap, index);
     // SAFETY: reading a GUC variable of this backend.
     let memory_limit = unsafe { pg_sys::maintenance_work_mem } as usize * 1024;
     let mut state = BuildState {
         rel,
         codec,
+        key_columns,
+        keys: KeyTable::default(),
+        keys_bytes: 0,
         params,
         max_level: page::max_level(params.m),
         threads,
@@ -252,7 +276,7 @@ pub unsafe extern "C-unwind" fn ambuild(
     };
     if let Some(graph) = finish_in_memory(&mut state) {
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PROGRESS_PHASE_WRITE);
-        write_graph(&state.rel, &graph);
+        write_graph(&state.rel, &graph, &state.keys);
         drop(graph);
         pgrx::ereport!(
             DEBUG1,
@@ -266,7 +290,7 @@ pub unsafe extern "C-unwind" fn ambuild(
         );
     } else if !state.spilled {
         // No row was indexed: an empty index (meta page only).
-        write_graph(&state.rel, &MemoryGraph::new(BuildSpace(codec), params, state.max_level));
+        write_graph(&state.rel, &MemoryGraph::new(BuildSpace(codec), params, state.max_level), &KeyTable::default());
     }
     // SAFETY: palloc0 returns zeroed memory for the result struct.
     unsafe {
@@ -288,17 +312,20 @@ unsafe extern "C-unwind" fn build_callback(
     state: *mut std::ffi::c_void,
 ) {
     // SAFETY: `state` is the BuildState passed to table_index_build_scan;
-    // values/isnull have one entry per index column (one column here).
+    // values/isnull have one entry per index column, the vector first.
     let (state, datum, null, tid) = unsafe { (&mut *(state as *mut BuildState), *values, *isnull, from_pg_tid(&*tid)) };
     if null {
         return;
     }
     let codec = state.codec;
-    // SAFETY: a non-null datum of the indexed column; detoasted copies go
+    let columns = &state.key_columns;
+    // SAFETY: non-null datums of the indexed columns; detoasted copies go
     // to the per-tuple context, reset right after.
-    let prepared = state.tmp.switch_to(|_| unsafe { prepare_datum(&codec, datum) });
+    let prepared = state.tmp.switch_to(|_| unsafe {
+        prepare_datum(&codec, datum).map(|v| (v, key_datum::row_keys(columns, values, isnull)))
+    });
     state.tmp.reset();
-    let Some(vector) = prepared else {
+    let Some((vector, keys)) = prepared else {
         return;
     };
     let level = random_level(state.rng.gen::<f64>(), state.params.level_multiplier(), state.max_level);
@@ -311,7 +338,10 @@ unsafe extern "C-unwind" fn build_callback(
     let form_len = form.as_ref().map_or(0, Vec::len);
     let needed = state.memory.as_ref().map(|mem| {
         let shared = &mem.shared;
-        let held = shared.memory_bytes() + state.scratch.memory_bytes() + layout_bytes(shared.loaded() as usize);
+        let held = shared.memory_bytes()
+            + state.scratch.memory_bytes()
+            + layout_bytes(shared.loaded() as usize)
+            + state.keys_bytes;
         (held, held + shared.bytes_for_next(form_len, level) + LAYOUT_BYTES_PER_ELEMENT, shared.loaded() as usize)
     });
     let over = needed.is_some_and(|(held, next, n)| {
@@ -327,6 +357,10 @@ unsafe extern "C-unwind" fn build_callback(
         (Some(mem), Some(form)) => {
             let shared = Arc::clone(&mem.shared);
             shared.load(&form, tid.pack(), level).unwrap_or_else(|e| out_of_memory(e));
+            if !keys.is_empty() {
+                state.keys_bytes += KEY_ENTRY_BYTES + keys.len();
+                state.keys.insert(tid.pack(), keys);
+            }
             if state.threads == 1 {
                 // The leader alone: link right away, in heap order.
                 shared.link_one(&mut state.scratch).unwrap_or_else(|e| out_of_memory(e));
@@ -340,7 +374,7 @@ unsafe extern "C-unwind" fn build_callback(
             }
         }
         _ => {
-            insert::insert_prepared(&state.rel, &vector, tid, level);
+            insert::insert_prepared(&state.rel, &vector, &keys, tid, level);
             if (state.index_tuples as u64) % 1024 == 0 {
                 progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, state.index_tuples as i64);
             }
@@ -361,7 +395,8 @@ fn start_in_memory(state: &mut BuildState, first: &[u32]) {
         Kind::SparseVec => None,
         _ => Some(first.len()),
     };
-    let graph = MemoryGraph::with_vector_len(BuildSpace(state.codec), state.params, state.max_level, vector_len);
+    let mut graph = MemoryGraph::with_vector_len(BuildSpace(state.codec), state.params, state.max_level, vector_len);
+    graph.set_merge_duplicates(state.key_columns.is_empty());
     let shared = Arc::new(ParallelInsert::new(graph));
     let workers = Workers::start(&shared, state.threads - 1);
     // Fewer threads if the system would not start them all.
@@ -424,13 +459,15 @@ fn finish_in_memory(state: &mut BuildState) -> Option<MemoryGraph<BuildSpace>> {
 fn spill_to_disk(state: &mut BuildState) {
     let Some(graph) = finish_in_memory(state) else { return };
     state.spilled = true;
+    let keys = std::mem::take(&mut state.keys);
+    state.keys_bytes = 0;
     pgrx::ereport!(
         NOTICE,
         PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
         format!("hnsw graph no longer fits into maintenance_work_mem after {} tuples", state.index_tuples as u64),
         "Building will take significantly more time. Increase maintenance_work_mem to speed up builds."
     );
-    write_graph(&state.rel, &graph);
+    write_graph(&state.rel, &graph, &keys);
 }
 
 /// Where each element's two items go, `(element item, neighbor item)`, and
@@ -440,7 +477,7 @@ fn spill_to_disk(state: &mut BuildState) {
 /// the first earlier page with room (else the current one), so the space an
 /// element item cannot use at the end of a page is filled with neighbor
 /// items instead of being wasted.
-fn place(graph: &MemoryGraph<BuildSpace>, m: usize) -> (Vec<(ItemPointer, ItemPointer)>, Vec<u16>) {
+fn place(graph: &MemoryGraph<BuildSpace>, m: usize, keys: &KeyTable) -> (Vec<(ItemPointer, ItemPointer)>, Vec<u16>) {
     struct Page {
         free: usize,
         items: u16,
@@ -460,7 +497,9 @@ fn place(graph: &MemoryGraph<BuildSpace>, m: usize) -> (Vec<(ItemPointer, ItemPo
     }
     for id in 0..graph.len() as u32 {
         // A build form has the payload length of its working form.
-        let element_size = page::element_item_size(codec.payload_len(graph.vector(id)));
+        let element_size = page::element_item_size(
+            page::keys_size(keys_of(graph, keys, id).len()) + codec.payload_len(graph.vector(id)),
+        );
         if item_footprint(element_size) > pages.last().unwrap().free {
             pages.push(Page { free: EMPTY_PAGE_SPACE, items: 0 });
         }
@@ -481,15 +520,21 @@ fn place(graph: &MemoryGraph<BuildSpace>, m: usize) -> (Vec<(ItemPointer, ItemPo
     (placement, items)
 }
 
+/// The key blob of element `id` (empty for a single-column index).
+fn keys_of<'a>(graph: &MemoryGraph<BuildSpace>, keys: &'a KeyTable, id: u32) -> &'a [u8] {
+    graph.heap_tids(id).first().and_then(|t| keys.get(t)).map_or(&[], Vec::as_slice)
+}
+
 /// Lays `graph` out on pages after the meta page and writes them, then
-/// WAL-logs the whole index. The index must be empty.
+/// WAL-logs the whole index; `keys` holds the elements' filter keys. The
+/// index must be empty.
 ///
 /// Items are added in insertion order; a page is written (in block order)
 /// as soon as all its items are in, so only the few pages still receiving
 /// neighbor items are held in memory.
-pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph<BuildSpace>) {
+pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph<BuildSpace>, keys: &KeyTable) {
     let (params, codec) = (graph.params(), graph.space().0);
-    let (placement, items) = place(graph, params.m);
+    let (placement, items) = place(graph, params.m, keys);
     let entry = graph.entry().map(|(id, level)| (placement[id as usize].0, level as u16));
     let mut meta_page = PageImage::new(PageKind::Meta);
     meta_for(codec, params, entry).write_page(&mut meta_page.0);
@@ -526,7 +571,8 @@ pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph<BuildSpace>) {
     for id in 0..graph.len() as u32 {
         let (etid, ntid) = placement[id as usize];
         let tids: Vec<ItemPointer> = graph.heap_tids(id).iter().map(|&t| ItemPointer::unpack(t)).collect();
-        add(etid, &encode_element(graph.level(id), &tids, ntid, &codec.build_payload(graph.vector(id))), &mut open);
+        let payload = codec.build_payload(graph.vector(id));
+        add(etid, &encode_element(graph.level(id), &tids, ntid, keys_of(graph, keys, id), &payload), &mut open);
         let lists: Vec<Vec<ItemPointer>> = (0..=graph.level(id))
             .map(|layer| graph.neighbor_ids(id, layer).iter().map(|&n| placement[n as usize].0).collect())
             .collect();

@@ -43,6 +43,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgRelation, PgSqlErrorCode};
 
 use super::codec::{Codec, Kind};
+use super::keys;
 use super::page::{self, ElementRef, ItemPointer, Meta, NeighborsRef, PageKind, PageRef};
 use super::storage::{from_pg_tid, IndexRel, EXCLUSIVE_LOCK};
 use super::vacuum::{try_reserve, work_mem_bytes};
@@ -188,7 +189,7 @@ fn extension_schema() -> String {
 
 /// Reads every page (under the caller's lock) into `graph`, reporting page
 /// and item problems in `pages`.
-fn collect(rel: &IndexRel, meta: &Meta, graph: &mut Graph, pages: &mut Problems) {
+fn collect(rel: &IndexRel, meta: &Meta, key_columns: usize, graph: &mut Graph, pages: &mut Problems) {
     let (codec, m) = (meta.codec, meta.m as usize);
     for block in 1..rel.nblocks() {
         pgrx::check_for_interrupts!();
@@ -214,9 +215,15 @@ fn collect(rel: &IndexRel, meta: &Meta, graph: &mut Graph, pages: &mut Problems)
                     }
                 };
                 if page::is_element_item(item) {
-                    let element = ElementRef::new(item, &codec, m).and_then(|e| {
-                        codec.validate_deep(e.payload()).map(|_| e).map_err(|x| page::PageError(format!("{x:?}")))
-                    });
+                    let element = ElementRef::new(item, &codec, m)
+                        .and_then(|e| {
+                            codec.validate_deep(e.payload()).map(|_| e).map_err(|x| page::PageError(format!("{x:?}")))
+                        })
+                        .and_then(|e| match keys::validate(e.keys()) {
+                            Ok(n) if n == key_columns || (n == 0 && e.is_free()) => Ok(e),
+                            Ok(n) => Err(page::PageError(format!("{n} filter keys, the index has {key_columns}"))),
+                            Err(x) => Err(page::PageError(format!("filter keys: {x}"))),
+                        });
                     match element {
                         Ok(e) => {
                             let flags = (e.is_deleted() as u8 * DELETED) | (e.is_free() as u8 * FREE);
@@ -611,7 +618,8 @@ fn hnsw_index_check(
     ));
     let mut graph = Graph::default();
     let mut pages = Problems::default();
-    collect(&rel, &meta, &mut graph, &mut pages);
+    let key_columns = super::key_datum::key_columns(rel.raw()).len();
+    collect(&rel, &meta, key_columns, &mut graph, &mut pages);
     let live = graph.elements.iter().filter(|e| e.flags == 0).count();
     let free = graph.elements.iter().filter(|e| e.free()).count();
     let deleted = graph.elements.len() - live - free;

@@ -34,6 +34,13 @@
 //! `LIMIT` arithmetic (`startup + (total − startup) · k / rows`, with `rows`
 //! the rows passing the filter) adds the rest.
 //!
+//! Conditions on the index's filter columns (`WHERE category = $1` with
+//! `USING hnsw (embedding, category)`) are index quals: the scan evaluates
+//! them on each element before any heap access and, when its walk finds
+//! matches more slowly than an exact pass over the index's pages would, it
+//! switches to that pass, so the path is complete and costs at most one
+//! sequential read of the index.
+//!
 //! As pgvector does, the cost of the first pass is moved from random to
 //! sequential page reads when it would read more pages than the table has
 //! (vectors of more than 2 kB live in TOAST, which a sequential scan's cost
@@ -133,16 +140,15 @@ pub unsafe extern "C-unwind" fn amcostestimate(
             std::ptr::null_mut(),
         );
         let limit = Some((*root).limit_tuples).filter(|&l| l > 0.0);
-        let visits = visits_needed(
-            tuples,
-            first,
-            limit,
-            filter,
-            options::iterative_scan(),
-            ef,
-            options::max_scan_tuples() as f64,
-        )
-        .unwrap_or(tuples);
+        // Conditions on filter columns (index quals) are evaluated inside
+        // the scan, which always goes on until the LIMIT is met and switches
+        // to an exact pass over the index's own pages when the walk finds
+        // matches too slowly: complete, at no more than one pass.
+        let keyed = !(*path).indexclauses.is_null();
+        let mode = if keyed { IterativeScan::RelaxedOrder } else { options::iterative_scan() };
+        let needed = visits_needed(tuples, first, limit, filter, mode, ef, options::max_scan_tuples() as f64);
+        let exact_pass = keyed && needed.is_none_or(|v| v >= tuples);
+        let visits = if keyed { needed.unwrap_or(tuples).min(tuples) } else { needed.unwrap_or(tuples) };
 
         let mut costs: pg_sys::GenericCosts = std::mem::zeroed();
         costs.numIndexTuples = tuples;
@@ -158,8 +164,15 @@ pub unsafe extern "C-unwind" fn amcostestimate(
             startup -= startup_pages * (costs.spc_random_page_cost - seq_page_cost);
             startup -= (startup_pages - heap_pages) * seq_page_cost;
         }
+        let mut total = costs.indexTotalCost;
+        if exact_pass {
+            // The exact pass reads the index's blocks in order.
+            let sequential = costs.numIndexPages * (costs.spc_random_page_cost - seq_page_cost).max(0.0);
+            startup = (costs.indexTotalCost - sequential).max(0.0);
+            total = startup;
+        }
         *startup_cost = startup.max(0.0);
-        *total_cost = costs.indexTotalCost.max(*startup_cost);
+        *total_cost = total.max(*startup_cost);
         *selectivity = costs.indexSelectivity;
         *correlation = 0.0;
         *pages = costs.numIndexPages;

@@ -858,11 +858,23 @@ pub struct Tuning {
     pub spare_links: bool,
     /// Let searches during the build walk spare links too.
     pub spare_in_build: bool,
+    /// Let a row whose vector equals an element's join that element (its
+    /// heap TID added) instead of becoming an element of its own. Off for
+    /// a multi-column index, whose rows with equal vectors may have
+    /// different filter keys.
+    pub merge_duplicates: bool,
 }
 
 impl Default for Tuning {
     fn default() -> Tuning {
-        Tuning { heuristic: HEURISTIC, relink: true, prefetch_lines: 8, spare_links: true, spare_in_build: false }
+        Tuning {
+            heuristic: HEURISTIC,
+            relink: true,
+            prefetch_lines: 8,
+            spare_links: true,
+            spare_in_build: false,
+            merge_duplicates: true,
+        }
     }
 }
 
@@ -1402,6 +1414,12 @@ impl<S: Space> MemoryGraph<S> {
         self.scratch.distances
     }
 
+    /// Whether rows with equal vectors share an element (the default; see
+    /// [`Tuning::merge_duplicates`]). Set before the first insert.
+    pub fn set_merge_duplicates(&mut self, on: bool) {
+        self.tuning.merge_duplicates = on;
+    }
+
     /// Changes the tuning (before the first insert; for experiments).
     #[doc(hidden)]
     pub fn set_tuning(&mut self, tuning: Tuning) {
@@ -1766,7 +1784,7 @@ impl<S: Space> MemoryGraph<S> {
         }
         // An identical vector joins the nearest element with room.
         let nearest = sc.found.first().map_or(f32::NAN, |c| c.d);
-        for c in sc.found.iter().take_while(|c| c.d == nearest) {
+        for c in sc.found.iter().take_while(|c| c.d == nearest && self.tuning.merge_duplicates) {
             if Some(c.id) != pushed && self.vector(c.id) == q && self.add_tid(c.id, tid) {
                 if let Some(id) = pushed {
                     // SAFETY: record `id` is not linked, so only this thread uses it.

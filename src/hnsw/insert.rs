@@ -22,6 +22,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::graph::{prune_neighbors, random_level, Searcher};
+use super::key_datum;
 use super::page::{
     self, encode_element, encode_neighbors, ElementMut, ItemPointer, LayerList, NeighborsRef, PageKind, PageRef,
 };
@@ -43,7 +44,8 @@ pub unsafe extern "C-unwind" fn aminsert(
     _index_unchanged: bool,
     _index_info: *mut pg_sys::IndexInfo,
 ) -> bool {
-    // SAFETY: one index column, so values/isnull have one entry each.
+    // SAFETY: values/isnull have one entry per index column, the vector
+    // first.
     let (datum, null, tid) = unsafe { (*values, *isnull, from_pg_tid(&*heap_tid)) };
     if null {
         return false;
@@ -54,16 +56,19 @@ pub unsafe extern "C-unwind" fn aminsert(
     let Some(vector) = (unsafe { prepare_datum(&meta.codec, datum) }) else {
         return false;
     };
+    // SAFETY: as above, one entry per column of the index's types.
+    let keys = unsafe { key_datum::row_keys(&key_datum::key_columns(index), values, isnull) };
     let m = meta.m as usize;
     let level = random_level(rand::random::<f64>(), 1.0 / (m as f64).ln(), page::max_level(m));
-    insert_prepared(&rel, &vector, tid, level);
+    insert_prepared(&rel, &vector, &keys, tid, level);
     false
 }
 
 /// Inserts `vector` (in the index codec's working form, see
-/// [`prepare_datum`]) for heap row `heap_tid` with top layer `level` into the
-/// on-disk graph.
-pub fn insert_prepared(rel: &IndexRel, vector: &[u32], heap_tid: ItemPointer, level: usize) {
+/// [`prepare_datum`]) with filter keys `keys` (a key blob of
+/// [`super::keys`], empty for a single-column index) for heap row
+/// `heap_tid` with top layer `level` into the on-disk graph.
+pub fn insert_prepared(rel: &IndexRel, vector: &[u32], keys: &[u8], heap_tid: ItemPointer, level: usize) {
     let mut mode = SHARE_LOCK;
     rel.lock_graph(mode);
     let mut meta = rel.read_meta();
@@ -76,7 +81,7 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[u32], heap_tid: ItemPointer, le
     let mut store = PageStore::new(*rel, meta);
     let stored = meta.codec.encode(vector);
     let Some((entry, entry_level)) = meta.entry else {
-        let (etid, _) = write_element(&store, level, heap_tid, &vec![Vec::new(); level + 1], 0, &stored);
+        let (etid, _) = write_element(&store, level, heap_tid, &vec![Vec::new(); level + 1], 0, keys, &stored);
         rel.set_entry(Some((etid, level as u16)));
         rel.unlock_graph(mode);
         return;
@@ -90,13 +95,13 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[u32], heap_tid: ItemPointer, le
     store.walk_spare = true;
     let nearest = lists[0].first().map_or(f32::NAN, |c| c.distance);
     for c in lists[0].iter().take_while(|c| c.distance == nearest) {
-        if !c.node.deleted && add_duplicate(&store, c.node.tid, &stored, heap_tid) {
+        if !c.node.deleted && add_duplicate(&store, c.node.tid, keys, &stored, heap_tid) {
             rel.unlock_graph(mode);
             return;
         }
     }
     let tids: Vec<Vec<ItemPointer>> = lists.iter().map(|l| l.iter().map(|c| c.node.tid).collect()).collect();
-    let (etid, ntid) = write_element(&store, level, heap_tid, &tids, spare0, &stored);
+    let (etid, ntid) = write_element(&store, level, heap_tid, &tids, spare0, keys, &stored);
     let new = store.node(etid);
     debug_assert_eq!(new.neighbors, ntid);
     // Searches end on layer 0, so `new` needs an inbound link there, not
@@ -127,18 +132,21 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[u32], heap_tid: ItemPointer, le
 
 /// Adds `heap_tid` to element `tid` if it stores the same vector as
 /// `payload` ([`Codec::same_vector`](super::codec::Codec::same_vector)) and
-/// has a free slot. Returns whether it did.
-fn add_duplicate(store: &PageStore, tid: ItemPointer, payload: &[u8], heap_tid: ItemPointer) -> bool {
+/// the same filter keys, and has a free slot. Returns whether it did.
+fn add_duplicate(store: &PageStore, tid: ItemPointer, keys: &[u8], payload: &[u8], heap_tid: ItemPointer) -> bool {
     let (codec, m) = (store.meta.codec, store.meta.m as usize);
-    if !store.with_element(tid, |e| codec.same_vector(e.payload(), payload)) {
+    if !store.with_element(tid, |e| e.keys() == keys && codec.same_vector(e.payload(), payload)) {
         return false;
     }
     let rel = store.rel;
     rel.modify(tid.block, |p| {
         let range = rel.item_range(tid.block, p, tid.offset);
         let mut e = ElementMut::new(&mut p[range], &codec, m).unwrap_or_else(|e| rel.corrupt(tid.block, e));
-        (!e.is_deleted() && codec.same_vector(e.payload(), payload) && e.push_duplicate(heap_tid, &codec, payload))
-            .then_some(())
+        (!e.is_deleted()
+            && e.keys() == keys
+            && codec.same_vector(e.payload(), payload)
+            && e.push_duplicate(heap_tid, &codec, payload))
+        .then_some(())
     })
     .is_some()
 }
@@ -181,6 +189,7 @@ fn reuse_free_element(
     heap_tid: ItemPointer,
     lists: &[Vec<ItemPointer>],
     spare0: usize,
+    keys: &[u8],
     payload: &[u8],
 ) -> Option<(ItemPointer, ItemPointer)> {
     let hint = store.meta.free_hint?;
@@ -198,8 +207,8 @@ fn reuse_free_element(
                 if !e.is_free() {
                     return;
                 }
-                if claimed.is_none() && e.capacity() >= level && e.payload_capacity() >= payload.len() {
-                    e.reuse(level, heap_tid, payload);
+                if claimed.is_none() && e.capacity() >= level && e.fits(keys.len(), payload.len()) {
+                    e.reuse(level, heap_tid, keys, payload);
                     claimed = Some((offset, e.neighbors()));
                 } else {
                     remaining = true;
@@ -236,21 +245,22 @@ fn reuse_free_element(
 
 /// Writes a new element: into a free element if VACUUM left one, otherwise
 /// its neighbor item and then its element item at the end of the index.
-/// The last `spare0` links of `lists[0]` are spare links. Returns
-/// `(element, neighbors)` addresses.
+/// The last `spare0` links of `lists[0]` are spare links; `keys` is the
+/// element's key blob. Returns `(element, neighbors)` addresses.
 fn write_element(
     store: &PageStore,
     level: usize,
     heap_tid: ItemPointer,
     lists: &[Vec<ItemPointer>],
     spare0: usize,
+    keys: &[u8],
     payload: &[u8],
 ) -> (ItemPointer, ItemPointer) {
-    if let Some(at) = reuse_free_element(store, level, heap_tid, lists, spare0, payload) {
+    if let Some(at) = reuse_free_element(store, level, heap_tid, lists, spare0, keys, payload) {
         return at;
     }
     let ntid = put_item(&store.rel, &encode_neighbors(store.meta.m as usize, level, lists, spare0));
-    let etid = put_item(&store.rel, &encode_element(level, &[heap_tid], ntid, payload));
+    let etid = put_item(&store.rel, &encode_element(level, &[heap_tid], ntid, keys, payload));
     (etid, ntid)
 }
 

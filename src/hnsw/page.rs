@@ -76,6 +76,14 @@ const KIND_ELEMENT: u8 = 1;
 const KIND_NEIGHBORS: u8 = 2;
 const FLAG_DELETED: u8 = 1;
 const FLAG_FREE: u8 = 2;
+/// Set on an element item of a multi-column index: its payload area starts
+/// with the *key area*: the key blob's length (`u16`), the key area's length
+/// (`u16`, a multiple of 4, so the codec payload after it stays aligned),
+/// the key blob of [`super::keys`], zero padding; the codec's payload
+/// follows.
+const FLAG_KEYS: u8 = 4;
+/// Bytes of the key area's two lengths.
+pub const KEYS_LEN_SIZE: usize = 4;
 
 /// Why a page or item failed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -404,6 +412,75 @@ pub const fn element_item_size(payload_len: usize) -> usize {
     ELEMENT_HEADER_SIZE + payload_len
 }
 
+/// Bytes the key area of a new element item takes: none for a
+/// single-column index (an empty blob), else the two lengths and the blob,
+/// rounded up to a multiple of 4.
+pub const fn keys_size(blob_len: usize) -> usize {
+    if blob_len == 0 {
+        0
+    } else {
+        (KEYS_LEN_SIZE + blob_len).div_ceil(4) * 4
+    }
+}
+
+/// The key blob's range and the codec payload's offset in an element item
+/// whose flags are `flags` and whose bytes (at least the header) are `b`,
+/// checked against its length.
+fn body_layout(b: &[u8], flags: u8) -> Result<(std::ops::Range<usize>, usize), PageError> {
+    if flags & FLAG_KEYS == 0 {
+        return Ok((ELEMENT_HEADER_SIZE..ELEMENT_HEADER_SIZE, ELEMENT_HEADER_SIZE));
+    }
+    if b.len() < ELEMENT_HEADER_SIZE + KEYS_LEN_SIZE {
+        return err(format!("element item of {} bytes with keys", b.len()));
+    }
+    let (blob, area) = (u16_at(b, ELEMENT_HEADER_SIZE) as usize, u16_at(b, ELEMENT_HEADER_SIZE + 2) as usize);
+    let start = ELEMENT_HEADER_SIZE + KEYS_LEN_SIZE;
+    let body = ELEMENT_HEADER_SIZE + area;
+    if area % 4 != 0 || KEYS_LEN_SIZE + blob > area || body > b.len() {
+        return err(format!("bad key area: blob {blob}, area {area}, item {} bytes", b.len()));
+    }
+    Ok((start..start + blob, body))
+}
+
+/// The key blob of element item `b` without validating the rest of it:
+/// for an exact pass that tests a filter on every element before reading
+/// more (the blob is validated by [`ElementRef::new`] when the element
+/// matches, and a malformed one matches no filter). `None` for an item too
+/// short to be an element or with a bad key area; empty without keys.
+pub fn peek_keys(b: &[u8]) -> Option<&[u8]> {
+    let flags = *b.get(2)?;
+    if b.len() < ELEMENT_HEADER_SIZE {
+        return None;
+    }
+    body_layout(b, flags).ok().map(|(keys, _)| &b[keys])
+}
+
+/// Offset of the codec payload of an element item of `item_len` bytes whose
+/// head is `head`, from the 4 bytes after its header (`lens`, ignored
+/// without keys): for a scan that reads the item under a pin only (the key
+/// area of a reachable element never changes).
+pub fn body_offset(head: &ElementHead, lens: [u8; KEYS_LEN_SIZE], item_len: usize) -> Result<usize, PageError> {
+    if !head.has_keys() {
+        return Ok(ELEMENT_HEADER_SIZE);
+    }
+    let area = u16::from_ne_bytes([lens[2], lens[3]]) as usize;
+    let blob = u16::from_ne_bytes([lens[0], lens[1]]) as usize;
+    if area % 4 != 0 || KEYS_LEN_SIZE + blob > area || ELEMENT_HEADER_SIZE + area > item_len {
+        return err(format!("bad key area: blob {blob}, area {area}, item {item_len} bytes"));
+    }
+    Ok(ELEMENT_HEADER_SIZE + area)
+}
+
+/// Writes the key area (`area` bytes, at least [`keys_size`]) for `keys`
+/// after the element header of `b` and flags the element.
+fn write_key_area(b: &mut [u8], keys: &[u8], area: usize) {
+    b[2] |= FLAG_KEYS;
+    put_u16(b, ELEMENT_HEADER_SIZE, keys.len() as u16);
+    put_u16(b, ELEMENT_HEADER_SIZE + 2, area as u16);
+    let start = ELEMENT_HEADER_SIZE + KEYS_LEN_SIZE;
+    b[start..start + keys.len()].copy_from_slice(keys);
+}
+
 /// Size of a neighbor item for an element of top layer `level`.
 pub const fn neighbor_item_size(m: usize, level: usize) -> usize {
     NEIGHBORS_HEADER_SIZE + SLOT_SIZE * m * (level + 2)
@@ -417,12 +494,19 @@ pub fn max_level(m: usize) -> usize {
 
 /// Encodes an element item: `kind u8 | level u8 | flags u8 | ntids u8 |
 /// neighbors ItemPointer (6) | capacity u8 | version u8 | heap_tids [10 × 6] |
-/// payload`. `capacity` is the level its neighbor item was sized for (a
+/// [keys_len u16 | keys] | payload`, the keys only when `keys` is not empty
+/// (a multi-column index; flagged by `FLAG_KEYS`). `capacity` is the level its neighbor item was sized for (a
 /// reused element may have a lower level); `version` counts reuses, so a scan
 /// that remembered an element across batches can tell it was replaced.
-pub fn encode_element(level: usize, heap_tids: &[ItemPointer], neighbors: ItemPointer, payload: &[u8]) -> Vec<u8> {
-    assert!(heap_tids.len() <= MAX_HEAP_TIDS && level <= 255);
-    let mut b = vec![0u8; element_item_size(payload.len())];
+pub fn encode_element(
+    level: usize,
+    heap_tids: &[ItemPointer],
+    neighbors: ItemPointer,
+    keys: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    assert!(heap_tids.len() <= MAX_HEAP_TIDS && level <= 255 && keys.len() <= u16::MAX as usize);
+    let mut b = vec![0u8; element_item_size(keys_size(keys.len()) + payload.len())];
     b[0] = KIND_ELEMENT;
     b[1] = level as u8;
     b[3] = heap_tids.len() as u8;
@@ -431,7 +515,11 @@ pub fn encode_element(level: usize, heap_tids: &[ItemPointer], neighbors: ItemPo
     for (i, t) in heap_tids.iter().enumerate() {
         t.write(&mut b, HEAP_TIDS_AT + SLOT_SIZE * i);
     }
-    b[ELEMENT_HEADER_SIZE..].copy_from_slice(payload);
+    let area = keys_size(keys.len());
+    if area > 0 {
+        write_key_area(&mut b, keys, area);
+    }
+    b[ELEMENT_HEADER_SIZE + area..].copy_from_slice(payload);
     b
 }
 
@@ -490,6 +578,11 @@ impl ElementHead {
     pub fn is_free(&self) -> bool {
         self.flags & FLAG_FREE != 0
     }
+
+    /// Whether the item holds filter keys before its payload.
+    pub fn has_keys(&self) -> bool {
+        self.flags & FLAG_KEYS != 0
+    }
 }
 
 /// A validated element item, read under the content lock.
@@ -497,6 +590,10 @@ impl ElementHead {
 pub struct ElementRef<'a> {
     bytes: &'a [u8],
     head: ElementHead,
+    /// Where the key blob is, `start..end` (empty without keys).
+    keys: (usize, usize),
+    /// Where the codec payload starts.
+    body: usize,
 }
 
 impl<'a> ElementRef<'a> {
@@ -510,9 +607,11 @@ impl<'a> ElementRef<'a> {
         if bytes.len() < ELEMENT_HEADER_SIZE {
             return err(format!("element item of {} bytes", bytes.len()));
         }
-        let payload = &bytes[ELEMENT_HEADER_SIZE..];
+        let (keys, body) = body_layout(bytes, head.flags)?;
+        crate::hnsw::keys::validate(&bytes[keys.clone()]).map_err(PageError)?;
+        let payload = &bytes[body..];
         codec.validate(payload.len(), payload).map_err(|e| PageError(format!("{e:?}")))?;
-        Ok(ElementRef { bytes, head })
+        Ok(ElementRef { bytes, head, keys: (keys.start, keys.end), body })
     }
 
     /// The decoded head.
@@ -557,7 +656,13 @@ impl<'a> ElementRef<'a> {
 
     /// The payload (validated by the codec).
     pub fn payload(&self) -> &'a [u8] {
-        &self.bytes[ELEMENT_HEADER_SIZE..]
+        &self.bytes[self.body..]
+    }
+
+    /// The filter keys ([`super::keys`]; validated), empty in a
+    /// single-column index.
+    pub fn keys(&self) -> &'a [u8] {
+        &self.bytes[self.keys.0..self.keys.1]
     }
 }
 
@@ -565,13 +670,15 @@ impl<'a> ElementRef<'a> {
 /// [`ElementRef`] first).
 pub struct ElementMut<'a> {
     bytes: &'a mut [u8],
+    /// Where the codec payload starts.
+    body: usize,
 }
 
 impl<'a> ElementMut<'a> {
     /// Validates and wraps an element item for writing.
     pub fn new(bytes: &'a mut [u8], codec: &Codec, m: usize) -> Result<ElementMut<'a>, PageError> {
-        ElementRef::new(bytes, codec, m)?;
-        Ok(ElementMut { bytes })
+        let body = ElementRef::new(bytes, codec, m)?.body;
+        Ok(ElementMut { bytes, body })
     }
 
     /// Whether VACUUM removed all its heap TIDs.
@@ -627,14 +734,23 @@ impl<'a> ElementMut<'a> {
         self.bytes[10] as usize
     }
 
-    /// Bytes available for a payload (the item's size is fixed).
+    /// Bytes available for the keys and the payload together (the item's
+    /// size is fixed; see [`keys_size`]).
     pub fn payload_capacity(&self) -> usize {
         self.bytes.len() - ELEMENT_HEADER_SIZE
     }
 
     /// The payload.
     pub fn payload(&self) -> &[u8] {
-        &self.bytes[ELEMENT_HEADER_SIZE..]
+        &self.bytes[self.body..]
+    }
+
+    /// The filter keys (empty in a single-column index).
+    pub fn keys(&self) -> &[u8] {
+        match body_layout(self.bytes, self.bytes[2]) {
+            Ok((keys, _)) => &self.bytes[keys],
+            Err(_) => &[],
+        }
     }
 
     /// Where its neighbor item is.
@@ -655,22 +771,43 @@ impl<'a> ElementMut<'a> {
         if !self.push_heap_tid(heap_tid) {
             return false;
         }
-        codec.merge_duplicate(&mut self.bytes[ELEMENT_HEADER_SIZE..], payload);
+        codec.merge_duplicate(&mut self.bytes[self.body..], payload);
         true
     }
 
+    /// Whether a free element has room for filter keys of `keys_len` bytes
+    /// and a payload of `payload_len` bytes (see [`ElementMut::reuse`]).
+    pub fn fits(&self, keys_len: usize, payload_len: usize) -> bool {
+        let room = self.payload_capacity();
+        if keys_len == 0 {
+            return payload_len <= room;
+        }
+        room >= keys_size(keys_len) + payload_len && (room - payload_len) % 4 == 0
+    }
+
     /// Rewrites a free element for a new vector at `level`, which must not
-    /// exceed [`ElementMut::capacity`] (the neighbor item keeps its size);
-    /// `payload` must fit [`ElementMut::payload_capacity`] (the rest is
-    /// zeroed).
-    pub fn reuse(&mut self, level: usize, heap_tid: ItemPointer, payload: &[u8]) {
+    /// exceed [`ElementMut::capacity`] (the neighbor item keeps its size),
+    /// with filter keys `keys`; they must [fit](ElementMut::fits). Without
+    /// keys the payload starts after the header and zeros pad it to the
+    /// item's end; with keys it ends at the item's end and the key area takes
+    /// the room before it (so a payload of fixed length keeps its length).
+    pub fn reuse(&mut self, level: usize, heap_tid: ItemPointer, keys: &[u8], payload: &[u8]) {
         assert!(level <= self.capacity(), "reused element level above its capacity");
-        assert!(payload.len() <= self.payload_capacity(), "reused element payload too large");
+        assert!(self.fits(keys.len(), payload.len()), "reused element payload too large");
         let (neighbors, capacity, version) = (ItemPointer::read(self.bytes, 4), self.bytes[10], self.bytes[11]);
-        let mut padded = payload.to_vec();
-        padded.resize(self.payload_capacity(), 0);
-        let fresh = encode_element(level, &[heap_tid], neighbors, &padded);
+        let fresh = if keys.is_empty() {
+            let mut padded = payload.to_vec();
+            padded.resize(self.payload_capacity(), 0);
+            encode_element(level, &[heap_tid], neighbors, &[], &padded)
+        } else {
+            let area = self.payload_capacity() - payload.len();
+            let mut b = encode_element(level, &[heap_tid], neighbors, &[], &vec![0; self.payload_capacity()]);
+            write_key_area(&mut b, keys, area);
+            b[ELEMENT_HEADER_SIZE + area..].copy_from_slice(payload);
+            b
+        };
         self.bytes.copy_from_slice(&fresh);
+        self.body = self.bytes.len() - if keys.is_empty() { self.payload_capacity() } else { payload.len() };
         self.bytes[10] = capacity;
         self.bytes[11] = version.wrapping_add(1);
     }
@@ -915,7 +1052,7 @@ mod tests {
         let codec = dense(Metric::L2, 384);
         let mut page = PageImage::new(PageKind::Graph);
         let vector: Vec<f32> = (0..384).map(|i| i as f32 * 0.5).collect();
-        let item = encode_element(1, &[tid(7, 1)], tid(1, 2), &payload(&codec, &vector));
+        let item = encode_element(1, &[tid(7, 1)], tid(1, 2), &[], &payload(&codec, &vector));
         assert_eq!(item.len(), 856, "72 + 4 + 2·384 + 12");
         let mut offsets = Vec::new();
         while let Some(off) = add_item(&mut page.0, &item) {
@@ -939,7 +1076,7 @@ mod tests {
     #[test]
     fn element_head_is_what_a_scan_copies_out() {
         let codec = dense(Metric::L2, 2);
-        let mut item = encode_element(2, &[tid(1, 1), tid(1, 2)], tid(5, 6), &payload(&codec, &[1.0, 2.0]));
+        let mut item = encode_element(2, &[tid(1, 1), tid(1, 2)], tid(5, 6), &[], &payload(&codec, &[1.0, 2.0]));
         let head = ElementHead::parse(item.first_chunk().unwrap(), 16).unwrap();
         assert_eq!((head.level, head.heap_tids, head.neighbors, head.capacity), (2, 2, tid(5, 6), 2));
         assert!(!head.is_deleted() && !head.is_free());
@@ -987,7 +1124,7 @@ mod tests {
     fn corrupt_line_pointers_and_items_are_errors_not_panics() {
         let codec = dense(Metric::L2, 2);
         let mut page = PageImage::new(PageKind::Graph);
-        let item = encode_element(0, &[tid(1, 1)], tid(1, 2), &payload(&codec, &[1.0, 2.0]));
+        let item = encode_element(0, &[tid(1, 1)], tid(1, 2), &[], &payload(&codec, &[1.0, 2.0]));
         add_item(&mut page.0, &item).unwrap();
         // Line pointer pointing past the special space.
         let mut bad = page.clone();
@@ -1053,7 +1190,7 @@ mod tests {
     #[test]
     fn heap_tids_push_retain_and_reuse() {
         let codec = dense(Metric::L2, 1);
-        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &payload(&codec, &[1.0]));
+        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &[], &payload(&codec, &[1.0]));
         let mut e = ElementMut::new(&mut item, &codec, 16).unwrap();
         for i in 2..=10 {
             assert!(e.push_heap_tid(tid(1, i)));
@@ -1068,7 +1205,7 @@ mod tests {
         e.set_free();
         assert!(ElementRef::new(&item, &codec, 16).unwrap().is_free());
         let mut e = ElementMut::new(&mut item, &codec, 16).unwrap();
-        e.reuse(0, tid(4, 4), &payload(&codec, &[2.0]));
+        e.reuse(0, tid(4, 4), &[], &payload(&codec, &[2.0]));
         let r = ElementRef::new(&item, &codec, 16).unwrap();
         assert!(!r.is_deleted() && !r.is_free());
         let mut decoded = Vec::new();
@@ -1079,14 +1216,49 @@ mod tests {
     }
 
     #[test]
+    fn keyed_elements_keep_keys_apart_from_the_payload() {
+        use crate::hnsw::keys::{encode, KeyValue};
+        let codec = dense(Metric::L2, 2);
+        let keys = encode(&[KeyValue::int(7), KeyValue::set(vec![1, 2])]).unwrap();
+        let p = payload(&codec, &[1.0, 2.0]);
+        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &keys, &p);
+        assert_eq!(item.len(), ELEMENT_HEADER_SIZE + keys_size(keys.len()) + p.len());
+        assert_eq!(keys_size(keys.len()) % 4, 0);
+        let r = ElementRef::new(&item, &codec, 16).unwrap();
+        assert!(r.head().has_keys());
+        assert_eq!((r.keys(), r.payload()), (&keys[..], &p[..]));
+        let mut e = ElementMut::new(&mut item, &codec, 16).unwrap();
+        assert_eq!(e.keys(), &keys[..]);
+        assert!(e.push_duplicate(tid(1, 2), &codec, &p));
+        e.set_free();
+        // Reused with a shorter blob: the payload moves up, zero padding after it.
+        let short = encode(&[KeyValue::Null, KeyValue::Null]).unwrap();
+        let q = payload(&codec, &[3.0, 4.0]);
+        assert!(e.fits(short.len(), q.len()) && !e.fits(keys.len() + 64, q.len()));
+        e.reuse(0, tid(2, 2), &short, &q);
+        let r = ElementRef::new(&item, &codec, 16).unwrap();
+        assert_eq!(r.payload().len(), q.len(), "a dense payload keeps its length");
+        assert_eq!(r.keys(), &short[..]);
+        assert!(codec.same_vector(r.payload(), &q));
+        // A key length beyond the item is corrupt, not a panic.
+        let mut bad = encode_element(0, &[tid(1, 1)], tid(9, 9), &keys, &p);
+        bad[ELEMENT_HEADER_SIZE + 2] = 0xfc;
+        assert!(ElementRef::new(&bad, &codec, 16).is_err());
+        bad[ELEMENT_HEADER_SIZE + 2] = 6;
+        assert!(ElementRef::new(&bad, &codec, 16).is_err(), "unaligned area");
+        bad.truncate(ELEMENT_HEADER_SIZE + 1);
+        assert!(ElementRef::new(&bad, &codec, 16).is_err());
+    }
+
+    #[test]
     fn sparse_elements_reuse_larger_items() {
         let codec = Codec::SparseVec { metric: Metric::L2, dims: 10 };
         let big = codec.encode(&codec.prepare_sparse(10, &[1, 2, 3], &[1.0, 2.0, 3.0]).unwrap().unwrap());
         let small = codec.encode(&codec.prepare_sparse(10, &[7], &[5.0]).unwrap().unwrap());
-        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &big);
+        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &[], &big);
         let mut e = ElementMut::new(&mut item, &codec, 16).unwrap();
         e.set_free();
-        e.reuse(0, tid(2, 2), &small);
+        e.reuse(0, tid(2, 2), &[], &small);
         let r = ElementRef::new(&item, &codec, 16).unwrap();
         let q = codec.prepare_sparse(10, &[7], &[5.0]).unwrap().unwrap();
         assert_eq!(codec.distance_to_payload(&q, r.payload()), 0.0, "padding after the pairs is ignored");
@@ -1099,7 +1271,7 @@ mod tests {
         let x = [0.1f32, 0.2, 0.3];
         let near = [0.1f32 + 1e-6, 0.2, 0.3];
         let (px, pn) = (payload(&codec, &x), payload(&codec, &near));
-        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &px);
+        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &[], &px);
         assert!(codec.same_vector(ElementRef::new(&item, &codec, 16).unwrap().payload(), &pn), "same codes");
         let q = codec.prepare_dense(&near).unwrap().unwrap();
         let norms = codec.query_norms(&codec.prepare_dense(&near).unwrap().unwrap());

@@ -71,6 +71,8 @@ use std::collections::VecDeque;
 
 use super::codec::Codec;
 use super::graph::{Candidate, ResumableSearch, Searcher};
+use super::key_datum;
+use super::keys::Filter;
 use super::options::{self, IterativeScan};
 use super::page::{self, ElementRef, ItemPointer, PageKind, PageRef};
 use super::prepare_datum;
@@ -82,6 +84,13 @@ pub const MAX_BATCH: usize = 1_000;
 
 /// Index blocks an exact pass reads under one hold of the scan lock.
 pub const EXACT_PASS_BLOCKS: u32 = 64;
+
+/// What an exact pass costs per index block, in graph visits (the unit of
+/// `hnsw.max_scan_tuples`): with filter columns a scan switches from the
+/// walk to the exact pass when the walk, at the rate it finds matching
+/// elements, would need more visits than the pass costs (measured, see
+/// bench/results/filtered.md).
+const EXACT_PASS_VISITS_PER_BLOCK: f64 = 2.0;
 
 /// Fewest elements an exact pass keeps, whatever the memory limit.
 const EXACT_PASS_MIN_HELD: usize = 1_000;
@@ -121,6 +130,15 @@ struct ScanState {
     /// Largest gap seen between an element's distance and its ORDER BY
     /// value (a lower bound), in the value's units.
     max_slack: f64,
+    /// The conditions on filter columns the scan applies itself (a
+    /// multi-column index; see [`super::keys`]).
+    filter: Option<Filter>,
+    /// Elements the filter accepted so far.
+    matched: usize,
+    /// Elements the filtered walk passed to the filter so far.
+    returned_walk: usize,
+    /// Rows handed to the executor so far.
+    taken: usize,
     /// Nothing more to return.
     done: bool,
     /// A NULL query: rows in graph order, this many at most.
@@ -144,6 +162,10 @@ impl Default for ScanState {
             last_value: f64::NEG_INFINITY,
             held: std::collections::BinaryHeap::new(),
             max_slack: 0.0,
+            filter: None,
+            matched: 0,
+            returned_walk: 0,
+            taken: 0,
             done: false,
             null_query_limit: 0,
         }
@@ -263,12 +285,25 @@ unsafe fn count_index_scan(rel: pg_sys::Relation) {
 fn emit(store: &PageStore, state: &mut ScanState, batch: &[Candidate<ElementNode>], rest: Rest) {
     let codec: Codec = *store.codec();
     let mut rows: Vec<(ItemPointer, f64)> = Vec::new();
-    if state.mode != IterativeScan::Off {
+    if state.mode != IterativeScan::Off && state.filter.is_none() {
         state.returned.extend(batch.iter().map(|c| (c.node.tid, c.node.version)));
     }
     let mut max_slack = state.max_slack;
+    let filter = state.filter.as_ref();
+    if filter.is_some() {
+        state.returned_walk += batch.len();
+    }
     for c in batch.iter().filter(|c| !c.node.deleted) {
         store.with_element(c.node.tid, |e| {
+            // The filter on key columns, before any heap access; the exact
+            // pass leaves out the matching elements returned here.
+            if filter.is_some_and(|f| !f.matches(e.keys())) {
+                return;
+            }
+            if filter.is_some() {
+                state.matched += 1;
+                state.returned.insert((c.node.tid, c.node.version));
+            }
             if !e.is_deleted() && e.head().version == c.node.version {
                 let value = codec.order_value(c.distance, state.query_norms, e.payload());
                 let slack = codec.sql_distance(c.distance) - value;
@@ -375,6 +410,21 @@ unsafe fn first_pass(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     // SAFETY: the key is a datum of the operator's right-hand type, which is
     // the indexed type.
     let query = unsafe { order_by_key(scan) }.map(|datum| unsafe { prepare_datum(&codec, datum) });
+    // Conditions on filter columns (a multi-column index). With them the
+    // scan always goes on past its first beam: every row it returns
+    // matches, so the executor's LIMIT, not ef_search, says when to stop.
+    // SAFETY: keyData holds numberOfKeys keys, copied in by amrescan.
+    state.filter = unsafe {
+        let columns = key_datum::key_columns(rel.raw());
+        key_datum::scan_filter((*scan).keyData, (*scan).numberOfKeys.max(0) as usize, &columns)
+    };
+    if state.filter.as_ref().is_some_and(Filter::is_never) {
+        state.done = true;
+        return;
+    }
+    if state.filter.is_some() && state.mode == IterativeScan::Off {
+        state.mode = IterativeScan::RelaxedOrder;
+    }
     rel.lock_scans(SHARE_LOCK);
     // The entry point is read under the scan lock (VACUUM moves it before
     // it frees elements).
@@ -388,8 +438,13 @@ unsafe fn first_pass(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
         // order, with a NULL distance or, for the zero vector, NaN (what
         // the distance function returns; no recheck is asked for).
         (None | Some(None), Some((entry, _))) => {
-            state.null_query_limit =
-                if state.mode == IterativeScan::Off { ef_search } else { options::max_scan_tuples() };
+            state.null_query_limit = if state.filter.is_some() {
+                usize::MAX
+            } else if state.mode == IterativeScan::Off {
+                ef_search
+            } else {
+                options::max_scan_tuples()
+            };
             null_query_rows(&store, entry, unordered_value, state);
             state.done = true;
         }
@@ -444,7 +499,9 @@ unsafe fn next_batch(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     };
     rel.lock_scans(SHARE_LOCK);
     let mut store = PageStore::new(rel, rel.read_meta());
-    let spent = search.visits() >= state.visit_limit || search_memory(&search) > options::scan_memory_limit();
+    let spent = search.visits() >= state.visit_limit
+        || search_memory(&search) > options::scan_memory_limit()
+        || walk_slower_than_exact_pass(state, &search, rel.nblocks());
     let batch = if spent && options::exact_fallback() {
         Vec::new()
     } else if spent {
@@ -469,6 +526,42 @@ unsafe fn next_batch(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
         state.done = true;
     }
 }
+
+/// Whether a filtered walk should give way to the exact pass: when it has
+/// already visited as many elements as the pass costs (so it never costs
+/// more than twice the better of the two), or when, at the rate it has
+/// found matching elements so far, the rows still wanted would take it
+/// longer than the pass. The rows wanted are a guess (the access method does
+/// not see the `LIMIT`): 10 at first, then twice what the executor has
+/// taken. The pass costs [`EXACT_PASS_VISITS_PER_BLOCK`] visits per block
+/// and a visit per matching element, estimated from the share of the walk's
+/// elements that matched. Only with filter columns and `hnsw.exact_fallback`:
+/// without, the walk has no cheaper way on.
+fn walk_slower_than_exact_pass(
+    state: &ScanState,
+    search: &ResumableSearch<ItemPointer, ElementNode>,
+    nblocks: u32,
+) -> bool {
+    if state.filter.is_none() || !options::exact_fallback() {
+        return false;
+    }
+    let visits = search.visits() as f64;
+    let seen = state.returned_walk.max(1) as f64;
+    let matched = state.matched as f64;
+    let elements = nblocks as f64 * ELEMENTS_PER_BLOCK_GUESS;
+    let pass = nblocks as f64 * EXACT_PASS_VISITS_PER_BLOCK + elements * (matched / seen);
+    let wanted = (2.0 * state.taken as f64).max(WANTED_ROWS_GUESS);
+    let still = (wanted - matched).max(0.0);
+    visits >= pass || still * visits / matched.max(1.0) > pass
+}
+
+/// Rows a filtered scan expects to be asked for before it has been asked for
+/// any (a common `LIMIT`).
+const WANTED_ROWS_GUESS: f64 = 10.0;
+
+/// Elements per index block, for the size of an exact pass (about 7 of 384
+/// dimensions; fewer estimated elements only make the pass look cheaper).
+const ELEMENTS_PER_BLOCK_GUESS: f64 = 8.0;
 
 /// Elements an exact pass may hold within the scan's memory limit.
 fn exact_pass_held() -> usize {
@@ -521,7 +614,13 @@ fn key_cmp(a: (f64, ItemPointer), b: (f64, ItemPointer)) -> std::cmp::Ordering {
 /// `pass.held` nearest live elements above `pass.after` that `returned`
 /// does not hold. Takes the scan lock per [`EXACT_PASS_BLOCKS`] blocks and
 /// checks for interrupts between them.
-fn exact_fill(rel: IndexRel, query: &[u32], returned: &rustc_hash::FxHashSet<(ItemPointer, u8)>, pass: &mut ExactPass) {
+fn exact_fill(
+    rel: IndexRel,
+    query: &[u32],
+    filter: Option<&Filter>,
+    returned: &rustc_hash::FxHashSet<(ItemPointer, u8)>,
+    pass: &mut ExactPass,
+) {
     let meta = rel.read_meta();
     let (codec, m) = (meta.codec, meta.m as usize);
     pass.norms = codec.query_norms(query);
@@ -547,6 +646,11 @@ fn exact_fill(rel: IndexRel, query: &[u32], returned: &rustc_hash::FxHashSet<(It
                 for offset in 1..=r.max_offset() {
                     let item = r.item(offset).unwrap_or_else(|e| rel.corrupt(b, e));
                     if !page::is_element_item(item) {
+                        continue;
+                    }
+                    // The filter first, on the key blob alone: most
+                    // elements fail it, and need nothing more read.
+                    if filter.is_some_and(|f| !page::peek_keys(item).is_some_and(|k| f.matches(k))) {
                         continue;
                     }
                     let e = ElementRef::new(item, &codec, m).unwrap_or_else(|e| rel.corrupt(b, e));
@@ -592,7 +696,7 @@ fn exact_batch(rel: IndexRel, state: &mut ScanState) {
         return;
     };
     if pass.queue.is_empty() && (pass.more || !pass.started) {
-        exact_fill(rel, &state.query, &state.returned, &mut pass);
+        exact_fill(rel, &state.query, state.filter.as_ref(), &state.returned, &mut pass);
     }
     let n = state.batch.min(pass.queue.len());
     let taken: Vec<(f64, Candidate<ElementNode>)> = pass.queue.drain(pass.queue.len() - n..).rev().collect();
@@ -629,8 +733,9 @@ fn null_query_rows(store: &PageStore, entry: ItemPointer, value: Option<f64>, st
         if elements >= state.null_query_limit {
             break;
         }
+        let filter = state.filter.as_ref();
         let node = store.with_element(tid, |e| {
-            if !e.is_deleted() {
+            if !e.is_deleted() && filter.is_none_or(|f| f.matches(e.keys())) {
                 elements += 1;
                 state.ready.extend((0..e.heap_tid_count()).map(|i| (e.heap_tid(i), value)));
             }
@@ -675,11 +780,13 @@ pub unsafe extern "C-unwind" fn amgettuple(
         // SAFETY: scan is the active descriptor.
         unsafe { next_batch(scan, state) };
     };
+    state.taken += 1;
     // SAFETY: setting the output fields of the active descriptor; the
     // ORDER BY arrays were allocated by ambeginscan for numberOfOrderBys keys.
     unsafe {
         (*scan).xs_heaptid = to_pg_tid(tid);
-        (*scan).xs_recheck = false;
+        // Hashed keys (text, uuid) can collide: the executor rechecks.
+        (*scan).xs_recheck = state.filter.as_ref().is_some_and(|f| f.lossy);
         if (*scan).numberOfOrderBys > 0 && !(*scan).xs_orderbyvals.is_null() {
             match value {
                 Some(v) => {

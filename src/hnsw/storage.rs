@@ -694,15 +694,20 @@ impl PageStore {
         }
         // SAFETY: the item lies inside the pinned page (from pinned_item_range).
         let head = ElementHead::parse(&unsafe { copy_out::<ELEMENT_HEAD_SIZE>(page, item.start) }, m)?;
-        let payload_len = item.len() - ELEMENT_HEADER_SIZE;
+        let lens = if head.has_keys() && item.len() >= ELEMENT_HEADER_SIZE + page::KEYS_LEN_SIZE {
+            // SAFETY: inside the item (just checked), in the pinned page.
+            unsafe { copy_out::<{ page::KEYS_LEN_SIZE }>(page, item.start + ELEMENT_HEADER_SIZE) }
+        } else {
+            [0xff; page::KEYS_LEN_SIZE]
+        };
+        let body = page::body_offset(&head, lens, item.len())?;
+        let payload_len = item.len() - body;
         // SAFETY: the stable part of the payload lies inside the item, and no
         // backend writes those bytes while the element is reachable: scans
         // and inserts only reach reachable elements, and VACUUM frees an
         // element for reuse only after every link to it is gone and every
         // scan that could hold its address has finished.
-        let stable = unsafe {
-            std::slice::from_raw_parts(page.add(item.start + ELEMENT_HEADER_SIZE), codec.stable_len(payload_len))
-        };
+        let stable = unsafe { std::slice::from_raw_parts(page.add(item.start + body), codec.stable_len(payload_len)) };
         codec.validate(payload_len, stable).map_err(|e| PageError(format!("{e:?}")))?;
         Ok((codec.distance_to_payload(query, stable), ElementNode::new(key, &head)))
     }
