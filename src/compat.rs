@@ -118,3 +118,20 @@ pub fn count_scan(stats: &mut pg_sys::PgStat_TableStatus) {
         stats.counts.numscans += 1;
     }
 }
+
+/// Marks an index path the index cannot serve as disabled. PostgreSQL 18
+/// compares paths by their number of disabled nodes before their cost, so
+/// an infinite cost alone would still beat a sequential scan that
+/// `enable_seqscan = off` disabled; two disabled nodes lose to it (as
+/// pgvector's cost estimate does). Earlier versions use the cost alone.
+///
+/// # Safety
+/// `path` is the `IndexPath` the planner passed to `amcostestimate`.
+pub unsafe fn disable_path(path: *mut pg_sys::IndexPath) {
+    #[cfg(feature = "pg18")]
+    {
+        (*path).path.disabled_nodes = 2;
+    }
+    #[cfg(not(feature = "pg18"))]
+    let _ = path;
+}

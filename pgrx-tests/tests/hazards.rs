@@ -1145,3 +1145,61 @@ fn vacuum_free_step_keeps_lists_of_reused_elements() {
     let bare = live_elements_without_links(&std::fs::read(&path).unwrap());
     assert!(bare.is_empty(), "live elements without layer-0 links (lists wiped by VACUUM): {bare:?}");
 }
+
+/// `hnsw_index_check` lets writers go on: while a check is held (by the
+/// test hook `hnsw.debug_check_pause_lock`) between reading the index's
+/// pages and checking its lists and reachability, single-row INSERTs (with
+/// `lock_timeout = 5s`, so a wait for the check fails them), an UPDATE, a
+/// DELETE and a VACUUM all complete. The paused check then passes, although
+/// the graph changed under it (links to elements it never read, elements
+/// freed and reused), and so does a check after it.
+#[test]
+fn index_check_lets_writers_go_on() {
+    let mut cluster = Cluster::start("hazards_check_writers", &["autovacuum = off"]);
+    let mut c = cluster.connect_with_extension();
+    let mut rng = SmallRng::seed_from_u64(44);
+    let rows = random_vectors(&mut rng, 3200, 8);
+    run(&mut c, "CREATE TABLE t (id bigint, embedding vector(8))");
+    copy_vectors(&mut c, "t", 0, &rows[..3000]);
+    run(
+        &mut c,
+        "CREATE INDEX t_idx ON t USING hnsw (embedding vector_l2_ops) WITH (m = 8);
+         DELETE FROM t WHERE id < 300",
+    );
+    const KEY: i32 = 4343;
+    run(&mut c, &format!("SELECT pg_advisory_lock({KEY})"));
+    let paused = {
+        let conn = cluster.conn_string();
+        std::thread::spawn(move || {
+            let mut k = Client::connect(&format!("{conn} application_name=hazard_check"), NoTls).unwrap();
+            k.batch_execute(&format!("SET hnsw.debug_check_pause_lock = {KEY}")).unwrap();
+            check(&mut k, "t_idx")
+        })
+    };
+    let waiting =
+        format!("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = {KEY} AND NOT granted");
+    let start = Instant::now();
+    while c.query_one(&waiting, &[]).unwrap().get::<_, i64>(0) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(120), "the check never reached its pause");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut w = client(&cluster.conn_string(), "hazard_writer");
+    w.batch_execute("SET lock_timeout = '5s'").unwrap();
+    for (i, v) in rows[3000..].iter().enumerate() {
+        w.execute("INSERT INTO t VALUES ($1, $2)", &[&(3000 + i as i64), &Vector::from(v.clone())]).unwrap_or_else(
+            |e| panic!("INSERT during hnsw_index_check: {e} (SQLSTATE {:?})", e.code().map(|c| c.code().to_string())),
+        );
+    }
+    run(&mut w, "UPDATE t SET embedding = embedding WHERE id BETWEEN 1000 AND 1050; DELETE FROM t WHERE id >= 3150");
+    run(&mut w, "VACUUM t");
+    for (i, v) in rows[3150..].iter().enumerate() {
+        w.execute("INSERT INTO t VALUES ($1, $2)", &[&(3150 + i as i64), &Vector::from(v.clone())]).unwrap();
+    }
+    let still_paused = c.query_one(&waiting, &[]).unwrap().get::<_, i64>(0);
+    assert_eq!(still_paused, 1, "the check finished before the writers did: the test proved nothing");
+    run(&mut c, &format!("SELECT pg_advisory_unlock({KEY})"));
+    let report = paused.join().expect("hnsw_index_check failed");
+    assert!(report.iter().all(|r| r.1), "the check that ran beside the writers:\n{}", show(&report));
+    eprintln!("{}", show(&report));
+    assert_check_passes(&mut c, "t_idx");
+}

@@ -23,11 +23,21 @@
 //! may still link to a free one while VACUUM frees a batch page by page.)
 //!
 //! Who may run it: the index's owner (or a superuser), since it takes the
-//! index's insert lock and reports heap TIDs; others get SQLSTATE 42501.
+//! index's structure and reports heap TIDs; others get SQLSTATE 42501.
 //!
-//! Locks: the graph is read under the insert lock in exclusive mode, so
-//! inserts wait until the graph part is done (queries go on); the heap part
-//! runs after it is released. No other heavyweight lock is taken meanwhile
+//! Locks: none beyond buffer share locks, one page at a time, so inserts,
+//! VACUUM and queries go on while a check runs (a check of a large index
+//! takes seconds). The graph may change under the check, so a finding is a
+//! failure only if it still holds when re-read from the pages: a link to an
+//! element the pass did not collect (inserted since) is followed on the
+//! page; a link to a free element, a missing neighbor item or a bad level is
+//! re-read (source and target) before it counts; the reachability walk reads
+//! the entry point and every list as they are now, and an element it misses
+//! is looked for again by a second walk after in-flight inserts finish
+//! ([`IndexRel::wait_for_inserts`], an instant), and counts only if it is
+//! still live then. The heap part reads the rows through a cursor opened
+//! before the first page is read, so every row it sees was indexed before
+//! the pass began. No heavyweight lock is held while another is requested
 //! (the nesting rule on [`IndexRel::lock_graph`]).
 //!
 //! Memory: about 24 bytes per element, 12 per neighbor item and 8 per heap
@@ -45,7 +55,7 @@ use pgrx::{pg_sys, PgRelation, PgSqlErrorCode};
 use super::codec::{Codec, Kind};
 use super::keys;
 use super::page::{self, ElementRef, ItemPointer, Meta, NeighborsRef, PageKind, PageRef};
-use super::storage::{from_pg_tid, IndexRel, EXCLUSIVE_LOCK};
+use super::storage::{from_pg_tid, IndexRel};
 use super::vacuum::{try_reserve, work_mem_bytes};
 use crate::error::{raise, raise_hint};
 
@@ -187,7 +197,7 @@ fn extension_schema() -> String {
     .unwrap_or_else(|| "public".into())
 }
 
-/// Reads every page (under the caller's lock) into `graph`, reporting page
+/// Reads every page, one at a time under its share lock, into `graph`, reporting page
 /// and item problems in `pages`.
 fn collect(rel: &IndexRel, meta: &Meta, key_columns: usize, graph: &mut Graph, pages: &mut Problems) {
     let (codec, m) = (meta.codec, meta.m as usize);
@@ -266,11 +276,84 @@ fn read_lists(rel: &IndexRel, m: usize, n: ItemPointer, level: usize, mut f: imp
     });
 }
 
+/// Element `t` as its page holds it now (not as [`collect`] saw it):
+/// `None` if `t` is not a valid element item.
+fn live_element(rel: &IndexRel, meta: &Meta, t: ItemPointer) -> Option<Element> {
+    if t.block == page::META_BLOCK || t.block >= rel.nblocks() {
+        return None;
+    }
+    rel.read(t.block, |p| {
+        let item = PageRef::new(p, PageKind::Graph).and_then(|r| r.item(t.offset)).ok()?;
+        if !page::is_element_item(item) {
+            return None;
+        }
+        let e = ElementRef::new(item, &meta.codec, meta.m as usize).ok()?;
+        let flags = (e.is_deleted() as u8 * DELETED) | (e.is_free() as u8 * FREE);
+        Some(Element { tid: t, neighbors: e.neighbors(), level: e.level() as u8, flags })
+    })
+}
+
+/// The top layer of the neighbor item at `n` as its page holds it now.
+fn live_neighbor_level(rel: &IndexRel, m: usize, n: ItemPointer) -> Option<u8> {
+    if n.block == page::META_BLOCK || n.block >= rel.nblocks() {
+        return None;
+    }
+    rel.read(n.block, |p| {
+        let item = PageRef::new(p, PageKind::Graph).and_then(|r| r.item(n.offset)).ok()?;
+        NeighborsRef::new(item, m).ok().map(|x| x.level() as u8)
+    })
+}
+
+/// Whether element `e`'s list on `layer`, as its page holds it now, links
+/// to `t`.
+fn still_links(rel: &IndexRel, m: usize, e: &Element, layer: usize, t: ItemPointer) -> bool {
+    if live_neighbor_level(rel, m, e.neighbors).is_none_or(|l| (l as usize) < layer) {
+        return false;
+    }
+    let mut found = false;
+    read_lists(rel, m, e.neighbors, layer, |l, list, _| found |= l == layer && list.contains(&t));
+    found
+}
+
+/// What is wrong with a link from `source` on `layer` to `target` (`None`:
+/// not an element), or `None` if nothing is.
+fn link_problem(source: &Element, layer: usize, t: ItemPointer, target: Option<&Element>) -> Option<String> {
+    match target {
+        None => Some(format!("{} layer {layer} links to {}, not an element", at(source.tid), at(t))),
+        // From a live element: a scan could follow it into a reused element.
+        // (From a deleted one it matters only if scans reach that element:
+        // see the reachability check; VACUUM frees unreachable elements page
+        // by page.)
+        Some(x) if x.free() && !source.deleted() && !source.free() => {
+            Some(format!("{} links to free element {}", at(source.tid), at(t)))
+        }
+        Some(x) if x.free() => None,
+        Some(x) if (x.level as usize) < layer => {
+            Some(format!("{} layer {layer} links to {} of level {}", at(source.tid), at(t), x.level))
+        }
+        Some(_) => None,
+    }
+}
+
+/// [`link_problem`] as the pages hold it now: the link still there, source
+/// and target re-read. The problem a concurrent insert or VACUUM made only
+/// for the moment of the first reading is gone here.
+fn link_problem_now(rel: &IndexRel, meta: &Meta, source: &Element, layer: usize, t: ItemPointer) -> Option<String> {
+    let source = live_element(rel, meta, source.tid)?;
+    if source.free() || !still_links(rel, meta.m as usize, &source, layer, t) {
+        return None;
+    }
+    link_problem(&source, layer, t, live_element(rel, meta, t).as_ref())
+}
+
 /// The neighbor-list check over every element that is not free.
-fn check_lists(rel: &IndexRel, m: usize, graph: &Graph) -> Row {
+fn check_lists(rel: &IndexRel, meta: &Meta, graph: &Graph) -> Row {
+    let m = meta.m as usize;
     let mut p = Problems::default();
     let mut deleted_links = 0usize;
     let (mut links0, mut spare0) = (0usize, 0usize);
+    // Links that look wrong in the collected state: (source, layer, target).
+    let mut suspects: Vec<(Element, usize, ItemPointer)> = Vec::new();
     // Elements in the order of their neighbor items, so each page is read
     // about once.
     let mut order: Vec<u32> = Vec::new();
@@ -279,14 +362,24 @@ fn check_lists(rel: &IndexRel, m: usize, graph: &Graph) -> Row {
     order.sort_by_key(|&i| graph.elements[i as usize].neighbors);
     for i in order {
         let e = graph.elements[i as usize];
-        let Ok(n) = graph.neighbor_items.binary_search_by(|x| x.0.cmp(&e.neighbors)) else {
-            p.add(format!("element {} points at a missing neighbor item", at(e.tid)));
-            continue;
-        };
-        let room = graph.neighbor_items[n].1;
-        if room < e.level {
-            p.add(format!("element {} has level {} but room for {room}", at(e.tid), e.level));
-            continue;
+        let collected = graph.neighbor_items.binary_search_by(|x| x.0.cmp(&e.neighbors)).ok();
+        let mut e = e;
+        if !collected.is_some_and(|n| graph.neighbor_items[n].1 >= e.level) {
+            // Missing or too small when collected: as the pages hold it now
+            // (an insert may have written it, or reused the element, since).
+            let Some(now) = live_element(rel, meta, e.tid).filter(|x| !x.free()) else { continue };
+            e = now;
+            match live_neighbor_level(rel, m, e.neighbors) {
+                None => {
+                    p.add(format!("element {} points at a missing neighbor item", at(e.tid)));
+                    continue;
+                }
+                Some(room) if room < e.level => {
+                    p.add(format!("element {} has level {} but room for {room}", at(e.tid), e.level));
+                    continue;
+                }
+                Some(_) => {}
+            }
         }
         read_lists(rel, m, e.neighbors, e.level as usize, |layer, list, spare| {
             let max = if layer == 0 { 2 * m } else { m };
@@ -300,23 +393,23 @@ fn check_lists(rel: &IndexRel, m: usize, graph: &Graph) -> Row {
                 (links0, spare0) = (links0 + list.len(), spare0 + spare);
             }
             for &t in list {
-                match graph.element(t) {
-                    None => p.add(format!("{} layer {layer} links to {}, not an element", at(e.tid), at(t))),
-                    // From a live element: a scan could follow it into a
-                    // reused element. (From a deleted one it matters only
-                    // if scans reach that element: see the reachability
-                    // check; VACUUM frees unreachable elements page by page.)
-                    Some((_, x)) if x.free() && !e.deleted() => {
-                        p.add(format!("{} links to free element {}", at(e.tid), at(t)))
-                    }
-                    Some((_, x)) if x.free() => {}
-                    Some((_, x)) if (x.level as usize) < layer => {
-                        p.add(format!("{} layer {layer} links to {} of level {}", at(e.tid), at(t), x.level))
-                    }
-                    Some((_, x)) => deleted_links += x.deleted() as usize,
+                let target = graph.element(t).map(|(_, x)| x);
+                if link_problem(&e, layer, t, target).is_some() {
+                    try_reserve(&mut suspects, 1, "hnsw_index_check");
+                    suspects.push((e, layer, t));
+                } else {
+                    deleted_links += target.is_some_and(|x| x.deleted() && !x.free()) as usize;
                 }
             }
         });
+    }
+    // Findings against what was collected, settled against the pages now
+    // (after the list pass, so no page is locked here).
+    for (e, layer, t) in suspects {
+        pgrx::check_for_interrupts!();
+        if let Some(problem) = link_problem_now(rel, meta, &e, layer, t) {
+            p.add(problem);
+        }
     }
     p.row(
         "neighbor lists",
@@ -408,79 +501,136 @@ impl Reachability {
     }
 }
 
-/// Reachability: a walk over layer-0 links from the entry point, through
-/// live and deleted (not free) elements, as scans walk: first over selected
-/// links, then on from the spare ones (the elements it reaches only then
-/// are counted: an insert may take a spare link's slot). Layer 0 is where
-/// every search ends, so an element reachable only through upper layers is
-/// missed by nearly every query: it counts as unreachable (unless it holds
-/// only rows that are not visible, see [`Reachability::row`]). A free
-/// element that an element of the walk links to (on any layer) is a
-/// failure: a scan could follow that link into a reused element.
-fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> Reachability {
-    let mut r = Reachability { live, ..Default::default() };
-    let p = &mut r.problems;
-    let Some((entry, level)) = meta.entry else {
-        if live > 0 {
-            p.add(format!("no entry point but {live} live elements"));
+/// One walk over layer-0 links from the entry point, reading the meta page
+/// and every list as the pages hold them now.
+#[derive(Default)]
+struct Walk {
+    /// Collected elements reached, a bitmap in `graph.elements` order.
+    seen: Vec<u64>,
+    /// Elements met that the pass did not collect (or collected free):
+    /// inserted or reused since, and whether the walk reached them. Node
+    /// `graph.elements.len() + i` of the walk is `late[i]`.
+    late: Vec<(Element, bool)>,
+    late_index: rustc_hash::FxHashMap<ItemPointer, u32>,
+    /// Elements reached only through spare links.
+    spare_only: usize,
+    /// Links to elements that were free when the walk met them:
+    /// `(source, layer, target)`, settled by [`free_link_now`].
+    free_links: Vec<(Element, usize, ItemPointer)>,
+    /// The entry point is deleted (VACUUM will move it).
+    entry_deleted: bool,
+}
+
+impl Walk {
+    fn reached(&self, i: usize) -> bool {
+        self.seen[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// Bytes held, beyond the collected graph.
+    fn bytes(&self) -> usize {
+        self.seen.capacity() * 8
+            + self.late.capacity() * std::mem::size_of::<(Element, bool)>()
+            + self.late_index.capacity() * 16
+            + self.free_links.capacity() * std::mem::size_of::<(Element, usize, ItemPointer)>()
+    }
+}
+
+/// The walk of [`check_reachable`]: through live and deleted (not free)
+/// elements, as scans walk, first over selected links, then on from the
+/// spare ones. `Err` names a problem with the entry point (`Ok(None)`: the
+/// graph is empty). Nodes are `u32`s: an index into `graph.elements`, or
+/// past its end into [`Walk::late`].
+fn walk(rel: &IndexRel, meta: &Meta, graph: &Graph) -> Result<Option<Walk>, String> {
+    let (m, n) = (meta.m as usize, graph.elements.len());
+    let mut w = Walk::default();
+    let words = n.div_ceil(64);
+    try_reserve(&mut w.seen, words, "hnsw_index_check");
+    w.seen.resize(words, 0);
+    // The element at `t` as the walk sees it and its node number:
+    // collected and not free, or else as its page holds it now (a free one
+    // gets no node number).
+    let lookup = |w: &mut Walk, t: ItemPointer| -> Option<(u32, Element)> {
+        if let Some((j, y)) = graph.element(t).filter(|(_, y)| !y.free()) {
+            return Some((j as u32, *y));
         }
-        r.note = " (empty graph)";
-        return r;
+        if let Some(&k) = w.late_index.get(&t) {
+            return Some((k, w.late[k as usize - n].0));
+        }
+        let y = live_element(rel, meta, t)?;
+        if y.free() {
+            return Some((u32::MAX, y));
+        }
+        if w.late_index.try_reserve(1).is_err() {
+            raise(PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY, "out of memory in hnsw_index_check".to_string());
+        }
+        try_reserve(&mut w.late, 1, "hnsw_index_check");
+        let k = (n + w.late.len()) as u32;
+        w.late.push((y, false));
+        w.late_index.insert(t, k);
+        Some((k, y))
     };
-    let (start, e) = match graph.element(entry) {
-        Some((i, e)) if !e.free() && e.level as u16 == level => (i, *e),
-        _ => {
-            p.add(format!("entry point {} level {level} is not an element of that level", at(entry)));
-            return r;
+    // Marks node `k` reached; whether it was not before.
+    let mark = |w: &mut Walk, k: u32| {
+        let k = k as usize;
+        if k < n {
+            let new = !w.reached(k);
+            w.seen[k / 64] |= 1 << (k % 64);
+            new
+        } else {
+            !std::mem::replace(&mut w.late[k - n].1, true)
         }
     };
-    let mut seen: Vec<u64> = Vec::new();
-    let words = graph.elements.len().div_ceil(64);
-    try_reserve(&mut seen, words, "hnsw_index_check");
-    seen.resize(words, 0);
-    let mark = |seen: &mut Vec<u64>, i: usize| {
-        let new = seen[i / 64] & (1 << (i % 64)) == 0;
-        seen[i / 64] |= 1 << (i % 64);
-        new
-    };
-    let mut queue: Vec<u32> = vec![start as u32];
-    mark(&mut seen, start);
-    let m = meta.m as usize;
+    // The entry point as it is now, read twice if it looks wrong (it may
+    // have moved between the meta page and the element).
+    let mut entry = Err(String::new());
+    for _ in 0..2 {
+        let now = rel.read(page::META_BLOCK, Meta::read_page).map_err(|e| e.0)?;
+        let Some((tid, level)) = now.entry else { return Ok(None) };
+        entry = match lookup(&mut w, tid) {
+            Some((k, e)) if !e.free() && e.level as u16 == level => Ok((k, e)),
+            _ => Err(format!("entry point {} level {level} is not an element of that level", at(tid))),
+        };
+        if entry.is_ok() {
+            break;
+        }
+    }
+    let (start, start_element) = entry?;
+    w.entry_deleted = start_element.deleted();
+    mark(&mut w, start);
+    let mut queue: Vec<u32> = vec![start];
     // Layer-0 spare links met during the walk over selected links.
     let mut deferred: Vec<u32> = Vec::new();
     let mut through_spare = false;
+    let mut links: Vec<(usize, ItemPointer, bool)> = Vec::new();
     loop {
-        while let Some(i) = queue.pop() {
+        while let Some(k) = queue.pop() {
             pgrx::check_for_interrupts!();
-            let x = graph.elements[i as usize];
-            let (mut next, mut spare_next) = (Vec::new(), Vec::new());
+            let x = if (k as usize) < n { graph.elements[k as usize] } else { w.late[k as usize - n].0 };
+            links.clear();
             read_lists(rel, m, x.neighbors, x.level as usize, |layer, list, spare| {
-                for (k, &t) in list.iter().enumerate() {
-                    let Some((j, y)) = graph.element(t) else { continue };
-                    if y.free() {
-                        p.add(format!("free element {} is reachable (linked from {})", at(y.tid), at(x.tid)));
-                    } else if layer == 0 && k >= list.len() - spare {
-                        spare_next.push(j as u32);
-                    } else if layer == 0 {
-                        next.push(j);
-                    }
-                }
+                let selected = list.len() - spare;
+                links.extend(list.iter().enumerate().map(|(i, &t)| (layer, t, i >= selected)));
             });
-            for j in next {
-                if mark(&mut seen, j) {
-                    r.spare_only += through_spare as usize;
+            for &(layer, t, spare) in &links {
+                let Some((j, y)) = lookup(&mut w, t) else { continue }; // not an element: the list check reports it
+                if y.free() {
+                    try_reserve(&mut w.free_links, 1, "hnsw_index_check");
+                    w.free_links.push((x, layer, t));
+                } else if layer == 0 && spare {
+                    try_reserve(&mut deferred, 1, "hnsw_index_check");
+                    deferred.push(j);
+                } else if layer == 0 && mark(&mut w, j) {
+                    w.spare_only += through_spare as usize;
                     try_reserve(&mut queue, 1, "hnsw_index_check");
-                    queue.push(j as u32);
+                    queue.push(j);
                 }
             }
-            try_reserve(&mut deferred, spare_next.len(), "hnsw_index_check");
-            deferred.extend(spare_next);
-            within_budget(graph.bytes() + 4 * (queue.capacity() + deferred.capacity()));
+            within_budget(graph.bytes() + w.bytes() + 4 * (queue.capacity() + deferred.capacity()));
         }
         through_spare = true;
-        for j in deferred.drain(..) {
-            if mark(&mut seen, j as usize) {
-                r.spare_only += 1;
+        for j in std::mem::take(&mut deferred) {
+            if mark(&mut w, j) {
+                w.spare_only += 1;
                 try_reserve(&mut queue, 1, "hnsw_index_check");
                 queue.push(j);
             }
@@ -489,17 +639,114 @@ fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> R
             break;
         }
     }
+    Ok(Some(w))
+}
+
+/// Reachability: every live element reached by a walk over layer-0 links
+/// from the entry point, through live and deleted (not free) elements, as
+/// scans walk: first over selected links, then on from the spare ones (the
+/// elements it reaches only then are counted: an insert may take a spare
+/// link's slot). Layer 0 is where every search ends, so an element
+/// reachable only through upper layers is missed by nearly every query: it
+/// counts as unreachable (unless it holds only rows that are not visible,
+/// see [`Reachability::row`]). A free element that an element of the walk
+/// links to (on any layer) is a failure: a scan could follow that link into
+/// a reused element.
+///
+/// The walk reads the pages as they are now while inserts and VACUUM go
+/// on; elements it misses are looked for by a second walk after the
+/// inserts in flight have finished, and count only if that one misses them
+/// too and they are still live.
+fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> Reachability {
+    let mut r = Reachability { live, ..Default::default() };
+    let first = match walk(rel, meta, graph) {
+        Ok(Some(w)) => w,
+        Ok(None) => {
+            if live > 0 && live_element_count(rel, meta, graph) > 0 {
+                r.problems.add(format!("no entry point but {live} live elements"));
+            }
+            r.note = " (empty graph)";
+            return r;
+        }
+        Err(e) => {
+            r.problems.add(e);
+            return r;
+        }
+    };
+    let mut missed: Vec<usize> = Vec::new();
     for (i, x) in graph.elements.iter().enumerate() {
-        if x.flags == 0 && seen[i / 64] & (1 << (i % 64)) == 0 {
-            pgrx::check_for_interrupts!();
-            r.add_unreachable(rel, meta, x.tid);
+        if x.flags == 0 && !first.reached(i) {
+            try_reserve(&mut missed, 1, "hnsw_index_check");
+            missed.push(i);
+        }
+    }
+    let mut last = first;
+    if !missed.is_empty() {
+        rel.wait_for_inserts();
+        match walk(rel, meta, graph) {
+            Ok(Some(second)) => {
+                missed.retain(|&i| !second.reached(i));
+                last.free_links.extend(second.free_links.iter().copied());
+                (last.spare_only, last.entry_deleted) = (second.spare_only, second.entry_deleted);
+            }
+            Ok(None) => missed.clear(), // emptied meanwhile: nothing is live
+            Err(e) => r.problems.add(e),
+        }
+    }
+    r.spare_only = last.spare_only;
+    for &(x, layer, t) in &last.free_links {
+        pgrx::check_for_interrupts!();
+        if free_link_now(rel, meta, &x, layer, t) {
+            r.problems.add(format!("free element {} is reachable (linked from {})", at(t), at(x.tid)));
+        }
+    }
+    for i in missed {
+        pgrx::check_for_interrupts!();
+        let tid = graph.elements[i].tid;
+        if live_element(rel, meta, tid).is_some_and(|x| x.flags == 0) {
+            r.add_unreachable(rel, meta, tid);
             within_budget(graph.bytes() + r.bytes());
         }
     }
-    if e.deleted() {
+    if last.entry_deleted {
         r.note = " (the entry point is deleted: VACUUM will move it)";
     }
     r
+}
+
+/// Whether element `x` (met by the walk, so reachable) still links on
+/// `layer` to `t` and `t` is still free, re-read from the pages.
+fn free_link_now(rel: &IndexRel, meta: &Meta, x: &Element, layer: usize, t: ItemPointer) -> bool {
+    live_element(rel, meta, x.tid).is_some_and(|x| !x.free() && still_links(rel, meta.m as usize, &x, layer, t))
+        && live_element(rel, meta, t).is_some_and(|t| t.free())
+}
+
+/// How many collected live elements are still live now (for the empty
+/// graph's case: VACUUM may have emptied the index since they were read).
+fn live_element_count(rel: &IndexRel, meta: &Meta, graph: &Graph) -> usize {
+    graph
+        .elements
+        .iter()
+        .filter(|x| x.flags == 0)
+        .filter(|x| live_element(rel, meta, x.tid).is_some_and(|y| y.flags == 0))
+        .count()
+}
+
+/// Opens the heap part's cursor over the rows index `index_oid` takes (see
+/// [`check_heap`]) and returns its name, `None` if the index's catalog row
+/// was not found. Opened before the graph is read: the cursor's snapshot
+/// then sees only rows whose index entries were written before that.
+fn open_heap_cursor(index_oid: pg_sys::Oid, codec: &Codec) -> Option<String> {
+    let HeapTarget { table, key, predicate } = heap_target(index_oid)?;
+    // Zero vectors are not indexed under cosine distance.
+    let filter = match (codec.kind(), codec.normalizes()) {
+        (_, false) => String::new(),
+        (Kind::Vector, true) => format!(" AND {}.vector_norm({key}) OPERATOR(pg_catalog.>) 0", extension_schema()),
+        (_, true) => format!(" AND {}.l2_norm({key}) OPERATOR(pg_catalog.>) 0", extension_schema()),
+    };
+    let predicate = predicate.map_or(String::new(), |p| format!(" AND ({p})"));
+    let sql = format!("SELECT ctid FROM {table} WHERE ({key}) IS NOT NULL{filter}{predicate}");
+    Some(Spi::connect(|c| c.open_cursor(sql.as_str(), &[]).detach_into_name()))
 }
 
 /// Every live heap row indexed exactly once: the index's heap TIDs sorted,
@@ -509,9 +756,9 @@ fn check_reachable(rel: &IndexRel, meta: &Meta, graph: &Graph, live: usize) -> R
 /// true. Also returns which of the index's heap TIDs (`graph.heap_tids`,
 /// now sorted and deduplicated) are rows the check's snapshot sees: a bitmap
 /// in their order (`None` only if the index's catalog row was not found).
-fn check_heap(index_oid: pg_sys::Oid, codec: &Codec, graph: &mut Graph) -> (Row, Option<Vec<u64>>) {
+fn check_heap(cursor: Option<String>, graph: &mut Graph) -> (Row, Option<Vec<u64>>) {
     let name = "heap rows indexed once".to_string();
-    let Some(HeapTarget { table, key, predicate }) = heap_target(index_oid) else {
+    let Some(cursor) = cursor else {
         return ((name, false, "skipped: the index's pg_index row was not found".into()), None);
     };
     let tids = &mut graph.heap_tids;
@@ -525,17 +772,8 @@ fn check_heap(index_oid: pg_sys::Oid, codec: &Codec, graph: &mut Graph) -> (Row,
     let words = tids.len().div_ceil(64);
     try_reserve(&mut found, words, "hnsw_index_check");
     found.resize(words, 0);
-    // Zero vectors are not indexed under cosine distance.
-    let filter = match (codec.kind(), codec.normalizes()) {
-        (_, false) => String::new(),
-        (Kind::Vector, true) => format!(" AND {}.vector_norm({key}) OPERATOR(pg_catalog.>) 0", extension_schema()),
-        (_, true) => format!(" AND {}.l2_norm({key}) OPERATOR(pg_catalog.>) 0", extension_schema()),
-    };
-    let predicate = predicate.map_or(String::new(), |p| format!(" AND ({p})"));
-    let sql = format!("SELECT ctid FROM {table} WHERE ({key}) IS NOT NULL{filter}{predicate}");
     let mut heap_rows = 0usize;
     // One SPI session per chunk, so each chunk's rows are freed before the next.
-    let cursor = Spi::connect(|c| c.open_cursor(sql.as_str(), &[]).detach_into_name());
     loop {
         pgrx::check_for_interrupts!();
         let rows: Vec<ItemPointer> = Spi::connect(|c| {
@@ -602,15 +840,14 @@ fn hnsw_index_check(
         rows.push(("meta page".into(), false, "the index has no pages".into()));
         return TableIterator::new(rows);
     }
-    rel.lock_graph(EXCLUSIVE_LOCK);
     let meta = match rel.read(page::META_BLOCK, Meta::read_page) {
         Ok(m) => m,
         Err(e) => {
-            rel.unlock_graph(EXCLUSIVE_LOCK);
             rows.push(("meta page".into(), false, e.0));
             return TableIterator::new(rows);
         }
     };
+    let cursor = open_heap_cursor(index.oid(), &meta.codec);
     rows.push((
         "meta page".into(),
         true,
@@ -620,6 +857,10 @@ fn hnsw_index_check(
     let mut pages = Problems::default();
     let key_columns = super::key_datum::key_columns(rel.raw()).len();
     collect(&rel, &meta, key_columns, &mut graph, &mut pages);
+    let pause = super::vacuum::DEBUG_CHECK_PAUSE_LOCK.get();
+    if pause > 0 {
+        super::vacuum::debug_wait_for_advisory_lock(pause);
+    }
     let live = graph.elements.iter().filter(|e| e.flags == 0).count();
     let free = graph.elements.iter().filter(|e| e.free()).count();
     let deleted = graph.elements.len() - live - free;
@@ -631,10 +872,9 @@ fn hnsw_index_check(
             graph.elements.len()
         ),
     ));
-    rows.push(check_lists(&rel, meta.m as usize, &graph));
+    rows.push(check_lists(&rel, &meta, &graph));
     let reachability = check_reachable(&rel, &meta, &graph, live);
-    rel.unlock_graph(EXCLUSIVE_LOCK);
-    let (heap, found) = check_heap(index.oid(), &meta.codec, &mut graph);
+    let (heap, found) = check_heap(cursor, &mut graph);
     let tids = &graph.heap_tids;
     let visible = |t: ItemPointer| {
         let found = found.as_deref().unwrap_or_default();

@@ -118,6 +118,7 @@ pub unsafe extern "C-unwind" fn amcostestimate(
             *selectivity = 0.0;
             *correlation = 0.0;
             *pages = 0.0;
+            crate::compat::disable_path(path);
             return;
         }
         let info = (*path).indexinfo;

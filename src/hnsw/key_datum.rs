@@ -120,7 +120,11 @@ pub fn check_columns(index: pg_sys::Relation) {
         |i: usize| unsafe { pg_sys::index_getprocid(index, (i + 1) as i16, 1) } != pg_sys::InvalidOid;
     if !is_vector_column(0) {
         let name = type_name(types[0]);
-        if matches!(name.as_str(), "vector" | "halfvec" | "sparsevec" | "bit") {
+        // PostgreSQL 17+ builds indexes under a restricted search_path, so
+        // the name may come schema-qualified.
+        let bare = name.rsplit('.').next().unwrap_or(&name).trim_matches('"').to_string();
+        if matches!(bare.as_str(), "vector" | "halfvec" | "sparsevec" | "bit") {
+            let name = bare;
             raise_hint(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
                 format!("data type {name} has no default operator class for access method \"hnsw\""),

@@ -645,7 +645,15 @@ fn move_entry(rel: &IndexRel, deleted: &ItemBitmap, highest: Option<(ItemPointer
 /// `pg_advisory_lock(value)` can run inserts in between.
 pub static DEBUG_VACUUM_FREE_LOCK: GucSetting<i32> = GucSetting::<i32>::new(0);
 
-/// Registers VACUUM's test hooks ([`DEBUG_VACUUM_FREE_LOCK`]).
+/// `hnsw.debug_check_pause_lock`: a test hook (superuser-only, hidden from
+/// `SHOW ALL`). When above 0, `hnsw_index_check` waits after reading the
+/// index's pages, before it checks lists and reachability, for the advisory
+/// lock `pg_advisory_lock_shared(value)`, so a test holding
+/// `pg_advisory_lock(value)` can insert and VACUUM in the middle of a check.
+pub static DEBUG_CHECK_PAUSE_LOCK: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// Registers the test hooks ([`DEBUG_VACUUM_FREE_LOCK`],
+/// [`DEBUG_CHECK_PAUSE_LOCK`]).
 pub fn init_test_hooks() {
     GucRegistry::define_int_guc(
         c"hnsw.debug_vacuum_free_lock",
@@ -657,12 +665,22 @@ pub fn init_test_hooks() {
         GucContext::Suset,
         GucFlags::NO_SHOW_ALL,
     );
+    GucRegistry::define_int_guc(
+        c"hnsw.debug_check_pause_lock",
+        c"For tests: advisory lock hnsw_index_check waits for after reading the pages (0 = none)",
+        c"",
+        &DEBUG_CHECK_PAUSE_LOCK,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL,
+    );
 }
 
 /// The test hook of [`DEBUG_VACUUM_FREE_LOCK`]: waits for (then releases)
 /// the advisory lock `key` in share mode. No other heavyweight lock and no
 /// buffer lock is held here.
-fn debug_wait_for_advisory_lock(key: i32) {
+pub(super) fn debug_wait_for_advisory_lock(key: i32) {
     // SAFETY: a locktag filled as pg_advisory_lock_shared(bigint) fills it
     // (SET_LOCKTAG_INT64); LockAcquire and LockRelease are guarded bindings.
     unsafe {

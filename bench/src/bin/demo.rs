@@ -17,7 +17,7 @@
 
 use pg_hnsw_bench::embed::{cosine_distance, read_sample_questions, Embedder};
 use pg_hnsw_bench::{build_index_with_progress, fail, load_packages, query_run, read_labels, relation_size};
-use pg_hnsw_cluster_tests::{dataset_dir, pg_bindir, read_fvecs, read_ivecs, Client, Cluster, NoTls};
+use pg_hnsw_cluster_tests::{dataset_dir, pg_bindir, pg_major, read_fvecs, read_ivecs, Client, Cluster, NoTls};
 use pgvector::Vector;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -34,7 +34,10 @@ struct Args {
 const USAGE: &str = "usage: demo [--ask \"QUESTION\"]... [--port N] [--connect CONNSTR] [--dataset DIR] [--fresh]";
 
 fn parse_args() -> Args {
-    let mut args = Args { port: 54329, connect: None, dataset: dataset_dir(), ask: Vec::new(), fresh: false };
+    // One default port per version, so a PostgreSQL 15 demo left running does
+    // not stand in the way of a PostgreSQL 18 one.
+    let port = if pg_major() == 15 { 54329 } else { 54300 + pg_major() as u16 };
+    let mut args = Args { port, connect: None, dataset: dataset_dir(), ask: Vec::new(), fresh: false };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| fail(&format!("{a} needs a value"), "see --help"));
@@ -85,8 +88,8 @@ fn check_extension_installed() {
     let share = out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
     if !Path::new(&share).join("extension/pg_hnsw.control").exists() {
         fail(
-            "the pg_hnsw extension is not installed into PostgreSQL 15",
-            "run scripts/demo.sh (it installs it), or cargo pgrx install --release",
+            &format!("the pg_hnsw extension is not installed into PostgreSQL {}", pg_major()),
+            "run scripts/demo.sh (it installs it), or cargo pgrx install --release --pg-config PG_CONFIG",
         );
     }
 }
@@ -133,6 +136,21 @@ fn answer(client: &mut Client, stmt: &postgres::Statement, question: &str, v: &[
     println!();
 }
 
+/// Prints the server's version and the plan of the questions' query (the
+/// hnsw index scan), so a run shows which server answered and how.
+fn print_server_and_plan(client: &mut Client) {
+    let version: String = client.query_one("SHOW server_version", &[]).unwrap().get(0);
+    let probe = "EXPLAIN (COSTS OFF) SELECT name, description, embedding <=> (SELECT embedding FROM packages LIMIT 1) \
+                 AS distance FROM packages ORDER BY 3 LIMIT 5";
+    let plan: Vec<String> = client.query(probe, &[]).unwrap().iter().map(|r| r.get::<_, String>(0)).collect();
+    let scan = plan
+        .iter()
+        .find(|l| l.contains("Index Scan"))
+        .or_else(|| plan.iter().find(|l| l.contains(" Scan ")))
+        .map(|l| l.trim().trim_start_matches("->  ").to_string());
+    println!("Server: PostgreSQL {version}; plan: {}\n", scan.unwrap_or_else(|| "no scan node".into()));
+}
+
 /// Reads questions from the terminal until an empty line or end of input.
 fn prompt_loop(client: &mut Client, stmt: &postgres::Statement, embedder: &Embedder) {
     use std::io::BufRead;
@@ -170,7 +188,9 @@ fn main() {
     let model_s = t.elapsed().as_secs_f64();
     let dir = &args.dataset;
     let base = read_fvecs(&dir.join("base.fvecs"), usize::MAX);
-    let base_dir = repo.join("target/demo");
+    // One cluster directory per version (a data directory only starts under
+    // the major version that created it).
+    let base_dir = repo.join(demo_dir_name());
 
     // --ask reuses the table and index a previous run left, when complete.
     if !args.ask.is_empty() && !args.fresh {
@@ -182,7 +202,8 @@ fn main() {
             if packages_ready(&mut client, base.len()) {
                 let stmt = client.prepare(ASK_SQL).unwrap();
                 client.batch_execute("SET hnsw.ef_search = 40").unwrap();
-                println!("(model loaded in {model_s:.1} s; table `packages` and its index from the previous run)\n");
+                println!("(model loaded in {model_s:.1} s; table `packages` and its index from the previous run)");
+                print_server_and_plan(&mut client);
                 for q in &args.ask {
                     let v = embedder.embed(q).unwrap_or_else(|e| fail(&e, "check the model files"));
                     answer(&mut client, &stmt, q, &v);
@@ -203,7 +224,12 @@ fn main() {
                     "pass --port N with a free port, or stop what listens there",
                 );
             }
-            println!("Starting a throwaway PostgreSQL 15 cluster in {} on port {} ...", base_dir.display(), args.port);
+            println!(
+                "Starting a throwaway PostgreSQL {} cluster in {} on port {} ...",
+                pg_major(),
+                base_dir.display(),
+                args.port
+            );
             let cluster = Cluster::start_in(&base_dir, args.port, &[]);
             let conn = cluster.conn_string();
             (Some(cluster), conn)
@@ -236,6 +262,7 @@ fn main() {
     println!("  index built in {:.1} s, {:.1} MB\n", build.as_secs_f64(), size as f64 / 1e6);
     client.batch_execute("SET hnsw.ef_search = 40").unwrap();
     let ask = client.prepare(ASK_SQL).unwrap();
+    print_server_and_plan(&mut client);
 
     if !args.ask.is_empty() {
         for q in &args.ask {
@@ -318,14 +345,25 @@ fn main() {
     finish(cluster);
 }
 
+/// The throwaway cluster's directory under the repository: `target/demo` on
+/// PostgreSQL 15, `target/demo-pgNN` on other versions.
+fn demo_dir_name() -> String {
+    match pg_major() {
+        15 => "target/demo".to_string(),
+        major => format!("target/demo-pg{major}"),
+    }
+}
+
 /// Prints how to reach (and stop) the cluster, leaving it running.
 fn finish(cluster: Option<Cluster>) {
     match cluster {
         Some(cluster) => {
             println!("\nThe cluster is still running. Connect with:");
-            println!("  psql -h {} -p {} -U postgres", cluster.socket_dir.display(), cluster.port);
+            let psql = pg_bindir().join("psql");
+            println!("  {} -h {} -p {} -U postgres", psql.display(), cluster.socket_dir.display(), cluster.port);
             println!("  e.g. SELECT name FROM packages ORDER BY embedding <=> (SELECT embedding FROM packages WHERE name = 'nginx') LIMIT 5;");
-            println!("Ask more questions (reuses this table and index): scripts/demo.sh --ask \"your question\"");
+            let pg = if pg_major() == 15 { String::new() } else { format!("--pg {} ", pg_major()) };
+            println!("Ask more questions (reuses this table and index): scripts/demo.sh {pg}--ask \"your question\"");
             println!("Stop it with:");
             println!("  sudo -u postgres {}/pg_ctl -D {} stop", pg_bindir().display(), cluster.data.display());
             cluster.leave_running();
