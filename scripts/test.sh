@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of pg_hnsw on this machine, installing what it needs first,
-# on PostgreSQL 15 (all of them) and then on PostgreSQL 18 (all but two
-# whole-cluster test files, see PG18_SKIP):
+# on PostgreSQL 15 and then on PostgreSQL 18 (the full suite on each):
 #  1. unit tests of the pure Rust code and the in-database #[pg_test]s
 #     (`cargo pgrx test pgNN`, on a temporary cluster run as postgres);
 #  2. whole-cluster tests in pgrx-tests/ (client compatibility, recall on the
@@ -22,14 +21,6 @@ disk() { echo "test.sh: $1: $(df -h --output=avail . | tail -1 | tr -d ' ') free
 disk "start"
 
 export CARGO_PGRX_TEST_RUNAS=postgres
-# Whole-cluster test files not run on PostgreSQL 18, and why:
-# - recall_fn: PostgreSQL 18.6 returns an invalid ctid, (4294967295,0), for
-#   rows an index scan passes through the executor's reorder queue (any
-#   index that asks for an ORDER BY recheck, GiST's too), and hnsw_recall
-#   tells rows apart by ctid;
-# - migration: the PostgreSQL 18 build comes with pgvector 0.8.6 installed
-#   as `vector`, which scripts/install-as-vector.sh rightly refuses to replace.
-PG18_SKIP="recall_fn migration"
 for major in ${PG_HNSW_TEST_PG:-15 18}; do
   pg_config="$(bash scripts/pg-config.sh "$major")"
   echo "test.sh: PostgreSQL $major ($pg_config)"
@@ -39,14 +30,7 @@ for major in ${PG_HNSW_TEST_PG:-15 18}; do
   disk "PostgreSQL $major: unit and #[pg_test] tests passed"
 
   cargo pgrx install --pg-config "$pg_config"
-  tests=()
-  if [ "$major" = 18 ]; then
-    for f in pgrx-tests/tests/*.rs; do
-      name="$(basename "$f" .rs)"
-      case " $PG18_SKIP " in *" $name "*) ;; *) tests+=(--test "$name") ;; esac
-    done
-  fi
-  (cd pgrx-tests && PG_CONFIG="$pg_config" cargo test "${tests[@]}" -- --test-threads=2)
+  (cd pgrx-tests && PG_CONFIG="$pg_config" cargo test -- --test-threads=2)
   disk "PostgreSQL $major: cluster tests passed"
 done
 cargo test --release --manifest-path bench/Cargo.toml

@@ -62,8 +62,40 @@ fn answers(c: &mut Client) -> Vec<Vec<String>> {
     out
 }
 
+/// Keeps a real pgvector out of the way while the test runs: the
+/// PostgreSQL 18 build that `scripts/setup.sh` fetches ships pgvector as
+/// `vector`. Its `vector.control` is moved to a backup name on creation and
+/// put back on drop (after pg_hnsw's `vector` files are removed), also
+/// when the test fails.
+struct PgvectorSetAside {
+    backup: Option<PathBuf>,
+}
+
+impl PgvectorSetAside {
+    fn new() -> PgvectorSetAside {
+        let control = extension_dir().join("vector.control");
+        let foreign = std::fs::read_to_string(&control).is_ok_and(|t| !t.contains("pg_hnsw installed as vector"));
+        if !foreign {
+            return PgvectorSetAside { backup: None };
+        }
+        let backup = extension_dir().join("vector.control.test-backup");
+        std::fs::rename(&control, &backup).unwrap();
+        PgvectorSetAside { backup: Some(backup) }
+    }
+}
+
+impl Drop for PgvectorSetAside {
+    fn drop(&mut self) {
+        if let Some(backup) = &self.backup {
+            let _ = install_as_vector(&["--uninstall"]);
+            std::fs::rename(backup, extension_dir().join("vector.control")).unwrap();
+        }
+    }
+}
+
 #[test]
 fn migration_from_pgvector() {
+    let _aside = PgvectorSetAside::new();
     install_script_refuses_to_overwrite_pgvector();
     pg_dump_of_a_vector_database_restores_into_pg_hnsw();
 }

@@ -73,12 +73,22 @@ const EF_RANGE: (i32, i32) = (1, 1000);
 // The pure part: recall, percentiles, the bisection.
 // ---------------------------------------------------------------------------
 
+/// One result row of the exact or the index query: the row's heap TID as
+/// text (`ctid::text`) and its distance to the query.
+pub type Ranked = (String, f64);
+
+/// The text PostgreSQL 18.6 gives as `ctid` of rows that an index scan
+/// passed through the executor's ORDER BY reorder queue (it does so for
+/// every index that asks for a recheck of ORDER BY values, GiST's too):
+/// such rows cannot be told apart by TID, only by distance.
+pub const LOST_TID: &str = "(4294967295,0)";
+
 /// Drops the query row `self_tid` from a result list fetched with `LIMIT
 /// k + 1` (or, when the row is not in it, the last entry), keeping at most
-/// `k` heap TIDs. Without a query row, keeps the first `k`.
-pub fn without_self(mut list: Vec<String>, self_tid: Option<&str>, k: usize) -> Vec<String> {
+/// `k` rows. Without a query row, keeps the first `k`.
+pub fn without_self(mut list: Vec<Ranked>, self_tid: Option<&str>, k: usize) -> Vec<Ranked> {
     if let Some(me) = self_tid {
-        if let Some(at) = list.iter().position(|t| t == me) {
+        if let Some(at) = list.iter().position(|t| t.0 == me) {
             list.remove(at);
         }
     }
@@ -86,10 +96,30 @@ pub fn without_self(mut list: Vec<String>, self_tid: Option<&str>, k: usize) -> 
     list
 }
 
-/// Number of entries of `found` that are in `truth` (heap TIDs are unique
-/// within one list).
-pub fn hits(found: &[String], truth: &[String]) -> usize {
-    found.iter().filter(|f| truth.contains(f)).count()
+/// [`without_self`] for an index result whose TIDs were lost
+/// ([`LOST_TID`]): drops the first row at the query row's own distance
+/// `self_distance` (from the exact list; `None` when the query is not a
+/// table row), keeping at most `k` rows.
+pub fn without_self_by_distance(mut list: Vec<Ranked>, self_distance: Option<f64>, k: usize) -> Vec<Ranked> {
+    if let Some(d) = self_distance {
+        if let Some(at) = list.iter().position(|t| t.1 == d) {
+            list.remove(at);
+        }
+    }
+    list.truncate(k);
+    list
+}
+
+/// Number of entries of `found` that are in `truth`: by heap TID (unique
+/// within one list), or, when the index result lost its TIDs
+/// ([`LOST_TID`]), the rows no farther than the exact k-th distance (rows
+/// tied at that distance are interchangeable), at most `truth.len()`.
+pub fn hits(found: &[Ranked], truth: &[Ranked]) -> usize {
+    if found.iter().any(|f| f.0 == LOST_TID) {
+        let Some(kth) = truth.last().map(|t| t.1) else { return 0 };
+        return found.iter().filter(|f| f.1 <= kth).count().min(truth.len());
+    }
+    found.iter().filter(|f| truth.iter().any(|t| t.0 == f.0)).count()
 }
 
 /// The `p`-quantile (0..=1) of ascending `sorted` values by nearest rank
@@ -300,8 +330,10 @@ impl Plan {
         Plan { plan, sql }
     }
 
-    /// Runs the plan with `arg` and returns the first column of each row.
-    fn run(&self, arg: pg_sys::Datum) -> Vec<String> {
+    /// Runs the plan with `arg` and returns each row's first two columns:
+    /// the heap TID as text and the distance (a NULL distance reads as
+    /// infinity).
+    fn run(&self, arg: pg_sys::Datum) -> Vec<Ranked> {
         let mut values = [arg];
         let nulls = [b' ' as std::ffi::c_char];
         // SAFETY: the plan was prepared with one parameter of arg's type;
@@ -310,7 +342,15 @@ impl Plan {
         if status < 0 {
             spi_failed(status, &self.sql);
         }
-        take_rows().into_iter().filter_map(|r| r.into_iter().next().flatten()).collect()
+        take_rows()
+            .into_iter()
+            .filter_map(|r| {
+                let mut it = r.into_iter();
+                let tid = it.next().flatten()?;
+                let distance = it.next().flatten().and_then(|d| d.parse().ok()).unwrap_or(f64::INFINITY);
+                Some((tid, distance))
+            })
+            .collect()
     }
 }
 
@@ -523,13 +563,15 @@ fn ef_list(values: Vec<Option<i32>>, argument: &str) -> Vec<i32> {
 struct Query {
     datum: pg_sys::Datum,
     self_tid: Option<String>,
+    /// The query row's distance to itself, from the exact list.
+    self_distance: Option<f64>,
 }
 
 /// A prepared run: queries with their exact top-k, and the index query.
 struct Run {
     k: usize,
     queries: Vec<Query>,
-    truths: Vec<Vec<String>>,
+    truths: Vec<Vec<Ranked>>,
     index_plan: Plan,
 }
 
@@ -549,7 +591,11 @@ impl Run {
             let found = self.index_plan.run(q.datum);
             let ms = start.elapsed().as_secs_f64() * 1000.0;
             let visited = super::scan::visited_in_last_scan();
-            let found = without_self(found, q.self_tid.as_deref(), self.k);
+            let found = if found.iter().any(|f| f.0 == LOST_TID) {
+                without_self_by_distance(found, q.self_distance, self.k)
+            } else {
+                without_self(found, q.self_tid.as_deref(), self.k)
+            };
             outcomes.push(QueryOutcome { hits: hits(&found, truth), truth: truth.len(), ms, visited });
         }
         summarize(ef_search, self.k as i32, &outcomes)
@@ -711,7 +757,7 @@ fn with_run<R>(index: &PgRelation, o: &Options, f: impl FnOnce(&Run) -> R) -> R 
         }
         let queries: Vec<Query> = texts
             .into_iter()
-            .map(|(text, self_tid)| Query { datum: input_datum(t.query_type, &text), self_tid })
+            .map(|(text, self_tid)| Query { datum: input_datum(t.query_type, &text), self_tid, self_distance: None })
             .collect();
         if o.queries.is_some() || o.query_table.is_some() {
             // A query whose distance to itself is undefined (a zero vector
@@ -730,18 +776,21 @@ fn with_run<R>(index: &PgRelation, o: &Options, f: impl FnOnce(&Run) -> R) -> R 
 
         let k = o.k as usize;
         let sql = format!(
-            "SELECT ctid::text FROM {} WHERE {where_results} ORDER BY {} {} $1 LIMIT {}",
+            "SELECT ctid::text, ({e} {op} $1)::float8 FROM {} WHERE {where_results} ORDER BY {e} {op} $1 LIMIT {}",
             t.table,
-            t.expr,
-            t.op,
-            k + 1
+            k + 1,
+            e = t.expr,
+            op = t.op,
         );
         // Exact top-k: sequential scans.
         let exact_plan = Plan::new(sql.clone(), t.query_type);
         let mut truths = Vec::with_capacity(queries.len());
-        for q in &queries {
+        let mut queries = queries;
+        for q in &mut queries {
             pgrx::check_for_interrupts!();
-            truths.push(without_self(exact_plan.run(q.datum), q.self_tid.as_deref(), k));
+            let exact = exact_plan.run(q.datum);
+            q.self_distance = q.self_tid.as_ref().and_then(|me| exact.iter().find(|r| &r.0 == me)).map(|r| r.1);
+            truths.push(without_self(exact, q.self_tid.as_deref(), k));
         }
         if truths.iter().all(|t| t.is_empty()) {
             raise(
@@ -914,16 +963,35 @@ extension_sql!(
 mod tests {
     use super::*;
 
-    fn tids(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    fn tids(v: &[&str]) -> Vec<Ranked> {
+        v.iter().enumerate().map(|(i, s)| (s.to_string(), i as f64)).collect()
     }
 
     #[test]
     fn self_row_is_dropped_or_the_list_is_cut() {
         let l = tids(&["(0,1)", "(0,2)", "(0,3)"]);
-        assert_eq!(without_self(l.clone(), Some("(0,2)"), 2), tids(&["(0,1)", "(0,3)"]));
-        assert_eq!(without_self(l.clone(), Some("(9,9)"), 2), tids(&["(0,1)", "(0,2)"]));
+        let names = |v: Vec<Ranked>| v.into_iter().map(|r| r.0).collect::<Vec<_>>();
+        assert_eq!(names(without_self(l.clone(), Some("(0,2)"), 2)), ["(0,1)", "(0,3)"]);
+        assert_eq!(names(without_self(l.clone(), Some("(9,9)"), 2)), ["(0,1)", "(0,2)"]);
         assert_eq!(without_self(l.clone(), None, 5), l);
+    }
+
+    #[test]
+    fn hits_by_tid_or_by_distance_when_tids_are_lost() {
+        let truth: Vec<Ranked> = vec![("(0,1)".into(), 0.1), ("(0,2)".into(), 0.2), ("(0,3)".into(), 0.3)];
+        let found: Vec<Ranked> = vec![("(0,2)".into(), 0.2), ("(0,9)".into(), 0.25), ("(0,1)".into(), 0.1)];
+        assert_eq!(hits(&found, &truth), 2);
+        // Lost TIDs: rows within the exact 3rd distance count; a row tied
+        // at that distance counts too.
+        let lost = |d: &[f64]| d.iter().map(|&d| (LOST_TID.to_string(), d)).collect::<Vec<Ranked>>();
+        assert_eq!(hits(&lost(&[0.1, 0.2, 0.4]), &truth), 2);
+        assert_eq!(hits(&lost(&[0.1, 0.2, 0.3]), &truth), 3);
+        assert_eq!(hits(&lost(&[0.5]), &truth), 0);
+        assert_eq!(hits(&lost(&[0.1]), &[]), 0);
+        // The query row is dropped by its own distance, once.
+        let kept = without_self_by_distance(lost(&[0.0, 0.0, 0.2]), Some(0.0), 2);
+        assert_eq!(kept.iter().map(|r| r.1).collect::<Vec<_>>(), [0.0, 0.2]);
+        assert_eq!(without_self_by_distance(lost(&[0.1, 0.2, 0.3]), None, 2).len(), 2);
     }
 
     #[test]
