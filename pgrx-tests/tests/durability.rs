@@ -15,7 +15,7 @@ fn assert_check_passes(c: &mut Client, index: &str) {
         .map(|r| format!("{}: {} ({})", r.get::<_, String>(0), r.get::<_, bool>(1), r.get::<_, String>(2)))
         .collect();
     assert!(rows.iter().all(|r| r.get::<_, bool>(1)), "{index}:\n{}", report.join("\n"));
-    assert_eq!(rows.len(), 5, "{report:?}");
+    assert_eq!(rows.len(), 6, "{report:?}");
 }
 
 /// Top-10 ids for `q` through the index.

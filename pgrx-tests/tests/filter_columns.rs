@@ -204,23 +204,37 @@ fn inserts_updates_and_vacuum_keep_the_keys() {
     .unwrap();
     let check = |c: &mut Client, when: &str| {
         let rows = c.query("SELECT check_name, passed, detail FROM hnsw_index_check('items_keyed')", &[]).unwrap();
-        assert_eq!(rows.len(), 5, "{when}");
+        assert_eq!(rows.len(), 6, "{when}");
         for r in rows {
             let (name, passed, detail): (String, bool, String) = (r.get(0), r.get(1), r.get(2));
             assert!(passed, "{when}: {name}: {detail}");
         }
     };
+    // Every matching row, through the graph walk and the exact pass that
+    // follows it, and with a walk budget of one element, through the exact
+    // pass and so the key directory alone (an element without its entry
+    // would be missing).
     let complete = |c: &mut Client, when: &str| {
         c.batch_execute("SET enable_seqscan = off").unwrap();
-        for cond in ["cat = 'c1'", "cat = 'c3'", "tags && '{4}'", "tags @> '{0}' AND cat = 'c0'"] {
-            let sql = format!("SELECT i FROM items WHERE {cond} ORDER BY v <-> '[0.3,0.3,0.3]' LIMIT 100000");
-            let mut found = ids(c, &sql);
-            found.sort_unstable();
-            let mut exact = ids(c, &format!("SELECT i FROM items WHERE {cond} ORDER BY i"));
-            exact.sort_unstable();
-            assert_eq!(found, exact, "{when}: {cond}");
+        for budget in ["DEFAULT", "1"] {
+            c.batch_execute(&format!("SET hnsw.max_scan_tuples = {budget}; SET hnsw.ef_search = 1")).unwrap();
+            for cond in ["cat = 'c1'", "cat = 'c3'", "tags && '{4}'", "tags @> '{0}' AND cat = 'c0'"] {
+                let sql = format!("SELECT i FROM items WHERE {cond} ORDER BY v <-> '[0.3,0.3,0.3]' LIMIT 100000");
+                let mut found = ids(c, &sql);
+                found.sort_unstable();
+                let mut exact = ids(c, &format!("SELECT i FROM items WHERE {cond} ORDER BY i"));
+                exact.sort_unstable();
+                assert_eq!(found, exact, "{when}: {cond}, max_scan_tuples {budget}");
+            }
         }
-        c.batch_execute("RESET enable_seqscan").unwrap();
+        c.batch_execute("RESET enable_seqscan; RESET hnsw.max_scan_tuples; RESET hnsw.ef_search").unwrap();
+    };
+    // The key directory's row: entries, and those of freed or reused
+    // elements (which VACUUM drops).
+    let directory = |c: &mut Client| -> String {
+        c.query_one("SELECT detail FROM hnsw_index_check('items_keyed') WHERE check_name = 'key directory'", &[])
+            .unwrap()
+            .get(0)
     };
     complete(&mut c, "after inserts");
     check(&mut c, "after inserts");
@@ -231,9 +245,17 @@ fn inserts_updates_and_vacuum_keep_the_keys() {
     )
     .unwrap();
     complete(&mut c, "after updates and deletes");
+    let before = directory(&mut c);
     c.batch_execute("VACUUM items").unwrap();
     complete(&mut c, "after VACUUM");
     check(&mut c, "after VACUUM");
+    // 3,000 rows and 450 new versions from the updates had an entry each
+    // (the 150 updates that set `cat` to the value it had are HOT: no new
+    // index entry); VACUUM freed the elements of the old versions and the
+    // deleted rows and dropped their entries.
+    assert!(before.starts_with("3450 entries") && before.contains("3450 live"), "{before}");
+    let after = directory(&mut c);
+    assert!(after.starts_with("2000 entries") && after.contains("for 2000 live elements (0 for freed"), "{after}");
     // Inserts reuse the freed elements with their own keys.
     c.batch_execute(
         "INSERT INTO items SELECT i, ARRAY[random(), random(), random()], 'c' || (i % 4), ARRAY[i % 9, 100]

@@ -40,10 +40,10 @@ fn show(report: &Report) -> String {
     report.iter().map(|(n, p, d)| format!("  {n}: {p} ({d})")).collect::<Vec<_>>().join("\n")
 }
 
-/// Runs the check and fails with its report unless all five checks passed.
+/// Runs the check and fails with its report unless all six checks passed.
 fn assert_check_passes(c: &mut Client, index: &str) -> Report {
     let report = check(c, index);
-    assert_eq!(report.len(), 5, "{index}:\n{}", show(&report));
+    assert_eq!(report.len(), 6, "{index}:\n{}", show(&report));
     assert!(report.iter().all(|r| r.1), "{index}:\n{}", show(&report));
     report
 }

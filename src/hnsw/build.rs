@@ -166,7 +166,9 @@ fn progress(param: u32, value: i64) {
 }
 
 /// The meta page contents of an index of `codec` elements.
-fn meta_for(codec: Codec, params: Params, entry: Option<(ItemPointer, u16)>) -> Meta {
+/// `keys_head` is the first key directory page of an index with filter
+/// columns (`None` without).
+fn meta_for(codec: Codec, params: Params, entry: Option<(ItemPointer, u16)>, keys_head: Option<u32>) -> Meta {
     Meta {
         codec,
         m: params.m as u32,
@@ -174,6 +176,8 @@ fn meta_for(codec: Codec, params: Params, entry: Option<(ItemPointer, u16)>) -> 
         entry,
         free_hint: None,
         healed_blocks: 0,
+        keys_head,
+        keys_hint: None,
     }
 }
 
@@ -276,7 +280,7 @@ pub unsafe extern "C-unwind" fn ambuild(
     };
     if let Some(graph) = finish_in_memory(&mut state) {
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PROGRESS_PHASE_WRITE);
-        write_graph(&state.rel, &graph, &state.keys);
+        write_graph(&state.rel, &graph, &state.keys, !state.key_columns.is_empty());
         drop(graph);
         pgrx::ereport!(
             DEBUG1,
@@ -290,7 +294,8 @@ pub unsafe extern "C-unwind" fn ambuild(
         );
     } else if !state.spilled {
         // No row was indexed: an empty index (meta page only).
-        write_graph(&state.rel, &MemoryGraph::new(BuildSpace(codec), params, state.max_level), &KeyTable::default());
+        let empty = MemoryGraph::new(BuildSpace(codec), params, state.max_level);
+        write_graph(&state.rel, &empty, &KeyTable::default(), !state.key_columns.is_empty());
     }
     // SAFETY: palloc0 returns zeroed memory for the result struct.
     unsafe {
@@ -467,7 +472,7 @@ fn spill_to_disk(state: &mut BuildState) {
         format!("hnsw graph no longer fits into maintenance_work_mem after {} tuples", state.index_tuples as u64),
         "Building will take significantly more time. Increase maintenance_work_mem to speed up builds."
     );
-    write_graph(&state.rel, &graph, &keys);
+    write_graph(&state.rel, &graph, &keys, !state.key_columns.is_empty());
 }
 
 /// Where each element's two items go, `(element item, neighbor item)`, and
@@ -526,21 +531,29 @@ fn keys_of<'a>(graph: &MemoryGraph<BuildSpace>, keys: &'a KeyTable, id: u32) -> 
 }
 
 /// Lays `graph` out on pages after the meta page and writes them, then
-/// WAL-logs the whole index; `keys` holds the elements' filter keys. The
+/// WAL-logs the whole index; `keys` holds the elements' filter keys. With
+/// filter columns (`keyed`), the key directory follows the graph pages
+/// ([`super::directory`]): one entry per element, at least one page. The
 /// index must be empty.
 ///
 /// Items are added in insertion order; a page is written (in block order)
 /// as soon as all its items are in, so only the few pages still receiving
 /// neighbor items are held in memory.
-pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph<BuildSpace>, keys: &KeyTable) {
+pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph<BuildSpace>, keys: &KeyTable, keyed: bool) {
     let (params, codec) = (graph.params(), graph.space().0);
     let (placement, items) = place(graph, params.m, keys);
     let entry = graph.entry().map(|(id, level)| (placement[id as usize].0, level as u16));
     let mut meta_page = PageImage::new(PageKind::Meta);
-    meta_for(codec, params, entry).write_page(&mut meta_page.0);
+    // The directory starts right after the graph pages (none when empty).
+    let graph_pages = if graph.is_empty() { 0 } else { items.len() as u32 };
+    let keys_head = keyed.then_some(graph_pages + 1);
+    meta_for(codec, params, entry, keys_head).write_page(&mut meta_page.0);
     let meta_block = rel.append_unlogged_image(&meta_page.0);
     assert_eq!(meta_block, page::META_BLOCK, "meta page must be block 0");
     if graph.is_empty() {
+        if keyed {
+            write_directory(rel, &[], 1);
+        }
         rel.log_all_pages();
         return;
     }
@@ -579,17 +592,49 @@ pub fn write_graph(rel: &IndexRel, graph: &MemoryGraph<BuildSpace>, keys: &KeyTa
         add(ntid, &encode_neighbors(params.m, graph.level(id), &lists, graph.spare_links(id)), &mut open);
     }
     assert!(open.is_empty(), "every page was written");
+    if let Some(head) = keys_head {
+        let entries: Vec<(ItemPointer, &[u8])> =
+            (0..graph.len() as u32).map(|id| (placement[id as usize].0, keys_of(graph, keys, id))).collect();
+        write_directory(rel, &entries, head);
+    }
     rel.log_all_pages();
+}
+
+/// Writes the key directory of a new index from block `head` on: an entry
+/// per `(element, key blob)` (version 0: a new element), chained, at least
+/// one page.
+fn write_directory(rel: &IndexRel, entries: &[(ItemPointer, &[u8])], head: u32) {
+    let mut image = PageImage::new(PageKind::Graph);
+    page::init_directory_page(&mut image.0);
+    let mut block = head;
+    for &(element, keys) in entries {
+        let item = page::DirectoryEntry { element, version: 0, keys }.encode();
+        if page::add_item(&mut image.0, &item).is_none() {
+            page::set_directory_next(&mut image.0, block + 1);
+            let written = rel.append_unlogged_image(&image.0);
+            assert_eq!(written, block, "directory pages are written in order");
+            block += 1;
+            page::init_directory_page(&mut image.0);
+            page::add_item(&mut image.0, &item).expect("an entry always fits an empty page");
+            pgrx::check_for_interrupts!();
+        }
+    }
+    let written = rel.append_unlogged_image(&image.0);
+    assert_eq!(written, block, "directory pages are written in order");
 }
 
 /// `ambuildempty`: the init fork of an unlogged index (an empty meta page).
 #[pg_guard]
 pub unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
     let params = options::params_of(index);
-    let meta = meta_for(index_codec(index), params, None);
+    let keyed = !key_datum::key_columns(index).is_empty();
+    let meta = meta_for(index_codec(index), params, None, keyed.then_some(1));
     let rel = IndexRel::init_fork(index);
     let mut image = PageImage::new(PageKind::Meta);
     meta.write_page(&mut image.0);
     rel.append_unlogged_image(&image.0);
+    if keyed {
+        write_directory(&rel, &[], 1);
+    }
     rel.log_all_pages();
 }

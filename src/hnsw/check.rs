@@ -5,7 +5,8 @@
 //! before checking that it points at an element it has seen.
 //!
 //! Checks: the meta page; every page and item; element → neighbor item
-//! links; neighbor lists (bounds, targets present on the layer and not
+//! links; the key directory of an index with filter columns (every live
+//! element has an entry of its version and keys); neighbor lists (bounds, targets present on the layer and not
 //! free); every live element reachable from the entry point over layer-0
 //! links, walking through deleted elements as scans do (an unreachable
 //! element holding only rows the heap no longer shows, left by an insert
@@ -89,6 +90,13 @@ struct Graph {
     neighbor_items: Vec<(ItemPointer, u8)>,
     /// Heap TIDs of elements that are not deleted.
     heap_tids: Vec<ItemPointer>,
+    /// Key directory pages found, and their entries: element, version,
+    /// hash of the key blob.
+    directory_pages: Vec<u32>,
+    directory: Vec<(ItemPointer, u8, u64)>,
+    /// Live elements of an index with a key directory: address, version,
+    /// hash of the key blob.
+    keyed: Vec<(ItemPointer, u8, u64)>,
 }
 
 impl Graph {
@@ -101,6 +109,7 @@ impl Graph {
         self.elements.capacity() * std::mem::size_of::<Element>()
             + self.neighbor_items.capacity() * std::mem::size_of::<(ItemPointer, u8)>()
             + self.heap_tids.capacity() * std::mem::size_of::<ItemPointer>()
+            + (self.directory.capacity() + self.keyed.capacity()) * std::mem::size_of::<(ItemPointer, u8, u64)>()
     }
 }
 
@@ -211,6 +220,17 @@ fn collect(rel: &IndexRel, meta: &Meta, key_columns: usize, graph: &mut Graph, p
                 Ok(r) => r,
                 Err(e) => return pages.add(format!("block {block}: {e}")),
             };
+            if page::is_directory_page(p) {
+                graph.directory_pages.push(block);
+                try_reserve(&mut graph.directory, r.max_offset() as usize, "hnsw_index_check");
+                for offset in 1..=r.max_offset() {
+                    match r.item(offset).and_then(page::DirectoryEntry::read) {
+                        Ok(e) => graph.directory.push((e.element, e.version, keys_hash(e.keys))),
+                        Err(e) => pages.add(format!("directory entry {}: {e}", at(ItemPointer { block, offset }))),
+                    }
+                }
+                return;
+            }
             let n = r.max_offset() as usize;
             try_reserve(&mut graph.elements, n, "hnsw_index_check");
             try_reserve(&mut graph.neighbor_items, n, "hnsw_index_check");
@@ -239,6 +259,10 @@ fn collect(rel: &IndexRel, meta: &Meta, key_columns: usize, graph: &mut Graph, p
                             let flags = (e.is_deleted() as u8 * DELETED) | (e.is_free() as u8 * FREE);
                             if flags == 0 {
                                 graph.heap_tids.extend((0..e.heap_tid_count()).map(|i| e.heap_tid(i)));
+                                if meta.keys_head.is_some() {
+                                    try_reserve(&mut graph.keyed, 1, "hnsw_index_check");
+                                    graph.keyed.push((tid, e.head().version, keys_hash(e.keys())));
+                                }
                             }
                             let (neighbors, level) = (e.neighbors(), e.level() as u8);
                             graph.elements.push(Element { tid, neighbors, level, flags });
@@ -722,6 +746,82 @@ fn free_link_now(rel: &IndexRel, meta: &Meta, x: &Element, layer: usize, t: Item
 }
 
 /// How many collected live elements are still live now (for the empty
+/// Hash of a key blob, to compare an element's keys with its directory
+/// entry's without keeping either.
+fn keys_hash(keys: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    keys.hash(&mut h);
+    h.finish()
+}
+
+/// The key directory of an index with filter columns: every directory page
+/// on the chain from the meta page, and every live element with an entry
+/// of its version and keys. An element without one counts only if it is
+/// still so after in-flight inserts finish (an insert writes the entry
+/// after the element) and the directory, read again, still lacks it.
+fn check_directory(rel: &IndexRel, meta: &Meta, graph: &mut Graph) -> Row {
+    let name = "key directory";
+    if meta.keys_head.is_none() {
+        let detail = if graph.directory_pages.is_empty() {
+            "none (an index without filter columns, or built before format 6: REINDEX adds one)"
+        } else {
+            "directory pages but no chain on the meta page"
+        };
+        return (name.into(), graph.directory_pages.is_empty(), detail.into());
+    }
+    let mut problems = Problems::default();
+    let chain = super::directory::pages(rel, meta);
+    let mut on_chain = chain.clone();
+    on_chain.sort_unstable();
+    for b in &graph.directory_pages {
+        if on_chain.binary_search(b).is_err() {
+            problems.add(format!("directory page {b} is not on the chain from the meta page"));
+        }
+    }
+    graph.directory.sort_unstable();
+    let has = |d: &[(ItemPointer, u8, u64)], k: &(ItemPointer, u8, u64)| d.binary_search(k).is_ok();
+    let mut missing: Vec<(ItemPointer, u8, u64)> =
+        graph.keyed.iter().filter(|k| !has(&graph.directory, k)).copied().collect();
+    if !missing.is_empty() {
+        rel.wait_for_inserts();
+        let mut again = Vec::new();
+        let wanted: rustc_hash::FxHashSet<(ItemPointer, u8)> = missing.iter().map(|k| (k.0, k.1)).collect();
+        for &b in &super::directory::pages(rel, meta) {
+            rel.read(b, |p| {
+                let Ok(r) = PageRef::new(p, PageKind::Graph) else { return };
+                for offset in 1..=r.max_offset() {
+                    if let Ok(e) = r.item(offset).and_then(page::DirectoryEntry::read) {
+                        if wanted.contains(&(e.element, e.version)) {
+                            again.push((e.element, e.version, keys_hash(e.keys)));
+                        }
+                    }
+                }
+            });
+        }
+        again.sort_unstable();
+        missing.retain(|k| {
+            !has(&again, k)
+                && live_element(rel, meta, k.0).is_some_and(|e| e.flags == 0)
+                && super::directory::is_current(rel, &meta.codec, meta.m as usize, k.0, k.1)
+        });
+    }
+    for k in &missing {
+        problems.add(format!("element {} (version {}) has no directory entry with its keys", at(k.0), k.1));
+    }
+    let live: rustc_hash::FxHashSet<(ItemPointer, u8)> = graph.keyed.iter().map(|k| (k.0, k.1)).collect();
+    let stale = graph.directory.iter().filter(|d| !live.contains(&(d.0, d.1))).count();
+    problems.row(
+        name,
+        format!(
+            "{} entries on {} pages for {} live elements ({stale} for freed, deleted or reused elements, dropped by VACUUM)",
+            graph.directory.len(),
+            chain.len(),
+            graph.keyed.len()
+        ),
+    )
+}
+
 /// graph's case: VACUUM may have emptied the index since they were read).
 fn live_element_count(rel: &IndexRel, meta: &Meta, graph: &Graph) -> usize {
     graph
@@ -873,6 +973,7 @@ fn hnsw_index_check(
         ),
     ));
     rows.push(check_lists(&rel, &meta, &graph));
+    rows.push(check_directory(&rel, &meta, &mut graph));
     let reachability = check_reachable(&rel, &meta, &graph, live);
     let (heap, found) = check_heap(cursor, &mut graph);
     let tids = &graph.heap_tids;

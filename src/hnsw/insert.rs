@@ -21,6 +21,7 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use super::directory;
 use super::graph::{prune_neighbors, random_level, Searcher};
 use super::key_datum;
 use super::page::{
@@ -151,7 +152,8 @@ fn add_duplicate(store: &PageStore, tid: ItemPointer, keys: &[u8], payload: &[u8
     .is_some()
 }
 
-/// Puts `item` on the last page if it fits, else on a new page.
+/// Puts `item` on the last page if it fits (and is not a key directory
+/// page), else on a new page.
 fn put_item(rel: &IndexRel, item: &[u8]) -> ItemPointer {
     let nblocks = rel.nblocks();
     if nblocks > 1 {
@@ -163,6 +165,9 @@ fn put_item(rel: &IndexRel, item: &[u8]) -> ItemPointer {
                 return None;
             }
             PageRef::new(p, PageKind::Graph).unwrap_or_else(|e| rel.corrupt(last, e));
+            if page::is_directory_page(p) {
+                return None;
+            }
             page::add_item(p, item)
         });
         if let Some(offset) = offset {
@@ -256,11 +261,19 @@ fn write_element(
     keys: &[u8],
     payload: &[u8],
 ) -> (ItemPointer, ItemPointer) {
-    if let Some(at) = reuse_free_element(store, level, heap_tid, lists, spare0, keys, payload) {
-        return at;
+    let (etid, ntid) = match reuse_free_element(store, level, heap_tid, lists, spare0, keys, payload) {
+        Some(at) => at,
+        None => {
+            let ntid = put_item(&store.rel, &encode_neighbors(store.meta.m as usize, level, lists, spare0));
+            (put_item(&store.rel, &encode_element(level, &[heap_tid], ntid, keys, payload)), ntid)
+        }
+    };
+    // The key directory's entry, after the element it points to (a reused
+    // element has a new version, so its old entry no longer counts).
+    if store.meta.keys_head.is_some() {
+        let version = store.with_element(etid, |e| e.head().version);
+        directory::append(&store.rel, etid, version, keys);
     }
-    let ntid = put_item(&store.rel, &encode_neighbors(store.meta.m as usize, level, lists, spare0));
-    let etid = put_item(&store.rel, &encode_element(level, &[heap_tid], ntid, keys, payload));
     (etid, ntid)
 }
 

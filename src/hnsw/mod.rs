@@ -5,6 +5,7 @@
 //! - [`codec`]: how each element type (`vector`, `halfvec`, `bit`,
 //!   `sparsevec`) is held in the graph and on pages, pure Rust;
 //! - [`page`]: the on-disk format, pure Rust;
+//! - [`directory`]: the key directory of an index with filter columns;
 //! - [`storage`]: buffer access and the graph over buffer pages;
 //! - [`build`] (`CREATE INDEX`), [`insert`] (`INSERT`), [`scan`]
 //!   (`ORDER BY ... LIMIT`), [`vacuum`] (`VACUUM`), [`cost`] (planner),
@@ -17,6 +18,7 @@ pub mod build;
 pub mod check;
 pub mod codec;
 pub mod cost;
+pub mod directory;
 pub mod graph;
 pub mod insert;
 pub mod key_datum;

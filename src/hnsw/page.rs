@@ -20,6 +20,14 @@
 //!     *spare links* (pruned candidates kept in free slots, see
 //!     [`Tuning::spare_links`](super::graph::Tuning::spare_links)), marked
 //!     by [`SPARE_BIT`] in the slot's offset; empty slots are invalid.
+//! - An index with filter columns (format 6) also has **key directory
+//!   pages**: graph pages flagged in their special space
+//!   ([`is_directory_page`]) that hold only *directory entries*
+//!   ([`DirectoryEntry`]: an element's address, its reuse count and a copy
+//!   of its key blob), chained from the meta page's `keys_head` through the
+//!   special space's next-block field. An exact pass tests a filter on the
+//!   directory's few pages instead of every element page, then reads only
+//!   the elements that match (see [`super::directory`]).
 //!
 //! Bytes read from disk are checked ([`PageRef::new`], [`ElementRef::new`],
 //! [`NeighborsRef::new`]) before any field is used; a bad page is a
@@ -48,11 +56,13 @@ pub const META_BLOCK: u32 = 0;
 /// Meta page magic number ("HNSW").
 pub const MAGIC: u32 = 0x484E_5357;
 /// Version of this format, checked on every open (4: element payloads by
-/// codec, the stable part of a `vector` payload first; 5: spare links).
-pub const FORMAT_VERSION: u32 = 5;
+/// codec, the stable part of a `vector` payload first; 5: spare links; 6:
+/// the key directory of a multi-column index).
+pub const FORMAT_VERSION: u32 = 6;
 /// Oldest format version this build reads: format 4 is format 5 without
-/// spare links, so such an index needs no `REINDEX` (its meta page is
-/// stamped 5 at its next update).
+/// spare links, and format 5 is format 6 without a key directory (an exact
+/// pass then reads every element page), so such an index needs no `REINDEX`
+/// (its meta page is stamped 6 at its next update).
 pub const OLDEST_FORMAT_VERSION: u32 = 4;
 /// Tag in every page's special space identifying an `hnsw` page.
 pub const PAGE_ID: u16 = 0xFF91;
@@ -74,6 +84,7 @@ pub const SPARE_BIT: u16 = 0x8000;
 
 const KIND_ELEMENT: u8 = 1;
 const KIND_NEIGHBORS: u8 = 2;
+const KIND_DIRECTORY: u8 = 3;
 const FLAG_DELETED: u8 = 1;
 const FLAG_FREE: u8 = 2;
 /// Set on an element item of a multi-column index: its payload area starts
@@ -165,8 +176,13 @@ pub enum PageKind {
     Graph = 2,
 }
 
-/// The 8-byte special space: `page_id u16 | kind u8 | reserved u8 | reserved u32`.
+/// The 8-byte special space: `page_id u16 | kind u8 | flags u8 | next
+/// u32`; `flags` is [`DIRECTORY_PAGE`] on a key directory page, whose `next`
+/// is the next directory block (0: the last one). Other pages have both 0.
 pub struct Special;
+
+/// Special-space flag of a key directory page.
+const DIRECTORY_PAGE: u8 = 1;
 
 impl Special {
     fn write(page: &mut [u8], kind: PageKind) {
@@ -343,14 +359,22 @@ pub struct Meta {
     /// Added after format 3 was released, at the end of the meta data: older
     /// meta pages read 0 (the bytes past their `pd_lower` are zero).
     pub healed_blocks: u32,
+    /// First key directory page (an index with filter columns, format 6);
+    /// `None`: no directory, an exact pass reads every element page.
+    pub keys_head: Option<u32>,
+    /// A directory page from which on the chain may have room for a new
+    /// entry (set by inserts and VACUUM; a hint, never needed for
+    /// correctness).
+    pub keys_hint: Option<u32>,
 }
 
 /// Bytes of meta data: `magic u32 | version u32 | dims u32 | m u32 |
 /// ef_construction u32 | metric u32 | entry ItemPointer (6) | entry level u16
-/// | free hint u32 | kind u32 | healed_blocks u32 | reserved u32`.
-/// `healed_blocks` was added after format 4 shipped: meta pages written
-/// before it have `pd_lower` at 40 bytes of meta data and zeros after.
-const META_SIZE: usize = 48;
+/// | free hint u32 | kind u32 | healed_blocks u32 | keys_head u32 |
+/// keys_hint u32 | reserved u32`. `healed_blocks` was added after format 4
+/// shipped, the two directory blocks with format 6: meta pages written
+/// before have zeros there (past their `pd_lower`).
+const META_SIZE: usize = 56;
 
 impl Meta {
     /// Writes the meta page image (`page` is one block).
@@ -369,6 +393,8 @@ impl Meta {
         put_u32(b, 32, self.free_hint.unwrap_or(u32::MAX));
         put_u32(b, 36, self.codec.kind() as u32);
         put_u32(b, 40, self.healed_blocks);
+        put_u32(b, 44, self.keys_head.unwrap_or(0));
+        put_u32(b, 48, self.keys_hint.unwrap_or(0));
         // pd_lower covers the meta data so GenericXLog logs it.
         put_u16(page, 12, (PAGE_HEADER_SIZE + META_SIZE) as u16);
     }
@@ -403,7 +429,9 @@ impl Meta {
         let entry = entry.is_valid().then_some((entry, level));
         let free_hint = Some(u32_at(b, 32)).filter(|&h| h != u32::MAX && h != 0);
         let healed_blocks = u32_at(b, 40);
-        Ok(Meta { codec, m, ef_construction, entry, free_hint, healed_blocks })
+        // Block 0 is this page: 0 means none.
+        let (keys_head, keys_hint) = (Some(u32_at(b, 44)).filter(|&h| h != 0), Some(u32_at(b, 48)).filter(|&h| h != 0));
+        Ok(Meta { codec, m, ef_construction, entry, free_hint, healed_blocks, keys_head, keys_hint })
     }
 }
 
@@ -955,6 +983,120 @@ pub fn clear_neighbors(bytes: &mut [u8], m: usize) -> Result<(), PageError> {
     Ok(())
 }
 
+/// Formats `page` as an empty key directory page (a graph page flagged
+/// [`DIRECTORY_PAGE`], no next page).
+pub fn init_directory_page(page: &mut [u8]) {
+    init_page(page, PageKind::Graph);
+    page[SPECIAL_OFFSET + 3] = DIRECTORY_PAGE;
+}
+
+/// Whether a graph page (already validated by [`PageRef::new`]) is a key
+/// directory page: it holds directory entries only, and no element or
+/// neighbor item is ever put on it.
+pub fn is_directory_page(page: &[u8]) -> bool {
+    page.len() == BLCKSZ && page[SPECIAL_OFFSET + 3] == DIRECTORY_PAGE
+}
+
+/// The next page of the directory chain after directory page `page`
+/// (`None`: it is the last).
+pub fn directory_next(page: &[u8]) -> Option<u32> {
+    Some(u32_at(page, SPECIAL_OFFSET + 4)).filter(|&b| b != 0)
+}
+
+/// Links directory page `page` to `next`.
+pub fn set_directory_next(page: &mut [u8], next: u32) {
+    put_u32(page, SPECIAL_OFFSET + 4, next);
+}
+
+/// Bytes of a directory entry before its key blob.
+pub const DIRECTORY_ENTRY_HEADER: usize = 10;
+
+/// One entry of the key directory: the element at `element`, stored with
+/// reuse count `version`, has key blob `keys`. An entry is a hint that the
+/// element may match: a reader checks the element itself (live, same
+/// version, keys that match) before using it, so entries left behind by a
+/// freed or reused element only cost a read until VACUUM drops them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectoryEntry<'a> {
+    /// The element item's address.
+    pub element: ItemPointer,
+    /// Its version (reuse count) when the entry was written.
+    pub version: u8,
+    /// Its key blob ([`super::keys`]).
+    pub keys: &'a [u8],
+}
+
+impl<'a> DirectoryEntry<'a> {
+    /// Encodes the entry as an item: `kind u8 | version u8 | keys_len u16 |
+    /// element ItemPointer (6) | keys`.
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(self.keys.len() <= u16::MAX as usize);
+        let mut b = vec![0u8; DIRECTORY_ENTRY_HEADER + self.keys.len()];
+        b[0] = KIND_DIRECTORY;
+        b[1] = self.version;
+        put_u16(&mut b, 2, self.keys.len() as u16);
+        self.element.write(&mut b, 4);
+        b[DIRECTORY_ENTRY_HEADER..].copy_from_slice(self.keys);
+        b
+    }
+
+    /// Decodes and checks a directory entry item (bytes bounds-checked by
+    /// [`PageRef::item`]).
+    pub fn read(item: &'a [u8]) -> Result<DirectoryEntry<'a>, PageError> {
+        if item.len() < DIRECTORY_ENTRY_HEADER || item[0] != KIND_DIRECTORY {
+            return err(format!("not a directory entry ({} bytes)", item.len()));
+        }
+        let len = u16_at(item, 2) as usize;
+        if DIRECTORY_ENTRY_HEADER + len != item.len() {
+            return err(format!("directory entry of {} bytes with {len} key bytes", item.len()));
+        }
+        let element = ItemPointer::read(item, 4);
+        if !element.is_valid() || element.block == META_BLOCK {
+            return err(format!("directory entry for element ({},{})", element.block, element.offset));
+        }
+        Ok(DirectoryEntry { element, version: item[1], keys: &item[DIRECTORY_ENTRY_HEADER..] })
+    }
+}
+
+/// Whether an item is a directory entry.
+pub fn is_directory_item(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&KIND_DIRECTORY)
+}
+
+/// Rewrites directory page `page` keeping only the entries `keep` accepts
+/// (in their order; the page's chain link stays). Returns how many it
+/// dropped. Only directory pages may be rewritten this way: nothing keeps
+/// the address of a directory entry.
+pub fn compact_directory_page(
+    page: &mut [u8],
+    mut keep: impl FnMut(&DirectoryEntry<'_>) -> bool,
+) -> Result<usize, PageError> {
+    let r = PageRef::new(page, PageKind::Graph)?;
+    if !is_directory_page(page) {
+        return err("not a directory page");
+    }
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    let mut dropped = 0;
+    for offset in 1..=r.max_offset() {
+        let item = r.item(offset)?;
+        let entry = DirectoryEntry::read(item)?;
+        if keep(&entry) {
+            kept.push(item.to_vec());
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        let next = directory_next(page);
+        init_directory_page(page);
+        set_directory_next(page, next.unwrap_or(0));
+        for item in &kept {
+            add_item(page, item).expect("kept entries fit the page they came from");
+        }
+    }
+    Ok(dropped)
+}
+
 /// One block's worth of bytes, aligned like a shared buffer so items can be
 /// read in place.
 #[repr(C, align(8))]
@@ -988,6 +1130,45 @@ mod tests {
     }
 
     #[test]
+    fn directory_pages_chain_and_compact() {
+        let mut page = PageImage::new(PageKind::Graph);
+        init_directory_page(&mut page.0);
+        assert!(is_directory_page(&page.0));
+        assert!(!is_directory_page(&PageImage::new(PageKind::Graph).0));
+        assert_eq!(directory_next(&page.0), None);
+        set_directory_next(&mut page.0, 9);
+        assert_eq!(directory_next(&page.0), Some(9));
+        let keys: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; (i % 7) as usize]).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let e = DirectoryEntry { element: tid(i as u32 + 1, 3), version: i as u8, keys: k };
+            assert_eq!(add_item(&mut page.0, &e.encode()), Some(i as u16 + 1));
+        }
+        let r = PageRef::new(&page.0, PageKind::Graph).unwrap();
+        let e = DirectoryEntry::read(r.item(5).unwrap()).unwrap();
+        assert_eq!((e.element, e.version, e.keys), (tid(5, 3), 4, &keys[4][..]));
+        assert!(is_directory_item(r.item(5).unwrap()) && !is_element_item(r.item(5).unwrap()));
+        // Dropping the odd versions keeps the even ones in order, and the link.
+        let dropped = compact_directory_page(&mut page.0, |e| e.version % 2 == 0).unwrap();
+        assert_eq!(dropped, 25);
+        let r = PageRef::new(&page.0, PageKind::Graph).unwrap();
+        assert_eq!(r.max_offset(), 25);
+        let versions: Vec<u8> = (1..=25).map(|o| DirectoryEntry::read(r.item(o).unwrap()).unwrap().version).collect();
+        assert_eq!(versions, (0..50).step_by(2).collect::<Vec<u8>>());
+        assert_eq!(directory_next(&page.0), Some(9));
+        assert!(is_directory_page(&page.0));
+        // Damaged entries are errors, not panics.
+        let good = DirectoryEntry { element: tid(2, 1), version: 0, keys: &[1, 2, 3] }.encode();
+        assert!(DirectoryEntry::read(&good[..good.len() - 1]).is_err());
+        assert!(DirectoryEntry::read(&good[..4]).is_err());
+        let mut meta_tid = good.clone();
+        meta_tid[4..8].fill(0);
+        assert!(DirectoryEntry::read(&meta_tid).is_err());
+        // Only directory pages are compacted.
+        let mut graph = PageImage::new(PageKind::Graph);
+        assert!(compact_directory_page(&mut graph.0, |_| false).is_err());
+    }
+
+    #[test]
     fn meta_round_trips_and_rejects_damage() {
         let meta = Meta {
             codec: dense(Metric::Cosine, 384),
@@ -996,6 +1177,8 @@ mod tests {
             entry: Some((tid(3, 2), 4)),
             free_hint: Some(7),
             healed_blocks: 12,
+            keys_head: Some(40),
+            keys_hint: Some(41),
         };
         let mut page = PageImage::new(PageKind::Meta);
         meta.write_page(&mut page.0);
@@ -1018,9 +1201,17 @@ mod tests {
         // 40 bytes of meta data, zeros after) reads 0.
         let mut old = page.clone();
         meta.write_page(&mut old.0);
-        old.0[PAGE_HEADER_SIZE + 40..PAGE_HEADER_SIZE + 48].fill(0);
+        old.0[PAGE_HEADER_SIZE + 40..PAGE_HEADER_SIZE + 56].fill(0);
         put_u16(&mut old.0, 12, (PAGE_HEADER_SIZE + 40) as u16);
-        assert_eq!(Meta::read_page(&old.0).unwrap(), Meta { healed_blocks: 0, ..meta });
+        assert_eq!(
+            Meta::read_page(&old.0).unwrap(),
+            Meta { healed_blocks: 0, keys_head: None, keys_hint: None, ..meta }
+        );
+        // Format 5 (no key directory) reads with no directory.
+        let mut v5 = page.clone();
+        Meta { keys_head: None, keys_hint: None, ..meta }.write_page(&mut v5.0);
+        put_u32(&mut v5.0, PAGE_HEADER_SIZE + 4, 5);
+        assert_eq!(Meta::read_page(&v5.0).unwrap().keys_head, None);
 
         // Format 4 (no spare links) reads as it is; 3 does not.
         let mut v4 = page.clone();

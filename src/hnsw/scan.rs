@@ -70,6 +70,7 @@ use pgrx::{pg_sys, PgMemoryContexts};
 use std::collections::VecDeque;
 
 use super::codec::Codec;
+use super::directory;
 use super::graph::{Candidate, ResumableSearch, Searcher};
 use super::key_datum;
 use super::keys::Filter;
@@ -91,6 +92,12 @@ pub const EXACT_PASS_BLOCKS: u32 = 64;
 /// elements, would need more visits than the pass costs (measured, see
 /// bench/results/filtered.md).
 const EXACT_PASS_VISITS_PER_BLOCK: f64 = 2.0;
+
+/// What an exact pass costs per key directory entry, in graph visits:
+/// directory pages hold about 150 entries each, and testing a filter on
+/// one costs far less than a distance (measured, see
+/// bench/results/filtered.md).
+const EXACT_PASS_VISITS_PER_ENTRY: f64 = 0.1;
 
 /// Fewest elements an exact pass keeps, whatever the memory limit.
 const EXACT_PASS_MIN_HELD: usize = 1_000;
@@ -137,6 +144,9 @@ struct ScanState {
     matched: usize,
     /// Elements the filtered walk passed to the filter so far.
     returned_walk: usize,
+    /// What the key directory says matches the filter, once counted (see
+    /// [`walk_slower_than_exact_pass`]).
+    directory_matches: Option<DirectoryMatches>,
     /// Rows handed to the executor so far.
     taken: usize,
     /// Nothing more to return.
@@ -165,6 +175,7 @@ impl Default for ScanState {
             filter: None,
             matched: 0,
             returned_walk: 0,
+            directory_matches: None,
             taken: 0,
             done: false,
             null_query_limit: 0,
@@ -499,9 +510,17 @@ unsafe fn next_batch(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     };
     rel.lock_scans(SHARE_LOCK);
     let mut store = PageStore::new(rel, rel.read_meta());
-    let spent = search.visits() >= state.visit_limit
-        || search_memory(&search) > options::scan_memory_limit()
-        || walk_slower_than_exact_pass(state, &search, rel.nblocks());
+    let mut slower = walk_slower_than_exact_pass(state, &search, rel.nblocks(), store.meta.keys_head.is_some());
+    if slower && state.directory_matches.is_none() {
+        // The walk's estimate of the filter's selectivity is local (a
+        // filter can match half the index but nothing near the query): the
+        // directory says what the exact pass would cost before it is taken.
+        if let (Some(head), Some(f)) = (store.meta.keys_head, state.filter.as_ref()) {
+            state.directory_matches = Some(DirectoryMatches::collect(&rel, head, f));
+            slower = walk_slower_than_exact_pass(state, &search, rel.nblocks(), true);
+        }
+    }
+    let spent = search.visits() >= state.visit_limit || search_memory(&search) > options::scan_memory_limit() || slower;
     let batch = if spent && options::exact_fallback() {
         Vec::new()
     } else if spent {
@@ -533,14 +552,18 @@ unsafe fn next_batch(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
 /// found matching elements so far, the rows still wanted would take it
 /// longer than the pass. The rows wanted are a guess (the access method does
 /// not see the `LIMIT`): 10 at first, then twice what the executor has
-/// taken. The pass costs [`EXACT_PASS_VISITS_PER_BLOCK`] visits per block
-/// and a visit per matching element, estimated from the share of the walk's
-/// elements that matched. Only with filter columns and `hnsw.exact_fallback`:
-/// without, the walk has no cheaper way on.
+/// taken. The pass costs a visit per matching element, estimated from the
+/// share of the walk's elements that matched (or counted in the key
+/// directory, once the estimate says to switch), plus reading what it tests
+/// the filter on: [`EXACT_PASS_VISITS_PER_ENTRY`] per element with a key
+/// `directory`, else [`EXACT_PASS_VISITS_PER_BLOCK`] per block. Only with
+/// filter columns and `hnsw.exact_fallback`: without, the walk has no
+/// cheaper way on.
 fn walk_slower_than_exact_pass(
     state: &ScanState,
     search: &ResumableSearch<ItemPointer, ElementNode>,
     nblocks: u32,
+    directory: bool,
 ) -> bool {
     if state.filter.is_none() || !options::exact_fallback() {
         return false;
@@ -549,11 +572,55 @@ fn walk_slower_than_exact_pass(
     let seen = state.returned_walk.max(1) as f64;
     let matched = state.matched as f64;
     let elements = nblocks as f64 * ELEMENTS_PER_BLOCK_GUESS;
-    let pass = nblocks as f64 * EXACT_PASS_VISITS_PER_BLOCK + elements * (matched / seen);
+    let filtering =
+        if directory { elements * EXACT_PASS_VISITS_PER_ENTRY } else { nblocks as f64 * EXACT_PASS_VISITS_PER_BLOCK };
+    let matching = state.directory_matches.as_ref().map_or(elements * (matched / seen), |d| d.count as f64);
+    let pass = filtering + matching;
     let wanted = (2.0 * state.taken as f64).max(WANTED_ROWS_GUESS);
     let still = (wanted - matched).max(0.0);
     visits >= pass || still * visits / matched.max(1.0) > pass
 }
+
+/// The entries of the key directory that match a scan's filter: how many,
+/// and (when they fit the scan's memory limit) the elements, sorted, which
+/// the exact pass then reads without walking the directory again.
+struct DirectoryMatches {
+    count: usize,
+    elements: Option<Vec<(ItemPointer, u8)>>,
+}
+
+impl DirectoryMatches {
+    fn collect(rel: &IndexRel, head: u32, filter: &Filter) -> DirectoryMatches {
+        let cap = options::scan_memory_limit() / std::mem::size_of::<(ItemPointer, u8)>();
+        let mut elements = Vec::new();
+        let mut count = 0;
+        let mut at = Some(head);
+        while let Some(b) = at {
+            pgrx::check_for_interrupts!();
+            at = directory::collect(
+                rel,
+                b,
+                EXACT_PASS_BLOCKS,
+                |e| {
+                    let m = filter.matches(e.keys);
+                    count += m as usize;
+                    m && count <= cap
+                },
+                &mut elements,
+            );
+        }
+        let elements = (count <= cap).then(|| {
+            elements.sort_unstable();
+            elements.dedup();
+            elements
+        });
+        DirectoryMatches { count, elements }
+    }
+}
+
+/// Elements from directory entries an exact pass reads under one hold of
+/// the scan lock.
+const CANDIDATES_PER_LOCK: usize = 4096;
 
 /// Rows a filtered scan expects to be asked for before it has been asked for
 /// any (a common `LIMIT`).
@@ -610,15 +677,19 @@ fn key_cmp(a: (f64, ItemPointer), b: (f64, ItemPointer)) -> std::cmp::Ordering {
     a.0.total_cmp(&b.0).then((a.1.block, a.1.offset).cmp(&(b.1.block, b.1.offset)))
 }
 
-/// One pass over the index's element pages: fills `pass.queue` with the
-/// `pass.held` nearest live elements above `pass.after` that `returned`
-/// does not hold. Takes the scan lock per [`EXACT_PASS_BLOCKS`] blocks and
-/// checks for interrupts between them.
+/// One pass over the index's elements: fills `pass.queue` with the
+/// `pass.held` nearest live elements above `pass.after` that `filter`
+/// accepts and `returned` does not hold. With a filter and a key directory
+/// ([`directory`]) it reads the directory and then only the elements whose
+/// entries match; otherwise every element page. Takes the scan lock per
+/// [`EXACT_PASS_BLOCKS`] blocks (or directory pages) and checks for
+/// interrupts between them.
 fn exact_fill(
     rel: IndexRel,
     query: &[u32],
     filter: Option<&Filter>,
     returned: &rustc_hash::FxHashSet<(ItemPointer, u8)>,
+    candidates: Option<&[(ItemPointer, u8)]>,
     pass: &mut ExactPass,
 ) {
     let meta = rel.read_meta();
@@ -631,54 +702,104 @@ fn exact_fill(
     let mut kept: std::collections::BinaryHeap<ByValue<Candidate<ElementNode>>> = std::collections::BinaryHeap::new();
     let mut more = false;
     let mut visits = 0u64;
+    // Offers element item `item` at `tid` to the pass; `version`: the
+    // version its directory entry was written for, which it must still have.
+    let mut consider = |tid: ItemPointer, item: &[u8], version: Option<u8>| {
+        if !page::is_element_item(item) {
+            return;
+        }
+        // The filter first, on the key blob alone: most elements fail it,
+        // and need nothing more read.
+        if filter.is_some_and(|f| !page::peek_keys(item).is_some_and(|k| f.matches(k))) {
+            return;
+        }
+        let e = ElementRef::new(item, &codec, m).unwrap_or_else(|e| rel.corrupt(tid.block, e));
+        let v = e.head().version;
+        if e.is_free() || e.is_deleted() || version.is_some_and(|w| w != v) || returned.contains(&(tid, v)) {
+            return;
+        }
+        visits += 1;
+        let distance = codec.distance_to_payload(query, e.payload());
+        let value = codec.order_value(distance, norms, e.payload());
+        if after.is_some_and(|a| key_cmp((value, tid), a).is_le()) {
+            return;
+        }
+        if kept.len() >= held {
+            let top = kept.peek().map(|k| (k.0, k.1));
+            if top.is_some_and(|t| key_cmp((value, tid), t).is_ge()) {
+                more = true;
+                return;
+            }
+            kept.pop();
+            more = true;
+        }
+        kept.push(ByValue(value, tid, Candidate { distance, node: ElementNode::read(tid, &e) }));
+    };
     let nblocks = rel.nblocks();
-    let mut block = 1;
-    while block < nblocks {
-        pgrx::check_for_interrupts!();
-        let end = block.saturating_add(EXACT_PASS_BLOCKS).min(nblocks);
+    // The elements of `elements` (sorted, from directory entries), block by
+    // block, under the scan lock.
+    let mut visit = |elements: &[(ItemPointer, u8)]| {
         rel.lock_scans(SHARE_LOCK);
-        for b in block..end {
+        for group in elements.chunk_by(|a, b| a.0.block == b.0.block) {
+            let b = group[0].0.block;
+            if b == page::META_BLOCK || b >= nblocks {
+                continue;
+            }
             rel.read(b, |p| {
-                if page::page_is_new(p) {
-                    return;
-                }
                 let r = PageRef::new(p, PageKind::Graph).unwrap_or_else(|e| rel.corrupt(b, e));
-                for offset in 1..=r.max_offset() {
-                    let item = r.item(offset).unwrap_or_else(|e| rel.corrupt(b, e));
-                    if !page::is_element_item(item) {
-                        continue;
+                for &(tid, version) in group {
+                    if let Ok(item) = r.item(tid.offset) {
+                        consider(tid, item, Some(version));
                     }
-                    // The filter first, on the key blob alone: most
-                    // elements fail it, and need nothing more read.
-                    if filter.is_some_and(|f| !page::peek_keys(item).is_some_and(|k| f.matches(k))) {
-                        continue;
-                    }
-                    let e = ElementRef::new(item, &codec, m).unwrap_or_else(|e| rel.corrupt(b, e));
-                    let tid = ItemPointer { block: b, offset };
-                    if e.is_free() || e.is_deleted() || returned.contains(&(tid, e.head().version)) {
-                        continue;
-                    }
-                    visits += 1;
-                    let distance = codec.distance_to_payload(query, e.payload());
-                    let value = codec.order_value(distance, norms, e.payload());
-                    if after.is_some_and(|a| key_cmp((value, tid), a).is_le()) {
-                        continue;
-                    }
-                    if kept.len() >= held {
-                        let top = kept.peek().map(|k| (k.0, k.1));
-                        if top.is_some_and(|t| key_cmp((value, tid), t).is_ge()) {
-                            more = true;
-                            continue;
-                        }
-                        kept.pop();
-                        more = true;
-                    }
-                    kept.push(ByValue(value, tid, Candidate { distance, node: ElementNode::read(tid, &e) }));
                 }
             });
         }
         rel.unlock_scans(SHARE_LOCK);
-        block = end;
+    };
+    match (filter, meta.keys_head, candidates) {
+        // The directory's matching entries, collected before.
+        (Some(_), Some(_), Some(elements)) => {
+            for chunk in elements.chunks(CANDIDATES_PER_LOCK) {
+                pgrx::check_for_interrupts!();
+                visit(chunk);
+            }
+        }
+        // With a key directory: the filter on its entries, then the
+        // elements that match, block by block.
+        (Some(f), Some(head), None) => {
+            let mut at = Some(head);
+            let mut elements: Vec<(ItemPointer, u8)> = Vec::new();
+            while let Some(block) = at {
+                pgrx::check_for_interrupts!();
+                elements.clear();
+                at = directory::collect(&rel, block, EXACT_PASS_BLOCKS, |e| f.matches(e.keys), &mut elements);
+                elements.sort_unstable();
+                elements.dedup();
+                visit(&elements);
+            }
+        }
+        _ => {
+            let mut block = 1;
+            while block < nblocks {
+                pgrx::check_for_interrupts!();
+                let end = block.saturating_add(EXACT_PASS_BLOCKS).min(nblocks);
+                rel.lock_scans(SHARE_LOCK);
+                for b in block..end {
+                    rel.read(b, |p| {
+                        if page::page_is_new(p) {
+                            return;
+                        }
+                        let r = PageRef::new(p, PageKind::Graph).unwrap_or_else(|e| rel.corrupt(b, e));
+                        for offset in 1..=r.max_offset() {
+                            let item = r.item(offset).unwrap_or_else(|e| rel.corrupt(b, e));
+                            consider(ItemPointer { block: b, offset }, item, None);
+                        }
+                    });
+                }
+                rel.unlock_scans(SHARE_LOCK);
+                block = end;
+            }
+        }
     }
     LAST_SCAN_VISITS.with(|v| v.set(v.get() + visits));
     // into_sorted_vec is ascending; the queue pops from the back.
@@ -696,7 +817,8 @@ fn exact_batch(rel: IndexRel, state: &mut ScanState) {
         return;
     };
     if pass.queue.is_empty() && (pass.more || !pass.started) {
-        exact_fill(rel, &state.query, state.filter.as_ref(), &state.returned, &mut pass);
+        let candidates = state.directory_matches.as_ref().and_then(|m| m.elements.as_deref());
+        exact_fill(rel, &state.query, state.filter.as_ref(), &state.returned, candidates, &mut pass);
     }
     let n = state.batch.min(pass.queue.len());
     let taken: Vec<(f64, Candidate<ElementNode>)> = pass.queue.drain(pass.queue.len() - n..).rev().collect();

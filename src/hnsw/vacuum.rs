@@ -23,6 +23,9 @@
 //! 6. **Free** the deleted elements: clear their neighbor items, then mark
 //!    them free (block by block, in that order: see [`free`]); later
 //!    inserts reuse them in place, found through the meta page's free hint.
+//! 7. **Compact the key directory** (an index with filter columns): drop the
+//!    entries of elements freed or reused, page by page
+//!    ([`directory::compact`]).
 //!
 //! `amvacuumcleanup` then makes sure searches can reach every live element.
 //! Concurrent inserts pruning the same lists can, rarely, strand one, and so
@@ -143,6 +146,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
+use super::directory;
 use super::graph::{Candidate, GraphStore};
 use super::options;
 use super::page::{
@@ -830,6 +834,11 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
             free_batch(&rel, &meta, &deleted);
         }
     }
+    // Step 7: the key directory loses the entries of the freed elements.
+    if removal.removed_tids > 0.0 && meta.keys_head.is_some() {
+        let dropped = directory::compact(&rel, vacuum_delay);
+        pgrx::debug1!("hnsw index \"{}\": {dropped} key directory entries dropped", rel.name());
+    }
     // SAFETY: stats is a valid struct (allocated above or passed in).
     unsafe {
         (*stats).tuples_removed += removal.removed_tids;
@@ -1254,6 +1263,8 @@ mod tests {
             entry: None,
             free_hint: None,
             healed_blocks,
+            keys_head: None,
+            keys_hint: None,
         };
         assert!(heal_due(&meta(0), 10));
         assert!(!heal_due(&meta(10), 10) && !heal_due(&meta(10), 19));
