@@ -5,7 +5,7 @@
 //! Index Cond, inserts, updates and VACUUM on such an index with
 //! `hnsw_index_check`, and the errors for what is not supported.
 
-use pg_hnsw_cluster_tests::{explain, sqlstate, Client, Cluster};
+use pg_hnsw_cluster_tests::{explain, pg_major, sqlstate, Client, Cluster};
 
 fn ids(c: &mut Client, sql: &str) -> Vec<i32> {
     c.query(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).iter().map(|r| r.get(0)).collect()
@@ -107,6 +107,61 @@ fn every_key_type_and_operator_matches_the_exact_answer() {
     // A condition the index does not take stays a filter and still holds.
     let (found, exact) = index_and_exact(&mut c, "n = 1 AND i % 2 = 0", 100_000);
     assert_eq!(found.len(), exact.len());
+}
+
+/// `= ANY(...)` and `IN (...)` on filter columns: the index evaluates them
+/// (one scan key with an array of values) on PostgreSQL 17 and later, where
+/// the planner hands a key column's ScalarArrayOpExpr to an index that
+/// orders by distance; 15 and 16 keep them as a filter above the scan, so
+/// there the answer is complete with an iterative scan (as without filter
+/// columns). Either way it is the exact one, with literal arrays and with
+/// an array parameter under a generic plan.
+#[test]
+fn any_and_in_on_filter_columns() {
+    let cluster = Cluster::start("filter_columns_any", &[]);
+    let mut c = cluster.connect_with_extension();
+    create_items(&mut c, 3000);
+    c.batch_execute(KEYED_INDEX).unwrap();
+    c.batch_execute("SET hnsw.iterative_scan = relaxed_order").unwrap();
+    let in_index = pg_major() >= 17;
+    let conditions = [
+        "cat = ANY('{c1,c3}')",
+        "cat IN ('c0', 'c4')",
+        "n IN (1, 4)",
+        "n = ANY(ARRAY[2, 99]::int8[])",
+        "u = ANY(ARRAY[md5('1')::uuid, md5('3')::uuid])",
+        "cat IN ('c2') AND n = ANY('{2,3}')",
+        "n = ANY('{}')",
+    ];
+    for cond in conditions {
+        let sql = format!("SELECT i FROM items WHERE {cond} ORDER BY v <-> '[0.5,0.4,0.3]' LIMIT 10");
+        c.batch_execute("SET enable_seqscan = off").unwrap();
+        let plan = explain(&mut c, &sql);
+        c.batch_execute("RESET enable_seqscan").unwrap();
+        if in_index {
+            assert!(plan.contains("Index Cond"), "{cond} is not an index condition: {plan}");
+            assert!(!plan.contains("Filter:"), "{cond} left a filter: {plan}");
+        }
+        let (mut all, mut exact_all) = index_and_exact(&mut c, cond, 100_000);
+        all.sort_unstable();
+        exact_all.sort_unstable();
+        assert_eq!(all, exact_all, "{cond}: every matching row once");
+        let (top, exact_top) = index_and_exact(&mut c, cond, 10);
+        let hits = top.iter().filter(|i| exact_top.contains(i)).count();
+        assert_eq!(top.len(), exact_top.len(), "{cond}: rows returned");
+        assert!(hits + 1 >= exact_top.len(), "{cond}: {top:?} vs exact {exact_top:?}");
+    }
+    // An array parameter under a generic plan.
+    c.batch_execute("SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off").unwrap();
+    let sql = "SELECT i FROM items WHERE cat = ANY($1) ORDER BY v <-> '[0.5,0.4,0.3]' LIMIT 10";
+    let stmt = c.prepare(sql).unwrap();
+    let values = vec!["c1".to_string(), "c2".to_string()];
+    let found: Vec<i32> = c.query(&stmt, &[&values]).unwrap().iter().map(|r| r.get(0)).collect();
+    c.batch_execute("RESET plan_cache_mode; SET enable_seqscan = on; SET enable_indexscan = off").unwrap();
+    let exact = ids(&mut c, "SELECT i FROM items WHERE cat IN ('c1', 'c2') ORDER BY v <-> '[0.5,0.4,0.3]' LIMIT 10");
+    let hits = found.iter().filter(|i| exact.contains(i)).count();
+    assert_eq!(found.len(), 10);
+    assert!(hits >= 9, "generic plan: {found:?} vs exact {exact:?}");
 }
 
 /// NULL keys are indexed (the row is still found without a filter) and never
