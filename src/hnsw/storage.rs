@@ -132,6 +132,12 @@ impl IndexRel {
         }
     }
 
+    /// The index's OID.
+    pub fn oid(&self) -> pg_sys::Oid {
+        // SAFETY: an open relation's descriptor is valid.
+        unsafe { (*self.rel).rd_id }
+    }
+
     /// Number of blocks in the fork.
     pub fn nblocks(&self) -> u32 {
         // SAFETY: the relation is open.
