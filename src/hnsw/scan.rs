@@ -803,7 +803,9 @@ fn exact_fill(
                 continue;
             }
             rel.read(b, |p| {
-                let r = PageRef::new(p, PageKind::Graph).unwrap_or_else(|e| rel.corrupt(b, e));
+                // The header only: the special space at the page's end would
+                // cost a cache miss per element (items are still checked).
+                let r = PageRef::graph_header_only(p).unwrap_or_else(|e| rel.corrupt(b, e));
                 for &(tid, version) in group {
                     if let Ok(item) = r.item(tid.offset) {
                         consider(tid, item, Some(version));
