@@ -745,7 +745,6 @@ fn free_link_now(rel: &IndexRel, meta: &Meta, x: &Element, layer: usize, t: Item
         && live_element(rel, meta, t).is_some_and(|t| t.free())
 }
 
-/// How many collected live elements are still live now (for the empty
 /// Hash of a key blob, to compare an element's keys with its directory
 /// entry's without keeping either.
 fn keys_hash(keys: &[u8]) -> u64 {
@@ -760,7 +759,17 @@ fn keys_hash(keys: &[u8]) -> u64 {
 /// of its version and keys. An element without one counts only if it is
 /// still so after in-flight inserts finish (an insert writes the entry
 /// after the element) and the directory, read again, still lacks it.
-fn check_directory(rel: &IndexRel, meta: &Meta, graph: &mut Graph) -> Row {
+///
+/// An element whose rows the heap does not show (`visible`, from the heap
+/// part, when it could run) is left out: an insert that failed between the
+/// element and its entry leaves one until VACUUM frees it. Pages not on the
+/// chain are reported in the detail, not as a failure.
+fn check_directory(
+    rel: &IndexRel,
+    meta: &Meta,
+    graph: &mut Graph,
+    visible: Option<&dyn Fn(ItemPointer) -> bool>,
+) -> Row {
     let name = "key directory";
     if meta.keys_head.is_none() {
         let detail = if graph.directory_pages.is_empty() {
@@ -774,9 +783,22 @@ fn check_directory(rel: &IndexRel, meta: &Meta, graph: &mut Graph) -> Row {
     let chain = super::directory::pages(rel, meta);
     let mut on_chain = chain.clone();
     on_chain.sort_unstable();
-    for b in &graph.directory_pages {
-        if on_chain.binary_search(b).is_err() {
-            problems.add(format!("directory page {b} is not on the chain from the meta page"));
+    // A page not (yet) on the chain: an insert between extending the index
+    // and linking the page, or one a crash left there. Its entries do not
+    // count (no scan reads them).
+    let unlinked: Vec<u32> =
+        graph.directory_pages.iter().copied().filter(|b| on_chain.binary_search(b).is_err()).collect();
+    if !unlinked.is_empty() {
+        graph.directory.clear();
+        for &b in &chain {
+            rel.read(b, |p| {
+                let Ok(r) = PageRef::new(p, PageKind::Graph) else { return };
+                for offset in 1..=r.max_offset() {
+                    if let Ok(e) = r.item(offset).and_then(page::DirectoryEntry::read) {
+                        graph.directory.push((e.element, e.version, keys_hash(e.keys)));
+                    }
+                }
+            });
         }
     }
     graph.directory.sort_unstable();
@@ -804,6 +826,7 @@ fn check_directory(rel: &IndexRel, meta: &Meta, graph: &mut Graph) -> Row {
             !has(&again, k)
                 && live_element(rel, meta, k.0).is_some_and(|e| e.flags == 0)
                 && super::directory::is_current(rel, &meta.codec, meta.m as usize, k.0, k.1)
+                && visible.is_none_or(|v| element_heap_tids(rel, meta, k.0).into_iter().any(v))
         });
     }
     for k in &missing {
@@ -811,10 +834,15 @@ fn check_directory(rel: &IndexRel, meta: &Meta, graph: &mut Graph) -> Row {
     }
     let live: rustc_hash::FxHashSet<(ItemPointer, u8)> = graph.keyed.iter().map(|k| (k.0, k.1)).collect();
     let stale = graph.directory.iter().filter(|d| !live.contains(&(d.0, d.1))).count();
+    let unlinked = if unlinked.is_empty() {
+        String::new()
+    } else {
+        format!("; {} page(s) not on the chain, ignored", unlinked.len())
+    };
     problems.row(
         name,
         format!(
-            "{} entries on {} pages for {} live elements ({stale} for freed, deleted or reused elements, dropped by VACUUM)",
+            "{} entries on {} pages for {} live elements ({stale} for freed, deleted or reused elements, dropped by VACUUM){unlinked}",
             graph.directory.len(),
             chain.len(),
             graph.keyed.len()
@@ -822,6 +850,23 @@ fn check_directory(rel: &IndexRel, meta: &Meta, graph: &mut Graph) -> Row {
     )
 }
 
+/// The heap TIDs element `t` holds now (none if it is not an element).
+fn element_heap_tids(rel: &IndexRel, meta: &Meta, t: ItemPointer) -> Vec<ItemPointer> {
+    if t.block == page::META_BLOCK || t.block >= rel.nblocks() {
+        return Vec::new();
+    }
+    rel.read(t.block, |p| {
+        let Ok(item) = PageRef::new(p, PageKind::Graph).and_then(|r| r.item(t.offset)) else { return Vec::new() };
+        if !page::is_element_item(item) {
+            return Vec::new();
+        }
+        ElementRef::new(item, &meta.codec, meta.m as usize)
+            .map(|e| (0..e.heap_tid_count()).map(|i| e.heap_tid(i)).collect())
+            .unwrap_or_default()
+    })
+}
+
+/// How many collected live elements are still live now (for the empty
 /// graph's case: VACUUM may have emptied the index since they were read).
 fn live_element_count(rel: &IndexRel, meta: &Meta, graph: &Graph) -> usize {
     graph
@@ -973,15 +1018,17 @@ fn hnsw_index_check(
         ),
     ));
     rows.push(check_lists(&rel, &meta, &graph));
-    rows.push(check_directory(&rel, &meta, &mut graph));
     let reachability = check_reachable(&rel, &meta, &graph, live);
     let (heap, found) = check_heap(cursor, &mut graph);
-    let tids = &graph.heap_tids;
+    let tids = std::mem::take(&mut graph.heap_tids);
     let visible = |t: ItemPointer| {
         let found = found.as_deref().unwrap_or_default();
         tids.binary_search(&t).is_ok_and(|i| found.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0))
     };
-    rows.push(reachability.row(found.is_some().then_some(&visible as &dyn Fn(ItemPointer) -> bool)));
+    let visible = found.is_some().then_some(&visible as &dyn Fn(ItemPointer) -> bool);
+    let directory = check_directory(&rel, &meta, &mut graph, visible);
+    rows.push(directory);
+    rows.push(reachability.row(visible));
     rows.push(heap);
     TableIterator::new(rows)
 }

@@ -35,7 +35,9 @@ pub fn append(rel: &IndexRel, element: ItemPointer, version: u8, keys: &[u8]) {
     let item = DirectoryEntry { element, version, keys }.encode();
     let start = meta.keys_hint.unwrap_or(head);
     let mut block = start;
+    let mut steps = 0u32;
     loop {
+        block = checked_next(rel, block, &mut steps);
         let (fits, next) = rel.read(block, |p| {
             check_page(rel, block, p);
             (page::fits(p, item.len()), page::directory_next(p))
@@ -66,7 +68,9 @@ pub fn append(rel: &IndexRel, element: ItemPointer, version: u8, keys: &[u8]) {
 /// the search at `from` (another backend may have linked a page first).
 fn link_at_end(rel: &IndexRel, from: u32, new: u32) {
     let mut at = from;
+    let mut steps = 0u32;
     loop {
+        at = checked_next(rel, at, &mut steps);
         let mut after = None;
         let linked = rel.modify(at, |p| {
             check_page(rel, at, p);
@@ -87,6 +91,19 @@ fn link_at_end(rel: &IndexRel, from: u32, new: u32) {
             (None, None) => unreachable!("a page without a next link was linked"),
         }
     }
+}
+
+/// `block`, a step of a walk along the chain, checked: inside the index and
+/// not the meta page, and the walk no longer than the index (a damaged
+/// chain that loops is corruption, not a hang). Checks for interrupts.
+fn checked_next(rel: &IndexRel, block: u32, steps: &mut u32) -> u32 {
+    *steps += 1;
+    let nblocks = rel.nblocks();
+    if block == META_BLOCK || block >= nblocks || *steps > nblocks {
+        rel.corrupt(block, page::PageError(format!("key directory chain reaches block {block} of {nblocks}")));
+    }
+    pgrx::check_for_interrupts!();
+    block
 }
 
 /// Validates a directory page read from disk.

@@ -95,7 +95,12 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[u32], keys: &[u8], heap_tid: It
         searcher.find_insert_neighbors(&mut store, vector, level, entry, entry_level as usize, &params);
     store.walk_spare = true;
     let nearest = lists[0].first().map_or(f32::NAN, |c| c.distance);
-    for c in lists[0].iter().take_while(|c| c.distance == nearest) {
+    // Rows with equal vectors share an element only without filter columns,
+    // as in the build: with them each row keeps its own element and key
+    // directory entry (an element that lost its entry to a failed insert
+    // must not take in a committed row).
+    let duplicates = if keys.is_empty() { lists[0].as_slice() } else { &[] };
+    for c in duplicates.iter().take_while(|c| c.distance == nearest) {
         if !c.node.deleted && add_duplicate(&store, c.node.tid, keys, &stored, heap_tid) {
             rel.unlock_graph(mode);
             return;

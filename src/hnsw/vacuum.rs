@@ -778,10 +778,11 @@ fn free(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) {
     }
 }
 
-/// Steps 2–6 for the deleted elements of one batch.
-fn free_batch(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) {
+/// Steps 2–6 for the deleted elements of one batch; returns how many it
+/// freed.
+fn free_batch(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) -> usize {
     if deleted.is_empty() {
-        return;
+        return 0;
     }
     pgrx::debug1!("hnsw index \"{}\": freeing {} deleted elements", rel.name(), deleted.len());
     rel.wait_for_inserts();
@@ -789,6 +790,7 @@ fn free_batch(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) {
     move_entry(rel, deleted, highest);
     rel.wait_for_scans();
     free(rel, meta, deleted);
+    deleted.len()
 }
 
 fn new_stats(stats: *mut pg_sys::IndexBulkDeleteResult) -> *mut pg_sys::IndexBulkDeleteResult {
@@ -826,16 +828,16 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
         // the ERROR again. The closure holds nothing with a destructor.
         unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| callback(tid, callback_state)) }
     });
-    free_batch(&rel, &meta, &removal.deleted);
+    let mut freed = free_batch(&rel, &meta, &removal.deleted);
     drop(removal.deleted);
     for (range, pending) in ranges.iter().zip(&removal.pending).skip(1) {
         if *pending {
             let deleted = mark_batch(&rel, &meta, range.clone(), words);
-            free_batch(&rel, &meta, &deleted);
+            freed += free_batch(&rel, &meta, &deleted);
         }
     }
     // Step 7: the key directory loses the entries of the freed elements.
-    if removal.removed_tids > 0.0 && meta.keys_head.is_some() {
+    if freed > 0 && meta.keys_head.is_some() {
         let dropped = directory::compact(&rel, vacuum_delay);
         pgrx::debug1!("hnsw index \"{}\": {dropped} key directory entries dropped", rel.name());
     }
