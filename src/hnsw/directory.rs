@@ -34,10 +34,9 @@ pub fn append(rel: &IndexRel, element: ItemPointer, version: u8, keys: &[u8]) {
     let Some(head) = meta.keys_head else { return };
     let item = DirectoryEntry { element, version, keys }.encode();
     let start = meta.keys_hint.unwrap_or(head);
-    let mut block = start;
     let mut steps = 0u32;
+    let mut block = checked_next(rel, start, &mut steps);
     loop {
-        block = checked_next(rel, block, &mut steps);
         let (fits, next) = rel.read(block, |p| {
             check_page(rel, block, p);
             (page::fits(p, item.len()), page::directory_next(p))
@@ -49,7 +48,8 @@ pub fn append(rel: &IndexRel, element: ItemPointer, version: u8, keys: &[u8]) {
             return;
         }
         match next {
-            Some(n) => block = n,
+            // Steps along the chain are counted, not retries on one page.
+            Some(n) => block = checked_next(rel, n, &mut steps),
             None if fits => {} // another backend took the room: look again
             None => {
                 let new = rel.append(PageKind::Graph, |p| {
@@ -67,10 +67,9 @@ pub fn append(rel: &IndexRel, element: ItemPointer, version: u8, keys: &[u8]) {
 /// Links directory page `new` after the last page of the chain, starting
 /// the search at `from` (another backend may have linked a page first).
 fn link_at_end(rel: &IndexRel, from: u32, new: u32) {
-    let mut at = from;
     let mut steps = 0u32;
+    let mut at = checked_next(rel, from, &mut steps);
     loop {
-        at = checked_next(rel, at, &mut steps);
         let mut after = None;
         let linked = rel.modify(at, |p| {
             check_page(rel, at, p);
@@ -87,7 +86,7 @@ fn link_at_end(rel: &IndexRel, from: u32, new: u32) {
         });
         match (linked, after) {
             (Some(()), _) => return,
-            (None, Some(n)) => at = n,
+            (None, Some(n)) => at = checked_next(rel, n, &mut steps),
             (None, None) => unreachable!("a page without a next link was linked"),
         }
     }
