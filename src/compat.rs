@@ -7,7 +7,8 @@
 //!   and renamed the table statistics' `t_counts.t_numscans` to
 //!   `counts.numscans`.
 //! - PostgreSQL 18 stores a tuple descriptor's attributes behind its compact
-//!   attributes (`TupleDescAttr`), gives `vacuum_delay_point` an
+//!   attributes (`TupleDescAttr`), counts index searches for `EXPLAIN`
+//!   (`instrument->nsearches`), gives `vacuum_delay_point` an
 //!   `is_analyze` argument and reloption tables an `isset_offset`.
 
 use pgrx::pg_sys;
@@ -134,4 +135,22 @@ pub unsafe fn disable_path(path: *mut pg_sys::IndexPath) {
     }
     #[cfg(not(feature = "pg18"))]
     let _ = path;
+}
+
+/// Counts one index search in the scan's instrumentation (PostgreSQL 18's
+/// `Index Searches` line of `EXPLAIN ANALYZE`; earlier versions have none).
+///
+/// # Safety
+/// `scan` must be an active scan descriptor.
+pub unsafe fn count_index_search(scan: pg_sys::IndexScanDesc) {
+    // SAFETY: the executor sets `instrument` (or leaves it NULL) before the
+    // first amgettuple.
+    #[cfg(feature = "pg18")]
+    unsafe {
+        if !(*scan).instrument.is_null() {
+            (*(*scan).instrument).nsearches += 1;
+        }
+    }
+    #[cfg(not(feature = "pg18"))]
+    let _ = scan;
 }

@@ -191,6 +191,14 @@ pub trait GraphStore {
     fn is_deleted(&self, _node: &Self::Node) -> bool {
         false
     }
+
+    /// Whether a visited element satisfies the search's filter (a scan's
+    /// conditions on filter columns, tested when the element was read);
+    /// stores without filters match everything. Used by
+    /// [`ResumableSearch::next_matching_batch`].
+    fn matches(&self, _node: &Self::Node) -> bool {
+        true
+    }
 }
 
 /// A visited element with its distance to the query.
@@ -530,6 +538,93 @@ impl<K: GraphKey, N: Copy> ResumableSearch<K, N> {
             self.pending.push(Reverse(ByDistance(rest)));
         }
         out
+    }
+
+    /// The next batch of a filtered walk: like [`ResumableSearch::next_batch`],
+    /// but the beam holds only elements that [`GraphStore::matches`], so the
+    /// walk goes on through non-matching elements (expanding them, never
+    /// returning them) until `ef` matching ones are settled: none nearer can
+    /// still turn up, as far as the walk can tell. Returns the nearest `emit`
+    /// of them, nearest first, and how many non-matching elements the walk
+    /// expanded (the caller's estimate of the filter's selectivity near the
+    /// query). Stops early when `visit_limit` elements have been visited,
+    /// returning only the matching elements nearer than every element still
+    /// to expand (possibly none; the rest wait). Non-matching elements left
+    /// pending by an earlier unfiltered batch are dropped (and counted).
+    pub fn next_matching_batch<S>(
+        &mut self,
+        store: &mut S,
+        query: &S::Query,
+        ef: usize,
+        emit: usize,
+        visit_limit: usize,
+    ) -> (Vec<Candidate<N>>, usize)
+    where
+        S: GraphStore<Key = K, Node = N>,
+    {
+        let ef = ef.max(1);
+        let mut passed = 0;
+        let mut beam: BinaryHeap<ByDistance<N>> = BinaryHeap::with_capacity(ef + 1);
+        while beam.len() < ef {
+            let Some(Reverse(ByDistance(c))) = self.pending.pop() else { break };
+            if store.matches(&c.node) {
+                beam.push(ByDistance(c));
+            } else {
+                passed += 1;
+            }
+        }
+        let mut neighbors = std::mem::take(&mut self.neighbors);
+        let mut unvisited = std::mem::take(&mut self.unvisited);
+        let mut batch = std::mem::take(&mut self.batch);
+        while self.visits < visit_limit {
+            let Some(Reverse(ByDistance(c))) = self.unexpanded.peek() else { break };
+            let farthest = beam.peek().map_or(f32::INFINITY, |f| f.0.distance);
+            if beam.len() >= ef && c.distance > farthest {
+                break;
+            }
+            let Some(Reverse(ByDistance(c))) = self.unexpanded.pop() else { break };
+            if !store.matches(&c.node) {
+                passed += 1;
+            }
+            if let Some(Reverse(ByDistance(next))) = self.unexpanded.peek() {
+                store.prefetch_neighbors(&next.node);
+            }
+            store.neighbors(&c.node, 0, &mut neighbors);
+            unvisited.clear();
+            unvisited.extend(neighbors.iter().copied().filter(|&k| VisitedSet::insert(&mut self.visited, k)));
+            store.visit_many(query, &unvisited, &mut batch);
+            self.visits += unvisited.len();
+            for &(distance, node) in batch.iter().flatten() {
+                let found = Candidate { distance, node };
+                self.unexpanded.push(Reverse(ByDistance(found)));
+                if !store.matches(&node) {
+                    continue;
+                }
+                let farthest = beam.peek().map_or(f32::INFINITY, |f| f.0.distance);
+                if beam.len() < ef || distance < farthest {
+                    beam.push(ByDistance(found));
+                    if beam.len() > ef {
+                        if let Some(ByDistance(out)) = beam.pop() {
+                            self.pending.push(Reverse(ByDistance(out)));
+                        }
+                    }
+                } else {
+                    self.pending.push(Reverse(ByDistance(found)));
+                }
+            }
+        }
+        self.neighbors = neighbors;
+        self.unvisited = unvisited;
+        self.batch = batch;
+        // Only settled elements are returned: when the visit limit cut the
+        // walk short, those beyond the nearest unexpanded element wait.
+        let bound = self.unexpanded.peek().map_or(f32::INFINITY, |Reverse(ByDistance(c))| c.distance);
+        let mut out: Vec<Candidate<N>> = beam.into_sorted_vec().into_iter().map(|f| f.0).collect();
+        let settled = out.iter().take(emit).take_while(|c| c.distance <= bound).count();
+        for rest in out.drain(settled..) {
+            self.pending.push(Reverse(ByDistance(rest)));
+        }
+        (out, passed)
     }
 
     /// Up to `n` pending elements, nearest first, without expanding anything
@@ -2914,6 +3009,77 @@ mod tests {
         all.dedup();
         assert_eq!(all.len(), n);
         assert_eq!(n, spent, "every visited element is returned exactly once");
+    }
+
+    /// A memory graph whose elements match a filter when `id % 7 == 0`.
+    struct EverySeventh<'a>(&'a mut MemoryGraph<Metric>);
+
+    impl GraphStore for EverySeventh<'_> {
+        type Key = u32;
+        type Node = u32;
+        type Query = [f32];
+        fn key(&self, node: &u32) -> u32 {
+            *node
+        }
+        fn visit(&mut self, query: &[f32], key: u32) -> Option<(f32, u32)> {
+            self.0.visit(query, key)
+        }
+        fn neighbors(&mut self, node: &u32, layer: usize, out: &mut Vec<u32>) {
+            self.0.neighbors(node, layer, out)
+        }
+        fn distance_between(&mut self, a: &u32, b: &u32) -> f32 {
+            self.0.distance_between(a, b)
+        }
+        fn matches(&self, node: &u32) -> bool {
+            node % 7 == 0
+        }
+    }
+
+    /// A filtered walk returns matching elements only, each once, settled
+    /// (nearer than anything left to expand, also when its visit limit cuts
+    /// it short), and together nearly the exact nearest matching elements;
+    /// it counts the non-matching elements it walked through.
+    #[test]
+    fn matching_batches_return_the_nearest_matching_elements() {
+        let (data, queries) = clustered(3000, 8, 16, 31);
+        let mut g = build(&data, Metric::L2, Params { m: 16, ef_construction: 64 }, 32);
+        let (entry, entry_level) = g.entry().unwrap();
+        let mut hits = 0;
+        for q in &queries {
+            let mut store = EverySeventh(&mut g);
+            let ep = Searcher::<u32, u32>::default().descend(&mut store, q, entry, entry_level);
+            let mut it = ResumableSearch::new(&store, &ep);
+            let first = it.next_batch(&mut store, q, 40, 40, usize::MAX);
+            let mut seen: Vec<u32> = first.iter().map(|c| c.node).filter(|n| n % 7 == 0).collect();
+            let mut passed_total = 0;
+            let mut rounds = 0;
+            while seen.len() < 30 && rounds < 200 {
+                rounds += 1;
+                // A small limit: most batches are cut short.
+                let limit = it.visits() + 50;
+                let (batch, passed) = it.next_matching_batch(&mut store, q, 10, 10, limit);
+                passed_total += passed;
+                let frontier = it.frontier().unwrap_or(f32::INFINITY);
+                assert!(batch.iter().all(|c| c.node % 7 == 0), "only matching elements");
+                assert!(batch.windows(2).all(|w| w[0].distance <= w[1].distance), "sorted");
+                assert!(batch.iter().all(|c| c.distance <= frontier), "settled");
+                seen.extend(batch.iter().map(|c| c.node));
+            }
+            assert!(seen.len() >= 30, "30 matching elements in {rounds} batches");
+            assert!(passed_total > 0, "non-matching elements walked through are counted");
+            let n = seen.len();
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), n, "no element returned twice");
+            let mut exact: Vec<(f32, u32)> = (0..data.len() as u32)
+                .filter(|i| i % 7 == 0)
+                .map(|i| (Metric::L2.distance(q, &data[i as usize]), i))
+                .collect();
+            exact.sort_by(|a, b| a.0.total_cmp(&b.0));
+            hits += exact[..20].iter().filter(|e| seen.binary_search(&e.1).is_ok()).count();
+        }
+        let recall = hits as f64 / (20 * queries.len()) as f64;
+        assert!(recall >= 0.95, "the 20 nearest matching elements: recall {recall}");
     }
 
     #[test]

@@ -17,7 +17,15 @@
 //! outward rather than a restart. Batches double in size (up to
 //! [`MAX_BATCH`]) as the executor keeps asking, since a filter that rejected
 //! one batch is likely to reject many; each returns the nearer half of a beam
-//! twice its size (the farther half, less settled, stays for the next batch). After the first beam the scan may
+//! twice its size (the farther half, less settled, stays for the next batch).
+//! With conditions on filter columns, batches after the first are
+//! *matching* batches ([`ResumableSearch::next_matching_batch`]): the walk
+//! tests the filter on each element as it reads it, expands matching and
+//! non-matching elements alike, but its beam holds matching ones only, and a
+//! batch returns the matching elements it has settled: first the rows a
+//! `LIMIT 10` still lacks, then twice as many each time. A batch stops after
+//! as many visits again as the walk made so far, so the switch to the exact
+//! pass (below) is weighed again as the walk goes on. After the first beam the scan may
 //! visit `hnsw.max_scan_tuples` more elements, and hold at most
 //! `hnsw.scan_mem_multiplier × work_mem` of bookkeeping; past either it
 //! expands nothing more.
@@ -136,6 +144,9 @@ struct ScanState {
     visit_limit: usize,
     /// Width of the next batch.
     batch: usize,
+    /// Matching elements the next batch of a filtered walk settles (0:
+    /// before the first).
+    want: usize,
     /// Largest value returned so far (for `strict_order`).
     last_value: f64,
     /// Rows a `strict_order` scan holds back (see [`emit`]).
@@ -175,6 +186,7 @@ impl Default for ScanState {
             returned: rustc_hash::FxHashSet::default(),
             visit_limit: 0,
             batch: 0,
+            want: 0,
             last_value: f64::NEG_INFINITY,
             held: std::collections::BinaryHeap::new(),
             max_slack: 0.0,
@@ -353,7 +365,10 @@ fn emit(store: &PageStore, state: &mut ScanState, batch: &[Candidate<ElementNode
     if filter.is_some() {
         state.returned_walk += batch.len();
     }
-    for c in batch.iter().filter(|c| !c.node.deleted) {
+    // The walk tested the filter when it read each element: one that did
+    // not match is not read again.
+    let tested = filter.is_some() && store.filter.is_some();
+    for c in batch.iter().filter(|c| !c.node.deleted && !(tested && !c.node.matches)) {
         store.with_element(c.node.tid, |e| {
             // The filter on key columns, before any heap access; the exact
             // pass leaves out the matching elements returned here.
@@ -461,6 +476,8 @@ unsafe fn first_pass(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     let rel = IndexRel::new(unsafe { (*scan).indexRelation });
     // SAFETY: as above.
     unsafe { count_index_scan(rel.raw()) };
+    // SAFETY: an active scan descriptor.
+    unsafe { crate::compat::count_index_search(scan) };
     state.mode = options::iterative_scan();
     let ef_search = options::ef_search();
     // The query is read (and detoasted, which takes heavyweight locks on the
@@ -490,6 +507,7 @@ unsafe fn first_pass(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     // it frees elements).
     let meta = rel.read_meta();
     let mut store = PageStore::new(rel, meta);
+    store.filter = state.filter.clone();
     let unordered_value = query.is_some().then_some(f64::NAN);
     match (query, meta.entry) {
         (_, None) => state.done = true,
@@ -559,6 +577,7 @@ unsafe fn next_batch(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     };
     rel.lock_scans(SHARE_LOCK);
     let mut store = PageStore::new(rel, rel.read_meta());
+    store.filter = state.filter.clone();
     let nblocks = rel.nblocks();
     if let (Some(_), Some(f), None) = (store.meta.keys_head, state.filter.as_ref(), &state.directory_matches) {
         state.directory_matches =
@@ -581,14 +600,35 @@ unsafe fn next_batch(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
         Vec::new()
     } else if spent {
         search.take_pending(state.batch)
+    } else if state.filter.is_some() {
+        // A filtered walk settles the matching elements the executor may
+        // still want, walking through the others; it stops after at most
+        // as many visits again as it has made so far, so the switch rule
+        // above is asked again before the walk can cost much more than the
+        // exact pass.
+        let visits = search.visits();
+        let limit = state.visit_limit.min(visits.saturating_add(visits.max(FILTERED_BATCH_MIN_VISITS)));
+        // First the rows a LIMIT 10 still lacks, then twice as many each time.
+        let guess = WANTED_ROWS_GUESS as usize;
+        let want = if state.want == 0 { guess.saturating_sub(state.taken).max(1) } else { state.want };
+        let (batch, passed) = search.next_matching_batch(&mut store, &state.query, FILTERED_BEAM * want, want, limit);
+        state.returned_walk += passed;
+        if !batch.is_empty() {
+            state.want = (want * 2).clamp(guess, MAX_BATCH);
+        }
+        batch
     } else {
         search.next_batch(&mut store, &state.query, 2 * state.batch, state.batch, state.visit_limit)
     };
-    let frontier = if batch.is_empty() { None } else { search.frontier() };
+    // A filtered walk cut short by its batch's visit limit may return
+    // nothing and still have elements to expand.
+    let over = batch.is_empty()
+        && (state.filter.is_none() || spent || search.is_exhausted() || search.visits() >= state.visit_limit);
+    let frontier = if over { None } else { search.frontier() };
     emit(&store, state, &batch, Rest::Frontier(frontier));
     LAST_SCAN_VISITS.with(|v| v.set(v.get() + store.visits));
     rel.unlock_scans(SHARE_LOCK);
-    if !batch.is_empty() {
+    if !over {
         state.search = Some(search);
     } else if options::exact_fallback() {
         // The walk is spent or exhausted: its memory goes, the exact pass
@@ -682,6 +722,15 @@ const CANDIDATES_PER_LOCK: usize = 4096;
 /// Rows a filtered scan expects to be asked for before it has been asked for
 /// any (a common `LIMIT`).
 const WANTED_ROWS_GUESS: f64 = 10.0;
+
+/// Beam of a filtered walk's batch, in matching elements, per matching
+/// element it returns: the walk explores until twice the rows it returns
+/// are settled, so those it returns are the nearest matches it can find.
+const FILTERED_BEAM: usize = 1;
+
+/// Fewest visits a filtered walk's batch may make before it stops to let
+/// the switch rule look again (see [`next_batch`]).
+const FILTERED_BATCH_MIN_VISITS: usize = 256;
 
 /// Elements per index block, for the size of an exact pass (about 7 of 384
 /// dimensions; fewer estimated elements only make the pass look cheaper).

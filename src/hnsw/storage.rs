@@ -26,6 +26,7 @@ use rustc_hash::FxHashMap;
 
 use super::codec::Codec;
 use super::graph::{GraphKey, GraphStore, Params};
+use super::keys::Filter;
 use super::page::{
     self, ElementHead, ElementMut, ElementRef, ItemPointer, Meta, NeighborsRef, PageError, PageKind, PageRef, BLCKSZ,
     ELEMENT_HEADER_SIZE, ELEMENT_HEAD_SIZE, META_BLOCK, PAGE_HEADER_SIZE,
@@ -497,6 +498,10 @@ pub struct ElementNode {
     /// Its reuse count when read: a scan that holds the node across batches
     /// checks it before trusting the element again.
     pub version: u8,
+    /// Whether its keys satisfied the store's [`PageStore::filter`] when it
+    /// was read (always with no filter). A hint for the walk: a scan tests
+    /// the keys again under the content lock before returning the element.
+    pub matches: bool,
 }
 
 impl ElementNode {
@@ -509,6 +514,7 @@ impl ElementNode {
             deleted: head.is_deleted(),
             heap_tids: head.heap_tids,
             version: head.version,
+            matches: true,
         }
     }
 
@@ -537,6 +543,9 @@ pub struct PageStore {
     /// Whether graph searches ([`GraphStore::neighbors`]) walk spare links
     /// too (scans: yes; an insert's own search: no, as in the build).
     pub walk_spare: bool,
+    /// A filtered scan's conditions on filter columns: visits test them on
+    /// each element's keys and set [`ElementNode::matches`].
+    pub filter: Option<Filter>,
 }
 
 /// Most buffers [`PageStore::visit_many`] keeps pinned at once: below
@@ -599,6 +608,7 @@ impl PageStore {
             hints: Vec::new(),
             visits: 0,
             walk_spare: true,
+            filter: None,
         }
     }
 
@@ -715,7 +725,17 @@ impl PageStore {
         // scan that could hold its address has finished.
         let stable = unsafe { std::slice::from_raw_parts(page.add(item.start + body), codec.stable_len(payload_len)) };
         codec.validate(payload_len, stable).map_err(|e| PageError(format!("{e:?}")))?;
-        Ok((codec.distance_to_payload(query, stable), ElementNode::new(key, &head)))
+        let mut node = ElementNode::new(key, &head);
+        if let Some(filter) = &self.filter {
+            let start = item.start + ELEMENT_HEADER_SIZE + page::KEYS_LEN_SIZE;
+            let blob = if head.has_keys() { u16::from_ne_bytes([lens[0], lens[1]]) as usize } else { 0 };
+            // SAFETY: body_offset checked that the key blob lies inside the
+            // item's key area, inside the pinned page; the keys are as
+            // stable as the payload (see above).
+            let keys = unsafe { std::slice::from_raw_parts(page.add(start), blob) };
+            node.matches = filter.matches(keys);
+        }
+        Ok((codec.distance_to_payload(query, stable), node))
     }
 }
 
@@ -731,7 +751,12 @@ impl GraphStore for PageStore {
     fn visit(&mut self, query: &[u32], key: ItemPointer) -> Option<(f32, ElementNode)> {
         let codec = self.meta.codec;
         self.visits += 1;
-        Some(self.with_element(key, |e| (codec.distance_to_payload(query, e.payload()), ElementNode::read(key, &e))))
+        let filter = self.filter.as_ref();
+        Some(self.with_element(key, |e| {
+            let mut node = ElementNode::read(key, &e);
+            node.matches = filter.is_none_or(|f| f.matches(e.keys()));
+            (codec.distance_to_payload(query, e.payload()), node)
+        }))
     }
 
     /// Visits `keys` so their cache misses overlap: first prefetch the
@@ -809,6 +834,10 @@ impl GraphStore for PageStore {
 
     fn is_deleted(&self, node: &ElementNode) -> bool {
         node.deleted
+    }
+
+    fn matches(&self, node: &ElementNode) -> bool {
+        node.matches
     }
 
     fn prefetch_neighbors(&self, node: &ElementNode) {
