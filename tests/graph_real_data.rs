@@ -1,4 +1,4 @@
-//! The pure graph code (`src/hnsw/graph.rs`, no PostgreSQL) on the real
+//! The pure graph code (`src/hnsw/graph/`, no PostgreSQL) on the real
 //! dataset: recall@10 against brute force for each metric, every element
 //! reachable, serial and threaded builds. Compiled from the sources
 //! directly, so it needs no server.
@@ -6,7 +6,7 @@
 #[path = "../src/distance.rs"]
 #[allow(dead_code)]
 mod distance;
-#[path = "../src/hnsw/graph.rs"]
+#[path = "../src/hnsw/graph/mod.rs"]
 #[allow(dead_code)]
 mod hnsw_graph;
 #[allow(unused_imports)]

@@ -8,7 +8,7 @@
 // algorithm can be benchmarked on its own (`bench/src/bin/graph_bench.rs`).
 #[path = "../../src/distance.rs"]
 pub mod distance;
-#[path = "../../src/hnsw/graph.rs"]
+#[path = "../../src/hnsw/graph/mod.rs"]
 #[doc(hidden)]
 pub mod hnsw_graph;
 /// The extension's `hnsw` module, reduced to its pure graph code.

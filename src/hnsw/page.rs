@@ -1129,6 +1129,62 @@ mod tests {
         codec.encode(&codec.prepare_dense(v).unwrap().unwrap())
     }
 
+    /// The invariant that lets scans read element items under a pin only
+    /// (`pinned_item_range` in storage.rs, instead of pgvector's share lock
+    /// to locate an item): on a graph page, items never move. Every edit
+    /// the access method makes to one (adding items; heap TIDs, the deleted
+    /// and free flags and reuse of an element; rewriting and clearing
+    /// neighbor lists) leaves every existing line pointer as it was, and
+    /// reuse keeps an element's length. Only key directory pages are
+    /// compacted, and scans read those under the share lock.
+    #[test]
+    fn graph_page_items_never_move() {
+        let codec = dense(Metric::L2, 8);
+        let m = 4;
+        let mut page = PageImage::new(PageKind::Graph);
+        let p = payload(&codec, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+        for i in 0..6u16 {
+            let element = encode_element(0, &[tid(100 + i as u32, 1)], tid(1, 2 * i + 2), &[], &p);
+            assert_eq!(add_item(&mut page.0, &element), Some(2 * i + 1));
+            let neighbors = encode_neighbors(m, 1, &[vec![tid(1, 1)], vec![]], 0);
+            assert_eq!(add_item(&mut page.0, &neighbors), Some(2 * i + 2));
+        }
+        let line_pointers = |page: &PageImage| -> Vec<u32> {
+            let n = PageRef::new(&page.0, PageKind::Graph).unwrap().max_offset();
+            (1..=n).map(|o| u32_at(&page.0, line_pointer_at(o))).collect()
+        };
+        let range =
+            |page: &PageImage, offset: u16| PageRef::new(&page.0, PageKind::Graph).unwrap().item_range(offset).unwrap();
+        let before = line_pointers(&page);
+        let payload_at = |page: &PageImage, offset: u16| page.0[range(page, offset)][ELEMENT_HEADER_SIZE..].to_vec();
+        let stable = payload_at(&page, 3);
+        // Edits of elements: heap TIDs, deleted, free, reuse.
+        let r = range(&page, 1);
+        let mut e = ElementMut::new(&mut page.0[r.clone()], &codec, m).unwrap();
+        assert!(e.push_heap_tid(tid(200, 2)));
+        e.retain_heap_tids(|t| t.block == 200);
+        e.set_deleted();
+        e.set_free();
+        let len = r.len();
+        e.reuse(0, tid(300, 3), &[], &payload(&codec, &[8.0; 8]));
+        assert_eq!(range(&page, 1).len(), len, "reuse keeps the element's length");
+        let r = range(&page, 5);
+        ElementMut::new(&mut page.0[r], &codec, m).unwrap().set_deleted();
+        // Edits of neighbor lists.
+        let r = range(&page, 2);
+        set_layer(&mut page.0[r.clone()], m, 0, &[tid(1, 3), tid(1, 5), tid(1, 7)], 1).unwrap();
+        set_layer(&mut page.0[r.clone()], m, 1, &[tid(1, 9)], 0).unwrap();
+        let r = range(&page, 4);
+        clear_neighbors(&mut page.0[r], m).unwrap();
+        // More items after them.
+        let element = encode_element(0, &[tid(400, 1)], tid(1, 14), &[], &p);
+        assert_eq!(add_item(&mut page.0, &element), Some(13));
+        let after = line_pointers(&page);
+        assert_eq!(after[..before.len()], before[..], "existing line pointers unchanged");
+        assert_eq!(payload_at(&page, 3), stable, "an untouched element's bytes unchanged");
+        assert!(compact_directory_page(&mut page.0, |_| false).is_err(), "graph pages are never compacted");
+    }
+
     #[test]
     fn directory_pages_chain_and_compact() {
         let mut page = PageImage::new(PageKind::Graph);

@@ -54,7 +54,11 @@ struct RecentBuffers {
 
 /// Indexes with hints kept per backend (least recently added dropped first).
 const RECENT_RELS: usize = 8;
-/// Blocks with hints per index (4 MiB of hints, an 8 GiB index).
+/// Blocks with hints per backend, all indexes together (4 MiB of hints, an
+/// 8 GiB index): the hints of the indexes added first are dropped to make
+/// room. The table grows with the blocks read, and a failed allocation only
+/// means no hint (the table lives outside PostgreSQL's memory contexts, so
+/// it must never abort the backend).
 const RECENT_BLOCKS: u32 = 1 << 20;
 
 impl RecentBuffers {
@@ -82,11 +86,25 @@ impl RecentBuffers {
                 self.rels.len() - 1
             }
         };
-        let hints = &mut self.rels[at].1;
-        if hints.len() <= block as usize {
-            hints.resize(block as usize + 1, 0);
+        let len = self.rels[at].1.len();
+        if len <= block as usize {
+            // Grow by doubling (fewer copies), within the backend's total.
+            let want = (block as usize + 1).max(2 * len).min(RECENT_BLOCKS as usize);
+            let mut at = at;
+            while self.rels.iter().map(|r| r.1.len()).sum::<usize>() - len + want > RECENT_BLOCKS as usize {
+                let Some(oldest) = (0..self.rels.len()).find(|&i| i != at) else { break };
+                self.rels.remove(oldest);
+                at -= (oldest < at) as usize;
+            }
+            let hints = &mut self.rels[at].1;
+            if hints.try_reserve_exact(want - len).is_err() {
+                return;
+            }
+            hints.resize(want, 0);
+            hints[block as usize] = buf;
+            return;
         }
-        hints[block as usize] = buf;
+        self.rels[at].1[block as usize] = buf;
     }
 }
 
@@ -583,6 +601,18 @@ unsafe fn copy_out<const N: usize>(page: *const u8, at: usize) -> [u8; N] {
 /// other backends add items; an existing line pointer never changes), then
 /// validated.
 ///
+/// Why a pin is enough (pgvector takes the share lock here): on graph pages
+/// items never move. The access method only appends items and edits item
+/// bytes in place (heap TIDs, flags, neighbor lists, reuse of a free element
+/// at its own length); it never deletes, compacts or re-initialises a graph
+/// page that holds items (test `page::tests::graph_page_items_never_move`;
+/// only key directory pages are compacted, and scans read those under the
+/// share lock). An element's address reaches a scan only through a link
+/// written after the element (the insert writes its page first), and the
+/// bytes the walk uses (the payload and keys) do not change while the element
+/// is reachable; what may change (heap TIDs, flags) is read again under the
+/// share lock before a row is returned.
+///
 /// # Safety
 /// `page` must point at a pinned shared buffer page of [`BLCKSZ`] bytes.
 unsafe fn pinned_item_range(page: *const u8, offset: u16) -> Result<std::ops::Range<usize>, PageError> {
@@ -865,5 +895,49 @@ pub fn to_pg_tid(t: ItemPointer) -> pg_sys::ItemPointerData {
     pg_sys::ItemPointerData {
         ip_blkid: pg_sys::BlockIdData { bi_hi: (t.block >> 16) as u16, bi_lo: (t.block & 0xFFFF) as u16 },
         ip_posid: t.offset,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(n: u32) -> RelFile {
+        // SAFETY: a plain C struct of integers; all zeroes is a valid value.
+        let mut f: RelFile = unsafe { std::mem::zeroed() };
+        #[cfg(feature = "pg15")]
+        {
+            f.relNode = n.into();
+        }
+        #[cfg(not(feature = "pg15"))]
+        {
+            f.relNumber = n.into();
+        }
+        f
+    }
+
+    /// The buffer hints of all indexes together stay within
+    /// `RECENT_BLOCKS`: a large index's hints push out the oldest index's,
+    /// never the current one's, and a hint set is a hint read back.
+    #[test]
+    fn recent_buffer_hints_share_one_budget() {
+        let mut r = RecentBuffers { rels: Vec::new() };
+        let main = pg_sys::ForkNumber::MAIN_FORKNUM;
+        let total = |r: &RecentBuffers| r.rels.iter().map(|x| x.1.len()).sum::<usize>();
+        for n in 0..RECENT_RELS as u32 {
+            r.set(file(n), main, 1_000 + n, 7);
+        }
+        assert_eq!(r.rels.len(), RECENT_RELS);
+        assert_eq!(r.get(file(3), main, 1_003), Some(7));
+        r.set(file(5), main, RECENT_BLOCKS - 1, 9);
+        assert_eq!(r.get(file(5), main, RECENT_BLOCKS - 1), Some(9));
+        assert_eq!(r.get(file(5), main, 1_005), Some(7), "its own hints stay");
+        assert!(total(&r) <= RECENT_BLOCKS as usize, "{} hints", total(&r));
+        assert_eq!(r.get(file(0), main, 1_000), None, "the oldest index's hints went");
+        r.set(file(6), main, RECENT_BLOCKS / 2, 4);
+        assert!(total(&r) <= RECENT_BLOCKS as usize, "{} hints", total(&r));
+        assert_eq!(r.get(file(6), main, RECENT_BLOCKS / 2), Some(4));
+        r.set(file(6), main, RECENT_BLOCKS, 4);
+        assert_eq!(r.get(file(6), main, RECENT_BLOCKS), None, "blocks past the limit get no hint");
     }
 }

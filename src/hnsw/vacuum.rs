@@ -293,6 +293,17 @@ impl ItemBitmap {
             .flat_map(|(i, &w)| (0..64).filter(move |b| w & (1u64 << b) != 0).map(move |b| (i * 64 + b + 1) as u16))
     }
 
+    /// The elements of the set for which `keep` holds, as a new set over
+    /// the same blocks (so a list of work to do costs a bitmap, counted
+    /// against the batch's memory, not 6 bytes per element outside it).
+    pub(crate) fn subset(&self, keep: impl Fn(ItemPointer) -> bool) -> ItemBitmap {
+        let mut out = ItemBitmap::new(self.blocks.clone(), self.words);
+        for t in self.iter().filter(|&t| keep(t)) {
+            out.insert(t);
+        }
+        out
+    }
+
     /// Every element in the set, in address order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = ItemPointer> + '_ {
         self.blocks.clone().flat_map(move |block| self.offsets(block).map(move |offset| ItemPointer { block, offset }))
@@ -715,17 +726,12 @@ pub(super) fn debug_wait_for_advisory_lock(key: i32) {
 fn free(rel: &IndexRel, meta: &Meta, deleted: &ItemBitmap) {
     let (codec, m) = (meta.codec, meta.m as usize);
     let mut first_free: Option<u32> = None;
-    let mut blocks: Vec<u32> = Vec::new();
-    let mut last = None;
-    for t in deleted.iter() {
-        if last != Some(t.block) {
-            blocks.push(t.block);
-            last = Some(t.block);
-        }
-    }
     let mut pause = DEBUG_VACUUM_FREE_LOCK.get();
     let mut neighbor_items: Vec<ItemPointer> = Vec::new();
-    for block in blocks {
+    for block in deleted.blocks.clone() {
+        if deleted.offsets(block).next().is_none() {
+            continue;
+        }
         vacuum_delay();
         // Only VACUUM marks elements deleted or free, and one VACUUM runs
         // per table: what this read finds stays so until the marking below.
@@ -887,13 +893,13 @@ fn linked_back(store: &PageStore, tid: ItemPointer) -> bool {
 fn link_weak(
     rel: &IndexRel,
     store: &mut PageStore,
-    candidates: Vec<ItemPointer>,
+    candidates: &ItemBitmap,
     reached: impl Fn(ItemPointer) -> bool,
     inbound: &mut ItemBitmap,
     inbound2: &mut ItemBitmap,
     healed: &mut Healed,
 ) {
-    for tid in candidates {
+    for tid in candidates.iter() {
         if linked_back(store, tid) {
             continue;
         }
@@ -1081,7 +1087,7 @@ fn heal_connected(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: us
         ItemBitmap::new(all.clone(), words),
         ItemBitmap::new(all.clone(), words),
     );
-    let budget = work_mem_bytes().saturating_sub(4 * ItemBitmap::bytes_for(nblocks, words));
+    let budget = work_mem_bytes().saturating_sub(HEAL_BITMAPS * ItemBitmap::bytes_for(nblocks, words));
     count_inbound(store, nblocks, &mut live, &mut inbound, &mut inbound2, Some(&mut healed));
     let entry = ensure_entry(rel, healed.highest)?;
     for round in 0..HEAL_ROUNDS {
@@ -1092,11 +1098,11 @@ fn heal_connected(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: us
         if !walk_from(store, entry, &mut reached, budget) {
             return if round == 0 { None } else { Some(healed) };
         }
-        let unreached: Vec<ItemPointer> = live.iter().filter(|&t| !reached.contains(t)).collect();
+        let unreached = live.subset(|t| !reached.contains(t));
         if round > 0 && unreached.is_empty() {
             break;
         }
-        for tid in unreached {
+        for tid in unreached.iter() {
             if reached.contains(tid) {
                 continue; // reached from an element linked earlier in this loop
             }
@@ -1112,9 +1118,10 @@ fn heal_connected(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: us
                 }
             }
         }
+        drop(unreached);
         if round == 0 {
-            let weak: Vec<ItemPointer> = live.iter().filter(|&t| !inbound2.contains(t) && t != entry).collect();
-            link_weak(rel, store, weak, |t| reached.contains(t), &mut inbound, &mut inbound2, &mut healed);
+            let weak = live.subset(|t| !inbound2.contains(t) && t != entry);
+            link_weak(rel, store, &weak, |t| reached.contains(t), &mut inbound, &mut inbound2, &mut healed);
         }
         if healed.linked + healed.weak_linked == linked_before {
             break; // nothing changed, so nothing new was stranded
@@ -1123,6 +1130,15 @@ fn heal_connected(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: us
     Some(healed)
 }
 
+/// Bitmaps over the whole index [`heal_connected`] holds at once: live,
+/// inbound, inbound2, reached, and the list it works through (unreached,
+/// then weak).
+const HEAL_BITMAPS: usize = 5;
+
+/// Bitmaps over a batch [`heal_batched`] holds at once: live, inbound,
+/// inbound2 and the list it works through (stranded, then weak).
+const HEAL_BATCH_BITMAPS: usize = 4;
+
 /// The orphan pass in batches of blocks (when one batch cannot cover the
 /// index): for each batch, counts layer-0 inbound links to its elements
 /// over the whole index and links each live element without one (except
@@ -1130,15 +1146,15 @@ fn heal_connected(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: us
 /// elements that only link to each other.
 fn heal_batched(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: usize) -> Healed {
     let mut healed = Healed::default();
-    for (i, range) in batches(nblocks, batch_blocks(words, 3)).into_iter().enumerate() {
+    for (i, range) in batches(nblocks, batch_blocks(words, HEAL_BATCH_BITMAPS)).into_iter().enumerate() {
         let mut live = ItemBitmap::new(range.clone(), words);
         let mut inbound = ItemBitmap::new(range.clone(), words);
         let mut inbound2 = ItemBitmap::new(range.clone(), words);
         let totals = (i == 0).then_some(&mut healed);
         count_inbound(store, nblocks, &mut live, &mut inbound, &mut inbound2, totals);
         let entry = ensure_entry(rel, healed.highest);
-        let stranded: Vec<ItemPointer> = live.iter().filter(|&t| !inbound.contains(t) && Some(t) != entry).collect();
-        for tid in stranded {
+        let stranded = live.subset(|t| !inbound.contains(t) && Some(t) != entry);
+        for tid in stranded.iter() {
             healed.unreachable += 1;
             rel.lock_graph(SHARE_LOCK);
             let linked = link_unreached(store, tid, entry, &|_| true, &mut inbound, &mut inbound2);
@@ -1146,9 +1162,9 @@ fn heal_batched(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: usiz
             healed.linked += linked as usize;
             store.clear_cache();
         }
-        let weak: Vec<ItemPointer> =
-            live.iter().filter(|&t| inbound.contains(t) && !inbound2.contains(t) && Some(t) != entry).collect();
-        link_weak(rel, store, weak, |_| true, &mut inbound, &mut inbound2, &mut healed);
+        drop(stranded);
+        let weak = live.subset(|t| inbound.contains(t) && !inbound2.contains(t) && Some(t) != entry);
+        link_weak(rel, store, &weak, |_| true, &mut inbound, &mut inbound2, &mut healed);
     }
     healed
 }
@@ -1160,7 +1176,7 @@ fn heal(rel: &IndexRel) -> Healed {
     let words = ItemBitmap::words_per_block(meta.m as usize);
     let nblocks = rel.nblocks();
     let mut store = PageStore::new(*rel, meta);
-    let whole = batch_blocks(words, 4) >= nblocks;
+    let whole = batch_blocks(words, HEAL_BITMAPS) >= nblocks;
     let healed = match whole.then(|| heal_connected(rel, &mut store, nblocks, words)).flatten() {
         Some(h) => h,
         None => heal_batched(rel, &mut store, nblocks, words),

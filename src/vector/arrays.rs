@@ -41,6 +41,9 @@ unsafe fn deconstruct(p: *mut pg_sys::ArrayType) -> (pg_sys::Oid, Vec<pg_sys::Da
 /// `check_len` with the element count before converting (so a wrong length
 /// is reported before a bad element, as in pgvector).
 pub fn array_to_f32<T>(array: Array<'_, T>, check_len: impl FnOnce(usize)) -> Vec<f32> {
+    // The element count comes from the array's header: a source far longer
+    // than any vector is refused before its elements are copied anywhere.
+    let count = array.len();
     let p = array.into_array_type() as *mut pg_sys::ArrayType;
     // SAFETY: pgrx detoasted the argument into the current memory context;
     // `ndim` is its header field, and the Postgres calls are guarded.
@@ -51,9 +54,9 @@ pub fn array_to_f32<T>(array: Array<'_, T>, check_len: impl FnOnce(usize)) -> Ve
         if pg_sys::array_contains_nulls(p) {
             raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "array must not contain nulls");
         }
+        check_len(count);
         deconstruct(p)
     };
-    check_len(datums.len());
     // SAFETY (all arms): each datum is an element of the array's own type.
     let convert: fn(pg_sys::Datum) -> f32 = if elemtype == pg_sys::INT4OID {
         |d| unsafe { i32::from_datum(d, false) }.unwrap_or(0) as f32

@@ -1,4 +1,4 @@
-//! The HNSW graph code alone (`src/hnsw/graph.rs`, no PostgreSQL) beside
+//! The HNSW graph code alone (`src/hnsw/graph/`, no PostgreSQL) beside
 //! hnswlib, in one run on the real dataset: in-memory build time (wall and
 //! CPU), recall@10 and QPS per ef_search on one thread, and our QPS at
 //! hnswlib's recall levels (interpolated on our recall/QPS curve).
