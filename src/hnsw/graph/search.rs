@@ -262,54 +262,7 @@ impl<K: GraphKey, N: Copy> ResumableSearch<K, N> {
     where
         S: GraphStore<Key = K, Node = N>,
     {
-        let ef = ef.max(1);
-        let mut beam: BinaryHeap<ByDistance<N>> = BinaryHeap::with_capacity(ef + 1);
-        while beam.len() < ef {
-            let Some(Reverse(ByDistance(c))) = self.pending.pop() else { break };
-            beam.push(ByDistance(c));
-        }
-        let mut neighbors = std::mem::take(&mut self.neighbors);
-        let mut unvisited = std::mem::take(&mut self.unvisited);
-        let mut batch = std::mem::take(&mut self.batch);
-        while self.visits < visit_limit {
-            let Some(Reverse(ByDistance(c))) = self.unexpanded.peek() else { break };
-            let farthest = beam.peek().map_or(f32::INFINITY, |f| f.0.distance);
-            if beam.len() >= ef && c.distance > farthest {
-                break;
-            }
-            let Some(Reverse(ByDistance(c))) = self.unexpanded.pop() else { break };
-            if let Some(Reverse(ByDistance(next))) = self.unexpanded.peek() {
-                store.prefetch_neighbors(&next.node);
-            }
-            store.neighbors(&c.node, 0, &mut neighbors);
-            unvisited.clear();
-            unvisited.extend(neighbors.iter().copied().filter(|&k| VisitedSet::insert(&mut self.visited, k)));
-            store.visit_many(query, &unvisited, &mut batch);
-            self.visits += unvisited.len();
-            for &(distance, node) in batch.iter().flatten() {
-                let found = Candidate { distance, node };
-                self.unexpanded.push(Reverse(ByDistance(found)));
-                let farthest = beam.peek().map_or(f32::INFINITY, |f| f.0.distance);
-                if beam.len() < ef || distance < farthest {
-                    beam.push(ByDistance(found));
-                    if beam.len() > ef {
-                        if let Some(ByDistance(out)) = beam.pop() {
-                            self.pending.push(Reverse(ByDistance(out)));
-                        }
-                    }
-                } else {
-                    self.pending.push(Reverse(ByDistance(found)));
-                }
-            }
-        }
-        self.neighbors = neighbors;
-        self.unvisited = unvisited;
-        self.batch = batch;
-        let mut out: Vec<Candidate<N>> = beam.into_sorted_vec().into_iter().map(|f| f.0).collect();
-        for rest in out.drain(emit.min(out.len())..) {
-            self.pending.push(Reverse(ByDistance(rest)));
-        }
-        out
+        self.walk(store, query, ef, emit, visit_limit, false).0
     }
 
     /// The next batch of a filtered walk: like [`ResumableSearch::next_batch`],
@@ -334,12 +287,33 @@ impl<K: GraphKey, N: Copy> ResumableSearch<K, N> {
     where
         S: GraphStore<Key = K, Node = N>,
     {
+        self.walk(store, query, ef, emit, visit_limit, true)
+    }
+
+    /// The walk behind both batches. With `matching_only` the beam admits
+    /// only elements that [`GraphStore::matches`] (the others are expanded,
+    /// counted in the second result, and dropped from the pending set) and
+    /// only settled elements are returned; without it every visited element
+    /// is a candidate and the whole front of the beam is returned.
+    fn walk<S>(
+        &mut self,
+        store: &mut S,
+        query: &S::Query,
+        ef: usize,
+        emit: usize,
+        visit_limit: usize,
+        matching_only: bool,
+    ) -> (Vec<Candidate<N>>, usize)
+    where
+        S: GraphStore<Key = K, Node = N>,
+    {
+        let admits = |store: &S, node: &N| !matching_only || store.matches(node);
         let ef = ef.max(1);
         let mut passed = 0;
         let mut beam: BinaryHeap<ByDistance<N>> = BinaryHeap::with_capacity(ef + 1);
         while beam.len() < ef {
             let Some(Reverse(ByDistance(c))) = self.pending.pop() else { break };
-            if store.matches(&c.node) {
+            if admits(store, &c.node) {
                 beam.push(ByDistance(c));
             } else {
                 passed += 1;
@@ -355,7 +329,7 @@ impl<K: GraphKey, N: Copy> ResumableSearch<K, N> {
                 break;
             }
             let Some(Reverse(ByDistance(c))) = self.unexpanded.pop() else { break };
-            if !store.matches(&c.node) {
+            if !admits(store, &c.node) {
                 passed += 1;
             }
             if let Some(Reverse(ByDistance(next))) = self.unexpanded.peek() {
@@ -369,7 +343,7 @@ impl<K: GraphKey, N: Copy> ResumableSearch<K, N> {
             for &(distance, node) in batch.iter().flatten() {
                 let found = Candidate { distance, node };
                 self.unexpanded.push(Reverse(ByDistance(found)));
-                if !store.matches(&node) {
+                if !admits(store, &node) {
                     continue;
                 }
                 let farthest = beam.peek().map_or(f32::INFINITY, |f| f.0.distance);
@@ -388,12 +362,15 @@ impl<K: GraphKey, N: Copy> ResumableSearch<K, N> {
         self.neighbors = neighbors;
         self.unvisited = unvisited;
         self.batch = batch;
-        // Only settled elements are returned: when the visit limit cut the
-        // walk short, those beyond the nearest unexpanded element wait.
-        let bound = self.unexpanded.peek().map_or(f32::INFINITY, |Reverse(ByDistance(c))| c.distance);
         let mut out: Vec<Candidate<N>> = beam.into_sorted_vec().into_iter().map(|f| f.0).collect();
-        let settled = out.iter().take(emit).take_while(|c| c.distance <= bound).count();
-        for rest in out.drain(settled..) {
+        let mut keep = emit.min(out.len());
+        if matching_only {
+            // Only settled elements are returned: when the visit limit cut
+            // the walk short, those beyond the nearest unexpanded element wait.
+            let bound = self.unexpanded.peek().map_or(f32::INFINITY, |Reverse(ByDistance(c))| c.distance);
+            keep = out.iter().take(keep).take_while(|c| c.distance <= bound).count();
+        }
+        for rest in out.drain(keep..) {
             self.pending.push(Reverse(ByDistance(rest)));
         }
         (out, passed)
