@@ -22,7 +22,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::directory;
-use super::graph::{prune_neighbors, random_level, Searcher};
+use super::graph::{prune_neighbors, random_level, relink, LinkLists, Searcher};
 use super::key_datum;
 use super::page::{
     self, encode_element, encode_neighbors, ElementMut, ItemPointer, LayerList, NeighborsRef, PageKind, PageRef,
@@ -122,7 +122,7 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[u32], keys: &[u8], heap_tid: It
     }
     if !linked {
         if let Some(nearest) = lists[0].first() {
-            force_link(&mut store, &nearest.node, &new);
+            relink::force_link(&mut store, nearest.node.tid, new.tid);
         }
     }
     if level > entry_level as usize {
@@ -130,7 +130,7 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[u32], keys: &[u8], heap_tid: It
         // from the old entry stays so once the new one links to it. (A
         // deleted old entry is not linked; VACUUM, which is about to move
         // the entry point off it, relinks what only it reached.)
-        relink_at_depth(&mut store, &new, entry, 0, 0, true);
+        relink::force_link(&mut store, etid, entry);
         rel.set_entry(Some((etid, level as u16)));
     }
     rel.unlock_graph(mode);
@@ -304,45 +304,6 @@ fn write_list(list: &LayerList, rel: &IndexRel, item: &mut [u8], block: u32, m: 
     page::set_layer(item, m, layer, &list.links, list.spare).unwrap_or_else(|e| rel.corrupt(block, e));
 }
 
-/// Makes `new` reachable when no neighbor kept a link to it: replaces an
-/// entry of `node`'s layer-0 list ([`displaceable`]) with `new`.
-fn force_link(store: &mut PageStore, node: &ElementNode, new: &ElementNode) {
-    let (rel, m, block) = (store.rel, store.meta.m as usize, node.neighbors.block);
-    let max = store.params().max_neighbors(0);
-    for _attempt in 0..3 {
-        let current = rel.read(block, |p| list_in(&rel, p, node, 0, m).1);
-        if current.selected().contains(&new.tid) {
-            return;
-        }
-        let mut list = current.clone();
-        let mut displaced = None;
-        if list.selected().len() >= max {
-            // Even an entry that keeps back links gets a link from `new`
-            // when `new` has room: back links from a group of elements
-            // that link only to each other do not make it reachable.
-            let i = displaceable(store, node.tid, &list.links);
-            displaced = Some(list.links[i]);
-            list.links[i] = new.tid;
-        } else {
-            list.append(new.tid, max);
-        }
-        let written = rel.modify(block, |p| {
-            let (range, now) = list_in(&rel, p, node, 0, m);
-            if now != current {
-                return None;
-            }
-            write_list(&list, &rel, &mut p[range], block, m, 0);
-            Some(())
-        });
-        if written.is_some() {
-            if let Some(d) = displaced {
-                relink_at_depth(store, new, d, 0, 1, false);
-            }
-            return;
-        }
-    }
-}
-
 /// Links `node -> new` on `layer`: appends when a selected slot is free
 /// (giving up a spare link if need be), otherwise prunes with the heuristic
 /// (computed without locks, then written only if the list did not change
@@ -399,7 +360,7 @@ pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &Element
             // next append may take its slot.
             let deleted = |t: &ItemPointer| nodes.iter().any(|n| n.tid == *t && n.deleted);
             for dropped in current.links.iter().copied().filter(|c| !kept.selected().contains(c) && !deleted(c)) {
-                relink(store, new, dropped, layer);
+                relink::relink(store, new.tid, dropped, layer);
             }
             return true;
         }
@@ -407,112 +368,80 @@ pub fn add_reverse_link(store: &mut PageStore, node: &ElementNode, new: &Element
     false
 }
 
-/// Keeps `dropped` reachable after it left a list to make room for `new`:
-/// links `new -> dropped` on `layer` if `new`'s list has room. Otherwise, if
-/// fewer than two of `dropped`'s own layer-0 neighbors link back to it (so
-/// it may have no inbound link left), replaces an entry of `new`'s list
-/// with it ([`displaceable`]), and relinks the displaced element the same
-/// way when it may need it (up to [`MAX_RELINK_DEPTH`] steps).
-fn relink(store: &mut PageStore, new: &ElementNode, dropped: ItemPointer, layer: usize) {
-    relink_at_depth(store, new, dropped, layer, 0, false);
-}
+/// The page graph's lists as the relink policy ([`relink`]) edits them:
+/// each call locks the one page it reads or writes, and writes only if the
+/// list did not change since it was read.
+impl LinkLists for PageStore {
+    type Key = ItemPointer;
 
-/// With `force`, links `dropped` even when it has back links of its own.
-/// Never links a deleted element (VACUUM relies on it, vacuum.rs (a)).
-/// A list that changed under us is read again (a few times).
-fn relink_at_depth(
-    store: &mut PageStore,
-    new: &ElementNode,
-    dropped: ItemPointer,
-    layer: usize,
-    depth: usize,
-    force: bool,
-) {
-    if dropped == new.tid || layer > new.level as usize || store.node(dropped).deleted {
-        return;
+    fn level(&mut self, k: ItemPointer) -> usize {
+        self.node(k).level as usize
     }
-    let (rel, m, block) = (store.rel, store.meta.m as usize, new.neighbors.block);
-    let max = store.params().max_neighbors(layer);
-    let mut needs_link = None;
-    for _attempt in 0..3 {
-        let mut full: Option<LayerList> = None;
+
+    fn is_deleted(&mut self, k: ItemPointer) -> bool {
+        self.node(k).deleted
+    }
+
+    fn own_neighbors(&mut self, k: ItemPointer, out: &mut Vec<ItemPointer>) {
+        let node = self.node(k);
+        self.read_selected(&node, 0, out);
+    }
+
+    fn links_to(&mut self, from: ItemPointer, to: ItemPointer) -> bool {
+        let node = self.node(from);
+        if node.deleted {
+            return false;
+        }
+        let mut selected = Vec::new();
+        self.read_selected(&node, 0, &mut selected);
+        selected.contains(&to)
+    }
+
+    fn distances(&mut self, owner: ItemPointer, list: &[ItemPointer]) -> Vec<f32> {
+        let v = self.vector(owner).to_vec();
+        list.iter().map(|&t| self.visit(&v, t).map_or(f32::INFINITY, |x| x.0)).collect()
+    }
+
+    fn append(&mut self, owner: ItemPointer, layer: usize, k: ItemPointer) -> Result<(), Vec<ItemPointer>> {
+        let node = self.node(owner);
+        let (rel, m, block) = (self.rel, self.meta.m as usize, node.neighbors.block);
+        let max = self.params().max_neighbors(layer);
+        let mut full = None;
         rel.modify(block, |p| {
-            let (range, mut list) = list_in(&rel, p, new, layer, m);
-            if list.selected().contains(&dropped) {
+            let (range, mut list) = list_in(&rel, p, &node, layer, m);
+            if list.selected().contains(&k) {
                 return None;
             }
             if list.selected().len() >= max {
-                full = Some(list);
+                full = Some(list.selected().to_vec());
                 return None;
             }
-            list.append(dropped, max);
+            list.append(k, max);
             write_list(&list, &rel, &mut p[range], block, m, layer);
             Some(())
         });
-        let Some(current) = full else { return };
-        if depth >= MAX_RELINK_DEPTH || !*needs_link.get_or_insert_with(|| force || !has_back_link(store, dropped)) {
-            return;
-        }
-        let at = displaceable(store, new.tid, &current.links);
-        let displaced = current.links[at];
-        let mut list = current.clone();
-        list.links[at] = dropped;
-        let written = rel.modify(block, |p| {
-            let (range, now) = list_in(&rel, p, new, layer, m);
-            if now != current {
+        full.map_or(Ok(()), Err)
+    }
+
+    fn replace(
+        &mut self,
+        owner: ItemPointer,
+        layer: usize,
+        expected: &[ItemPointer],
+        at: usize,
+        k: ItemPointer,
+    ) -> bool {
+        let node = self.node(owner);
+        let (rel, m, block) = (self.rel, self.meta.m as usize, node.neighbors.block);
+        rel.modify(block, |p| {
+            let (range, mut list) = list_in(&rel, p, &node, layer, m);
+            if list.selected() != expected || at >= list.links.len() {
                 return None;
             }
+            list.links[at] = k;
             write_list(&list, &rel, &mut p[range], block, m, layer);
             Some(())
-        });
-        if written.is_some() {
-            // Appended to `dropped`'s list if it has room (see force_link);
-            // displacing further only if it may need the link.
-            let dropped_node = store.node(dropped);
-            let layer = layer.min(dropped_node.level as usize);
-            relink_at_depth(store, &dropped_node, displaced, layer, depth + 1, false);
-            return;
-        }
+        })
+        .is_some()
     }
-}
-
-/// How many displacements in a row [`relink`] follows (each moves the
-/// question "does it still have an inbound link?" to the element it
-/// displaced).
-const MAX_RELINK_DEPTH: usize = 4;
-
-/// Which entry of `owner`'s full `list` to give up for another link: the
-/// farthest entry that is deleted or [`has_back_link`], or else the
-/// farthest of all (callers relink the entry they displace).
-fn displaceable(store: &mut PageStore, owner: ItemPointer, list: &[ItemPointer]) -> usize {
-    let v = store.vector(owner).to_vec();
-    let mut by_distance: Vec<(f32, usize)> =
-        list.iter().enumerate().map(|(i, &t)| (store.visit(&v, t).map_or(f32::INFINITY, |x| x.0), i)).collect();
-    by_distance.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let safe = by_distance.iter().find(|&&(_, i)| has_back_link(store, list[i]));
-    safe.or(by_distance.first()).map_or(0, |&(_, i)| i)
-}
-
-/// Whether at least two layer-0 neighbors of element `tid` link back to it
-/// (a local sign that it keeps an inbound link even if a concurrent insert
-/// drops one of them).
-fn has_back_link(store: &mut PageStore, tid: ItemPointer) -> bool {
-    let node = store.node(tid);
-    if node.deleted {
-        return true;
-    }
-    let mut out = Vec::new();
-    store.read_neighbors(&node, 0, &mut out);
-    let mut back = Vec::new();
-    let mut links = 0;
-    for &u in &out {
-        let u = store.node(u);
-        // A spare link back does not count: an insert may take its slot.
-        store.read_selected(&u, 0, &mut back);
-        links += back.contains(&tid) as usize;
-        if links >= 2 {
-            return true;
-        }
-    }
-    false
 }

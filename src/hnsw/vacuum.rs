@@ -147,7 +147,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 use super::directory;
-use super::graph::{Candidate, GraphStore};
+use super::graph::{relink, Candidate, GraphStore};
 use super::options;
 use super::page::{
     self, item_footprint, neighbor_item_size, ElementMut, ElementRef, ItemPointer, LayerList, Meta, NeighborsRef,
@@ -872,24 +872,12 @@ struct Healed {
     weak_linked: usize,
 }
 
-/// Whether a live element among `tid`'s own layer-0 neighbors links back to
-/// it. An element whose only inbound links come from elsewhere is reachable
-/// but hard to find: a search for its own vector closes in on its
-/// neighbors, not on whoever links to it.
-fn linked_back(store: &PageStore, tid: ItemPointer) -> bool {
-    let node = store.node(tid);
-    let (mut out, mut back) = (Vec::new(), Vec::new());
-    store.read_neighbors(&node, 0, &mut out);
-    out.iter().any(|&u| {
-        let u = store.node(u);
-        store.read_selected(&u, 0, &mut back);
-        !u.deleted && back.contains(&tid)
-    })
-}
-
 /// Links each live element of `candidates` (those with fewer than two
-/// inbound links) that no neighbor links back to ([`linked_back`]) from one
-/// of its own reachable neighbors.
+/// inbound links) that is not linked back by its own neighbors (the relink
+/// policy's [`relink::linked_back`]) from one of its own reachable
+/// neighbors. An element whose only inbound links come from elsewhere is
+/// reachable but hard to find: a search for its own vector closes in on
+/// its neighbors, not on whoever links to it.
 fn link_weak(
     rel: &IndexRel,
     store: &mut PageStore,
@@ -900,7 +888,7 @@ fn link_weak(
     healed: &mut Healed,
 ) {
     for tid in candidates.iter() {
-        if linked_back(store, tid) {
+        if relink::linked_back(store, tid) {
             continue;
         }
         healed.weak += 1;
@@ -917,7 +905,9 @@ fn link_weak(
 /// too), then the entry point. A host's list gets `tid` appended when it has
 /// room; failing that (second round), `tid` replaces the host's farthest
 /// neighbor among those with at least two inbound links (`inbound2`), so
-/// healing does not strand anyone else. Compare-and-set, retried a few
+/// healing does not strand anyone else (step 3 of the relink policy,
+/// `graph/relink.rs`, with VACUUM's exact inbound counts in place of the
+/// local [`relink::linked_back`] test). Compare-and-set, retried a few
 /// times. Returns whether it linked it.
 fn link_unreached(
     store: &mut PageStore,

@@ -1144,7 +1144,7 @@ impl<S: Space> MemoryGraph<S> {
         }
         if !linked {
             if let Some(nearest) = layers[0].first() {
-                self.force_link(nearest.id, id);
+                relink::force_link(&mut Links(self), nearest.id, id);
             }
         }
         sc.layers = layers;
@@ -1173,19 +1173,6 @@ impl<S: Space> MemoryGraph<S> {
         }
         self.rec.bytes.fetch_add(16, AtomicOrdering::Relaxed);
         true
-    }
-
-    /// Index of the entry of `list` farthest from element `base`.
-    fn farthest(&self, base: u32, list: &[u32]) -> usize {
-        let v = self.vector(base);
-        let mut best = (f32::NEG_INFINITY, 0);
-        for (i, &n) in list.iter().enumerate() {
-            let d = self.space.distance(v, self.vector(n));
-            if d > best.0 {
-                best = (d, i);
-            }
-        }
-        best.1
     }
 
     /// Adds the reverse link `from -> to` on `layer` (`d` is their
@@ -1248,91 +1235,10 @@ impl<S: Space> MemoryGraph<S> {
         sc.kept = kept;
         sc.pruned = pruned;
         for &n in &dropped {
-            self.relink(to, n, layer, 0);
+            relink::relink(&mut Links(self), to, n, layer);
         }
         sc.list = dropped;
         linked
-    }
-
-    /// Makes `to` reachable when no neighbor kept a link to it: replaces the
-    /// farthest entry of `from`'s layer-0 list with it.
-    fn force_link(&self, from: u32, to: u32) {
-        let max = self.params.max_neighbors(0);
-        let (count, slots) = self.list_ptrs(from, 0);
-        let _guard = self.lock(from);
-        // SAFETY: under `from`'s lock.
-        unsafe {
-            let list = std::slice::from_raw_parts(slots, *count as usize);
-            if list.contains(&to) {
-                return;
-            }
-            if list.len() < max {
-                append_link(count, self.spare_ptr(from, 0), slots, max, to);
-            } else {
-                let i = self.farthest(from, list);
-                *slots.add(i) = to;
-            }
-        }
-    }
-
-    /// Whether some layer-0 neighbor of `d` links back to it.
-    fn has_back_link(&self, d: u32) -> bool {
-        let mut out = Vec::with_capacity(2 * self.params.m);
-        self.read_list::<true>(d, 0, &mut out);
-        out.iter().any(|&u| {
-            let (count, slots) = self.list_ptrs(u, 0);
-            let _guard = self.lock(u);
-            // SAFETY: under `u`'s lock.
-            unsafe { std::slice::from_raw_parts(slots, *count as usize).contains(&d) }
-        })
-    }
-
-    /// Keeps `d` reachable after it left a list for `to`: links `to -> d` if
-    /// `to`'s list has room; otherwise, if none of `d`'s layer-0 neighbors
-    /// links back to it, replaces the farthest entry of `to`'s list with `d`
-    /// and checks the displaced element the same way (to depth 2).
-    fn relink(&self, to: u32, d: u32, layer: usize, depth: usize) {
-        if d == to || layer > self.level(to) {
-            return;
-        }
-        let max = self.params.max_neighbors(layer);
-        let (count, slots) = self.list_ptrs(to, layer);
-        {
-            let _guard = self.lock(to);
-            // SAFETY: under `to`'s lock.
-            unsafe {
-                let list = std::slice::from_raw_parts(slots, *count as usize);
-                if list.contains(&d) {
-                    return;
-                }
-                if list.len() < max {
-                    append_link(count, self.spare_ptr(to, layer), slots, max, d);
-                    return;
-                }
-            }
-        }
-        if depth >= 2 || self.has_back_link(d) {
-            return;
-        }
-        let displaced = {
-            let _guard = self.lock(to);
-            // SAFETY: under `to`'s lock (the list may have changed since it
-            // was last held: checked again).
-            unsafe {
-                let list = std::slice::from_raw_parts(slots, *count as usize);
-                if list.contains(&d) || list.is_empty() {
-                    return;
-                }
-                if list.len() < max {
-                    append_link(count, self.spare_ptr(to, layer), slots, max, d);
-                    return;
-                }
-                let i = self.farthest(to, list);
-                std::mem::replace(&mut *slots.add(i), d)
-            }
-        };
-        let next_layer = layer.min(self.level(d));
-        self.relink(d, displaced, next_layer, depth + 1);
     }
 
     // ----- the public operations ------------------------------------------
@@ -1592,5 +1498,76 @@ impl<S: Space> GraphStore for MemoryGraph<S> {
 
     fn prefetch(&self, node: &u32) {
         self.prefetch_vector(*node, self.tuning.prefetch_lines);
+    }
+}
+
+/// The in-memory graph's lists as the relink policy edits them
+/// ([`relink`]): each call takes the locks it needs and holds none after.
+struct Links<'a, S: Space>(&'a MemoryGraph<S>);
+
+impl<S: Space> LinkLists for Links<'_, S> {
+    type Key = u32;
+
+    fn level(&mut self, k: u32) -> usize {
+        self.0.level(k)
+    }
+
+    fn is_deleted(&mut self, _k: u32) -> bool {
+        false
+    }
+
+    fn own_neighbors(&mut self, k: u32, out: &mut Vec<u32>) {
+        out.clear();
+        let (count, slots) = self.0.list_ptrs(k, 0);
+        let _guard = self.0.lock(k);
+        // SAFETY: under `k`'s lock.
+        unsafe { out.extend_from_slice(std::slice::from_raw_parts(slots, *count as usize)) };
+    }
+
+    fn links_to(&mut self, from: u32, to: u32) -> bool {
+        let (count, slots) = self.0.list_ptrs(from, 0);
+        let _guard = self.0.lock(from);
+        // SAFETY: under `from`'s lock.
+        unsafe { std::slice::from_raw_parts(slots, *count as usize).contains(&to) }
+    }
+
+    fn distances(&mut self, owner: u32, list: &[u32]) -> Vec<f32> {
+        let g = self.0;
+        let v = g.vector(owner);
+        list.iter().map(|&n| g.space.distance(v, g.vector(n))).collect()
+    }
+
+    fn append(&mut self, owner: u32, layer: usize, k: u32) -> Result<(), Vec<u32>> {
+        let g = self.0;
+        let max = g.params.max_neighbors(layer);
+        let (count, slots) = g.list_ptrs(owner, layer);
+        let _guard = g.lock(owner);
+        // SAFETY: under `owner`'s lock; fewer than `max` links are selected
+        // when appending.
+        unsafe {
+            let list = std::slice::from_raw_parts(slots, *count as usize);
+            if list.contains(&k) {
+                return Ok(());
+            }
+            if list.len() >= max {
+                return Err(list.to_vec());
+            }
+            append_link(count, g.spare_ptr(owner, layer), slots, max, k);
+        }
+        Ok(())
+    }
+
+    fn replace(&mut self, owner: u32, layer: usize, expected: &[u32], at: usize, k: u32) -> bool {
+        let (count, slots) = self.0.list_ptrs(owner, layer);
+        let _guard = self.0.lock(owner);
+        // SAFETY: under `owner`'s lock; `at` is within the list checked
+        // equal to `expected`.
+        unsafe {
+            if std::slice::from_raw_parts(slots, *count as usize) != expected || at >= expected.len() {
+                return false;
+            }
+            *slots.add(at) = k;
+        }
+        true
     }
 }

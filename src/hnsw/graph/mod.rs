@@ -17,7 +17,8 @@
 //!
 //! The parts: `search.rs` (beam search, greedy descent, insert-neighbor
 //! search, the resumable search of iterative scans), `heuristic.rs`
-//! (neighbor selection and pruning), `memory.rs` (the in-memory graph and
+//! (neighbor selection and pruning), `relink.rs` (the one policy that keeps
+//! pruned elements reachable, shared by build, insert and VACUUM), `memory.rs` (the in-memory graph and
 //! its record storage, used by the build and the tests) and `parallel.rs`
 //! (several threads inserting into one in-memory graph).
 
@@ -30,6 +31,7 @@ use crate::distance::Metric;
 mod heuristic;
 mod memory;
 mod parallel;
+pub mod relink;
 mod search;
 #[cfg(test)]
 mod tests;
@@ -37,6 +39,7 @@ mod tests;
 pub use heuristic::*;
 pub use memory::*;
 pub use parallel::*;
+pub use relink::{LinkLists, MAX_RELINK_DEPTH, MIN_BACK_LINKS};
 pub use search::*;
 
 /// Graph construction parameters.

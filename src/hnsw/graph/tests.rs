@@ -502,3 +502,79 @@ fn empty_graph_search_returns_nothing() {
     let mut g = MemoryGraph::new(Metric::L2, Params { m: 4, ef_construction: 8 }, 4);
     assert!(g.search(&[0.0, 0.0, 0.0], 10).is_empty());
 }
+
+/// Lists in plain vectors on a line (element `i` at position `i`), for the
+/// relink policy alone.
+struct LineLists {
+    lists: Vec<Vec<u32>>,
+    max: usize,
+}
+
+impl LinkLists for LineLists {
+    type Key = u32;
+    fn level(&mut self, _k: u32) -> usize {
+        0
+    }
+    fn is_deleted(&mut self, _k: u32) -> bool {
+        false
+    }
+    fn own_neighbors(&mut self, k: u32, out: &mut Vec<u32>) {
+        out.clone_from(&self.lists[k as usize]);
+    }
+    fn links_to(&mut self, from: u32, to: u32) -> bool {
+        self.lists[from as usize].contains(&to)
+    }
+    fn distances(&mut self, owner: u32, list: &[u32]) -> Vec<f32> {
+        list.iter().map(|&k| (k as f32 - owner as f32).abs()).collect()
+    }
+    fn append(&mut self, owner: u32, _layer: usize, k: u32) -> Result<(), Vec<u32>> {
+        let list = &mut self.lists[owner as usize];
+        if list.contains(&k) {
+            return Ok(());
+        }
+        if list.len() >= self.max {
+            return Err(list.clone());
+        }
+        list.push(k);
+        Ok(())
+    }
+    fn replace(&mut self, owner: u32, _layer: usize, expected: &[u32], at: usize, k: u32) -> bool {
+        let list = &mut self.lists[owner as usize];
+        if list != expected {
+            return false;
+        }
+        list[at] = k;
+        true
+    }
+}
+
+/// The one relink policy (build, insert and VACUUM): two back links make an
+/// element safe, a dropped element that lacks them displaces the farthest
+/// safe entry, and the displaced entry is relinked in turn.
+#[test]
+fn relink_policy_displaces_the_farthest_safe_entry() {
+    // 0 links to 1 and 2; 1 links back to 0, 2 does not: one back link.
+    let mut g = LineLists { lists: vec![vec![1, 2], vec![0, 3], vec![3], vec![2, 4], vec![3, 5], vec![4]], max: 2 };
+    assert!(!relink::linked_back(&mut g, 0), "one back link is not enough");
+    g.lists[2].push(0);
+    assert!(relink::linked_back(&mut g, 0), "two back links");
+    g.lists[2].pop();
+    // 3's list [2, 4] is full; relinking 0 from 3: 0 lacks back links, so it
+    // displaces the farthest safe entry of 3's list. 4 (back links from 3
+    // and 5) is safe and farther than 2 (back link from 3 only).
+    assert!(relink::linked_back(&mut g, 4) && !relink::linked_back(&mut g, 2));
+    relink::relink(&mut g, 3, 0, 0);
+    assert_eq!(g.lists[3], vec![2, 0], "the farthest safe entry gives way");
+    // 4 was displaced and offered to 0's full list; it kept a link (from 5)
+    // but two back links no more, so it displaces 0's farthest safe entry
+    // or, none being safe, the farthest: 2.
+    assert_eq!(g.lists[0], vec![1, 4]);
+    // An element with two back links is not relinked into a full list.
+    let mut safe = LineLists { lists: vec![vec![1, 2], vec![0, 2], vec![0, 1], vec![1, 2]], max: 2 };
+    relink::relink(&mut safe, 3, 0, 0);
+    assert_eq!(safe.lists[3], vec![1, 2]);
+    // force_link links even a safe element, appending when there is room.
+    g.max = 3;
+    relink::force_link(&mut g, 5, 2);
+    assert_eq!(g.lists[5], vec![4, 2]);
+}
