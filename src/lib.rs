@@ -7,7 +7,10 @@
 //! - [`distance`]: distance kernels, pure Rust.
 //! - [`hnsw`]: the index access method; [`hnsw::graph`] is the algorithm
 //!   (Malkov & Yashunin 2016, arXiv:1603.09320), [`hnsw::page`] the on-disk
-//!   format, and `build`/`insert`/`scan`/`vacuum` the AM callbacks.
+//!   format, and `build`/`insert`/`scan`/`vacuum` the AM callbacks;
+//!   [`hnsw::check`] is `hnsw_index_check`, the verifier of that format.
+//! - [`recall`]: `hnsw_recall` and `hnsw_suggest_ef_search`, the ef_search
+//!   tuning sweep in SQL (plain SQL over any `hnsw` index).
 
 use pgrx::prelude::*;
 
@@ -17,6 +20,7 @@ pub mod compat;
 pub mod distance;
 pub mod error;
 pub mod hnsw;
+pub mod recall;
 pub mod vector;
 
 /// Runs when the library is loaded into a backend: registers the index

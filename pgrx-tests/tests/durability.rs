@@ -188,7 +188,12 @@ fn crash_mid_insert_recovers() {
             done.lock().unwrap().push(id);
         }
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // Kill once a few hundred inserts have committed (a fixed sleep let a
+    // fast build commit every row before the kill).
+    let started = std::time::Instant::now();
+    while committed.lock().unwrap().len() < 300 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     cluster.kill_postmaster();
     writer.join().unwrap();
     let committed = committed.lock().unwrap().clone();

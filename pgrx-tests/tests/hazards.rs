@@ -122,6 +122,84 @@ fn random_vectors(rng: &mut SmallRng, n: usize, dims: usize) -> Vec<Vec<f32>> {
     (0..n).map(|_| (0..dims).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect()
 }
 
+/// A client that, until `stop`, looks up rows picked by `pick` (seeded with
+/// `seed`) by their own vectors in `items`; returns how many it looked up
+/// and how many it did not find.
+fn spawn_finder(
+    conn: &str,
+    data: &Arc<Dataset>,
+    stop: &Arc<AtomicBool>,
+    seed: u64,
+    pick: fn(&mut SmallRng) -> i64,
+) -> std::thread::JoinHandle<(usize, usize)> {
+    let (data, stop, conn) = (data.clone(), stop.clone(), conn.to_string());
+    std::thread::spawn(move || {
+        let mut c = client(&conn, "hazard_query");
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let (mut n, mut missed) = (0usize, 0usize);
+        while !stop.load(Ordering::Relaxed) {
+            let id = pick(&mut rng);
+            n += 1;
+            missed += !finds(&mut c, "items", id, &data.base[id as usize]) as usize;
+        }
+        (n, missed)
+    })
+}
+
+/// A client that inserts the dataset's rows `ids` into `items` one by one
+/// until `stop`, recording each committed id in `inserted`.
+fn spawn_inserter(
+    conn: &str,
+    data: &Arc<Dataset>,
+    stop: &Arc<AtomicBool>,
+    ids: std::ops::Range<i64>,
+    inserted: &Arc<Mutex<Vec<i64>>>,
+) -> std::thread::JoinHandle<()> {
+    let (data, stop, conn, inserted) = (data.clone(), stop.clone(), conn.to_string(), inserted.clone());
+    std::thread::spawn(move || {
+        let mut c = client(&conn, "hazard_insert");
+        for id in ids {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            c.execute("INSERT INTO items VALUES ($1, $2)", &[&id, &Vector::from(data.base[id as usize].clone())])
+                .unwrap();
+            inserted.lock().unwrap().push(id);
+        }
+    })
+}
+
+/// What the VACUUM tests under concurrency check afterwards: queries ran
+/// during VACUUM and at most 1% of them (`looked_up`: how many, how many
+/// missed) missed their row, rows were inserted meanwhile and every one is
+/// found, and the index is clean. Returns recall@10 over the rows left:
+/// those never deleted (`kept`) and the inserted ones.
+fn verify_after_vacuum(
+    cluster: &Cluster,
+    c: &mut Client,
+    data: &Dataset,
+    looked_up: (usize, usize),
+    inserted: &[i64],
+    mut kept: Vec<i64>,
+) -> f64 {
+    let (n, missed) = looked_up;
+    assert!(n >= 20, "queries ran during VACUUM ({n})");
+    assert!(missed * 100 <= n, "{missed} of {n} queries missed their row during VACUUM");
+    assert!(!inserted.is_empty());
+    let report = assert_clean_after_vacuum(c, "items_idx");
+    eprintln!("{}", show(&report));
+    let mut c = client(&cluster.conn_string(), "hazard_main");
+    let (first_miss, lost) = unfound(&mut c, "items", &rows_of(data, inserted.iter().copied()));
+    assert!(lost.is_empty(), "rows inserted during VACUUM not found: {lost:?}");
+    eprintln!(
+        "rows inserted during VACUUM: {} of {} found at ef_search 100",
+        inserted.len() - first_miss,
+        inserted.len()
+    );
+    kept.extend(inserted);
+    recall(&mut c, "items", &rows_of(data, kept), &data.queries)
+}
+
 /// Scans and inserts keep running, correct and error-free, through two
 /// rounds of DELETE + VACUUM (the second in batches of 40 blocks, so the
 /// batch path runs under concurrency too). Kills nothing; verifies that
@@ -139,42 +217,10 @@ fn vacuum_concurrent_with_scans_and_inserts() {
     // Rows with id % 10 >= 4 are never deleted: queries look for them.
     let stop = Arc::new(AtomicBool::new(false));
     let conn = cluster.conn_string();
-    let queries: Vec<_> = (0..2u64)
-        .map(|w| {
-            let (data, stop, conn) = (data.clone(), stop.clone(), conn.clone());
-            std::thread::spawn(move || {
-                let mut c = client(&conn, "hazard_query");
-                let mut rng = SmallRng::seed_from_u64(w);
-                let (mut n, mut missed) = (0usize, 0usize);
-                while !stop.load(Ordering::Relaxed) {
-                    let id = loop {
-                        let id = rng.gen_range(0..14_000i64);
-                        if id % 10 >= 4 {
-                            break id;
-                        }
-                    };
-                    n += 1;
-                    missed += !finds(&mut c, "items", id, &data.base[id as usize]) as usize;
-                }
-                (n, missed)
-            })
-        })
-        .collect();
+    let kept = |rng: &mut SmallRng| 10 * rng.gen_range(0..1_400i64) + rng.gen_range(4..10i64);
+    let queries: Vec<_> = (0..2u64).map(|w| spawn_finder(&conn, &data, &stop, w, kept)).collect();
     let inserted = Arc::new(Mutex::new(Vec::<i64>::new()));
-    let writer = {
-        let (data, stop, conn, inserted) = (data.clone(), stop.clone(), conn.clone(), inserted.clone());
-        std::thread::spawn(move || {
-            let mut c = client(&conn, "hazard_insert");
-            for id in 14_000..16_000i64 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                c.execute("INSERT INTO items VALUES ($1, $2)", &[&id, &Vector::from(data.base[id as usize].clone())])
-                    .unwrap();
-                inserted.lock().unwrap().push(id);
-            }
-        })
-    };
+    let writer = spawn_inserter(&conn, &data, &stop, 14_000..16_000, &inserted);
     std::thread::sleep(Duration::from_secs(1));
     let t = Instant::now();
     run(&mut c, "DELETE FROM items WHERE id % 10 < 3 AND id < 14000; VACUUM items");
@@ -201,23 +247,47 @@ fn vacuum_concurrent_with_scans_and_inserts() {
         second.as_secs_f64(),
         inserted.len()
     );
-    assert!(n >= 20, "queries ran during VACUUM ({n})");
-    assert!(missed * 100 <= n, "{missed} of {n} queries missed their row during VACUUM");
-    assert!(!inserted.is_empty());
-    let report = assert_clean_after_vacuum(&mut c, "items_idx");
-    eprintln!("{}", show(&report));
-    let mut c = client(&cluster.conn_string(), "hazard_main");
-    let (first_miss, lost) = unfound(&mut c, "items", &rows_of(&data, inserted.iter().copied()));
-    assert!(lost.is_empty(), "rows inserted during VACUUM not found: {lost:?}");
+    let kept: Vec<i64> = (0..14_000).filter(|id| id % 10 >= 4).collect();
+    let r = verify_after_vacuum(&cluster, &mut c, &data, (n, missed), &inserted, kept);
+    eprintln!("recall@10 after both VACUUMs: {r:.4}");
+    assert!(r >= 0.9, "recall@10 {r}");
+}
+
+/// A VACUUM that removes most of the index (75% of the rows: the thorough
+/// repair, which searches and adds reverse links as inserts do) while
+/// inserts and queries run: queries for rows never deleted find them, rows
+/// inserted meanwhile are found afterwards, every check passes, and recall
+/// holds.
+#[test]
+fn heavy_vacuum_concurrent_with_scans_and_inserts() {
+    let cluster = Cluster::start("hazards_heavy_vacuum", &[]);
+    let mut c = cluster.connect_with_extension();
+    let data = Arc::new(Dataset::load(10_000, 50));
+    c.batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, embedding vector(384))").unwrap();
+    copy_vectors(&mut c, "items", 0, &data.base[..8_000]);
+    c.batch_execute("CREATE INDEX items_idx ON items USING hnsw (embedding vector_cosine_ops)").unwrap();
+    // Rows with id % 4 = 0 are never deleted: queries look for them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let conn = cluster.conn_string();
+    let query = spawn_finder(&conn, &data, &stop, 7, |rng| 4 * rng.gen_range(0..2_000i64));
+    let inserted = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let writer = spawn_inserter(&conn, &data, &stop, 8_000..10_000, &inserted);
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    run(&mut c, "DELETE FROM items WHERE id % 4 <> 0 AND id < 8000; VACUUM items");
+    let took = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (n, missed) = query.join().expect("the query client failed");
+    writer.join().expect("the inserting client failed");
+    let inserted = inserted.lock().unwrap().clone();
     eprintln!(
-        "rows inserted during VACUUM: {} of {} found at ef_search 100",
-        inserted.len() - first_miss,
+        "VACUUM of 75% in {:.1} s; {n} queries during it, {missed} did not find their row; {} rows inserted",
+        took.as_secs_f64(),
         inserted.len()
     );
-    let mut ids: Vec<i64> = (0..14_000).filter(|id| id % 10 >= 4).collect();
-    ids.extend(&inserted);
-    let r = recall(&mut c, "items", &rows_of(&data, ids), &data.queries);
-    eprintln!("recall@10 after both VACUUMs: {r:.4}");
+    let kept: Vec<i64> = (0..8_000).filter(|id| id % 4 == 0).collect();
+    let r = verify_after_vacuum(&cluster, &mut c, &data, (n, missed), &inserted, kept);
+    eprintln!("recall@10 after the VACUUM: {r:.4}");
     assert!(r >= 0.9, "recall@10 {r}");
 }
 
@@ -1155,7 +1225,7 @@ fn vacuum_free_step_keeps_lists_of_reused_elements() {
 /// freed and reused), and so does a check after it.
 #[test]
 fn index_check_lets_writers_go_on() {
-    let mut cluster = Cluster::start("hazards_check_writers", &["autovacuum = off"]);
+    let cluster = Cluster::start("hazards_check_writers", &["autovacuum = off"]);
     let mut c = cluster.connect_with_extension();
     let mut rng = SmallRng::seed_from_u64(44);
     let rows = random_vectors(&mut rng, 3200, 8);

@@ -25,7 +25,6 @@ pub mod key_datum;
 pub mod keys;
 pub mod options;
 pub mod page;
-pub mod recall;
 pub mod scan;
 pub mod storage;
 pub mod vacuum;

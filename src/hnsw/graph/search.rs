@@ -35,6 +35,28 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
     where
         S: GraphStore<Key = K, Node = N>,
     {
+        self.beam(store, query, entries, ef, layer, false)
+    }
+
+    /// The beam of Algorithm 2. With `live_only`, only live elements count
+    /// towards `ef`: deleted elements ([`GraphStore::is_deleted`]) are
+    /// expanded (when nearer than the farthest result) but kept out of the
+    /// results, so the result holds up to `ef` live elements however many
+    /// deleted ones lie between (VACUUM's repair searches, as pgvector's
+    /// `hnswvacuum.c` does).
+    fn beam<S>(
+        &mut self,
+        store: &mut S,
+        query: &S::Query,
+        entries: &[Candidate<S::Node>],
+        ef: usize,
+        layer: usize,
+        live_only: bool,
+    ) -> Vec<Candidate<S::Node>>
+    where
+        S: GraphStore<Key = K, Node = N>,
+    {
+        let counts = |store: &S, node: &N| !live_only || !store.is_deleted(node);
         let ef = ef.max(1);
         self.visited.clear();
         self.visited.reserve(16 * ef);
@@ -43,9 +65,11 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
         for e in entries {
             if self.visited.insert(store.key(&e.node)) {
                 candidates.push(Reverse(ByDistance(*e)));
-                results.push(ByDistance(*e));
-                if results.len() > ef {
-                    results.pop();
+                if counts(store, &e.node) {
+                    results.push(ByDistance(*e));
+                    if results.len() > ef {
+                        results.pop();
+                    }
                 }
             }
         }
@@ -69,9 +93,11 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
                 if results.len() < ef || distance < farthest {
                     let c = Candidate { distance, node };
                     candidates.push(Reverse(ByDistance(c)));
-                    results.push(ByDistance(c));
-                    if results.len() > ef {
-                        results.pop();
+                    if counts(store, &node) {
+                        results.push(ByDistance(c));
+                        if results.len() > ef {
+                            results.pop();
+                        }
                     }
                 }
             }
@@ -144,23 +170,60 @@ impl<K: GraphKey, N: Copy> Searcher<K, N> {
     where
         S: GraphStore<Key = K, Node = N>,
     {
+        let found = self.insert_candidates(store, query, level, entry, entry_level, params.ef_construction, false);
         let mut lists = vec![Vec::new(); level + 1];
         let mut spare0 = 0;
+        for (layer, w) in found.iter().enumerate() {
+            let live: Vec<Candidate<S::Node>> = w.iter().filter(|c| !store.is_deleted(&c.node)).copied().collect();
+            let spare = layer == 0;
+            let (list, spare) = select_neighbors(store, &live, params.max_neighbors(layer), spare);
+            lists[layer] = list;
+            if layer == 0 {
+                spare0 = spare;
+            }
+        }
+        (lists, spare0)
+    }
+
+    /// The candidate sets of Algorithm 1 (lines 1–9) for an element at
+    /// `level`: entry `i` holds the up to `ef` nearest elements the beam
+    /// search found on layer `i`, nearest first, deleted ones included, for
+    /// layers `0..=min(level, entry_level)` (higher layers are left empty).
+    /// The search on each layer starts from the previous layer's set. With
+    /// `live_only` the sets hold live elements only, `ef` of them where the
+    /// graph has them.
+    pub fn insert_candidates<S>(
+        &mut self,
+        store: &mut S,
+        query: &S::Query,
+        level: usize,
+        entry: K,
+        entry_level: usize,
+        ef: usize,
+        live_only: bool,
+    ) -> Vec<Vec<Candidate<S::Node>>>
+    where
+        S: GraphStore<Key = K, Node = N>,
+    {
+        let mut found = vec![Vec::new(); level + 1];
         let Some((distance, node)) = store.visit(query, entry) else {
-            return (lists, 0);
+            return found;
         };
         let mut ep = vec![Candidate { distance, node }];
         for layer in (level + 1..=entry_level).rev() {
-            ep = self.search_layer(store, query, &ep, 1, layer);
+            // (A live-only layer without live elements keeps the entries.)
+            let w = self.beam(store, query, &ep, 1, layer, live_only);
+            if !w.is_empty() {
+                ep = w;
+            }
         }
         for layer in (0..=level.min(entry_level)).rev() {
-            let w = self.search_layer(store, query, &ep, params.ef_construction, layer);
-            let live: Vec<Candidate<S::Node>> = w.iter().filter(|c| !store.is_deleted(&c.node)).copied().collect();
-            let spare = layer == 0;
-            (lists[layer], spare0) = select_neighbors(store, &live, params.max_neighbors(layer), spare);
-            ep = w;
+            found[layer] = self.beam(store, query, &ep, ef, layer, live_only);
+            if !found[layer].is_empty() {
+                ep = found[layer].clone();
+            }
         }
-        (lists, spare0)
+        found
     }
 }
 

@@ -426,10 +426,15 @@ fn resumable_search_respects_its_visit_limit_and_drains() {
     assert_eq!(n, spent, "every visited element is returned exactly once");
 }
 
-/// A memory graph whose elements match a filter when `id % 7 == 0`.
-struct EverySeventh<'a>(&'a mut MemoryGraph<Metric>);
+/// A memory graph seen through a filter and deletion marks, each a
+/// predicate on the element id.
+struct Marked<'a> {
+    graph: &'a mut MemoryGraph<Metric>,
+    matches: fn(u32) -> bool,
+    deleted: fn(u32) -> bool,
+}
 
-impl GraphStore for EverySeventh<'_> {
+impl GraphStore for Marked<'_> {
     type Key = u32;
     type Node = u32;
     type Query = [f32];
@@ -437,17 +442,76 @@ impl GraphStore for EverySeventh<'_> {
         *node
     }
     fn visit(&mut self, query: &[f32], key: u32) -> Option<(f32, u32)> {
-        self.0.visit(query, key)
+        self.graph.visit(query, key)
     }
     fn neighbors(&mut self, node: &u32, layer: usize, out: &mut Vec<u32>) {
-        self.0.neighbors(node, layer, out)
+        self.graph.neighbors(node, layer, out)
     }
     fn distance_between(&mut self, a: &u32, b: &u32) -> f32 {
-        self.0.distance_between(a, b)
+        self.graph.distance_between(a, b)
     }
     fn matches(&self, node: &u32) -> bool {
-        node % 7 == 0
+        (self.matches)(*node)
     }
+    fn is_deleted(&self, node: &u32) -> bool {
+        (self.deleted)(*node)
+    }
+}
+
+/// VACUUM's repair search: with `live_only`, deleted elements are walked
+/// through but not counted, so each layer's set holds `ef` live elements,
+/// nearly the exact nearest live ones; the plain search spends most of its
+/// `ef` on deleted elements.
+#[test]
+fn live_only_search_fills_ef_with_live_elements() {
+    let (data, queries) = clustered(3000, 8, 16, 41);
+    let mut g = build(&data, Metric::L2, Params { m: 8, ef_construction: 32 }, 42);
+    let (entry, entry_level) = g.entry().unwrap();
+    let (mut hits, mut plain_live) = (0, 0);
+    for q in &queries {
+        // Three elements in four are deleted.
+        let mut store = Marked { graph: &mut g, matches: |_| true, deleted: |id| id % 4 != 0 };
+        let mut searcher = Searcher::<u32, u32>::default();
+        let live = searcher.insert_candidates(&mut store, q, 0, entry, entry_level, 20, true);
+        assert_eq!(live[0].len(), 20);
+        assert!(live[0].iter().all(|c| c.node % 4 == 0), "live elements only");
+        assert!(live[0].windows(2).all(|w| w[0].distance <= w[1].distance), "nearest first");
+        let plain = searcher.insert_candidates(&mut store, q, 0, entry, entry_level, 20, false);
+        plain_live += plain[0].iter().filter(|c| c.node % 4 == 0).count();
+        let mut exact: Vec<(f32, u32)> = (0..data.len() as u32)
+            .filter(|i| i % 4 == 0)
+            .map(|i| (Metric::L2.distance(q, &data[i as usize]), i))
+            .collect();
+        exact.sort_by(|a, b| a.0.total_cmp(&b.0));
+        hits += exact[..10].iter().filter(|e| live[0].iter().any(|c| c.node == e.1)).count();
+    }
+    let recall = hits as f64 / (10 * queries.len()) as f64;
+    assert!(recall >= 0.95, "the 10 nearest live elements: recall {recall}");
+    assert!(plain_live < 10 * queries.len(), "the plain search returns deleted elements: {plain_live} live");
+}
+
+/// An insert's spare links are counted on layer 0 also for an element
+/// above layer 0 (whose upper layers have none): the lists and the count
+/// equal the heuristic's choice from the same candidate sets.
+#[test]
+fn insert_neighbors_count_layer0_spare_links_at_every_level() {
+    let (data, queries) = clustered(2000, 20, 16, 51);
+    let params = Params { m: 8, ef_construction: 32 };
+    let mut g = build(&data, Metric::L2, params, 52);
+    let (entry, entry_level) = g.entry().unwrap();
+    let mut with_spare = 0;
+    for q in &queries {
+        let mut searcher = Searcher::<u32, u32>::default();
+        let level = 1.min(entry_level);
+        let (lists, spare0) = searcher.find_insert_neighbors(&mut g, q, level, entry, entry_level, &params);
+        let found = searcher.insert_candidates(&mut g, q, level, entry, entry_level, params.ef_construction, false);
+        let (expected, expected_spare) = select_neighbors(&mut g, &found[0], params.max_neighbors(0), true);
+        let ids = |l: &[Candidate<u32>]| l.iter().map(|c| c.node).collect::<Vec<u32>>();
+        assert_eq!(ids(&lists[0]), ids(&expected));
+        assert_eq!(spare0, expected_spare, "layer-0 spare links of a level-{level} insert");
+        with_spare += usize::from(spare0 > 0);
+    }
+    assert!(with_spare > 0, "some inserts have spare links");
 }
 
 /// A filtered walk returns matching elements only, each once, settled
@@ -461,7 +525,8 @@ fn matching_batches_return_the_nearest_matching_elements() {
     let (entry, entry_level) = g.entry().unwrap();
     let mut hits = 0;
     for q in &queries {
-        let mut store = EverySeventh(&mut g);
+        // Every seventh element matches the filter.
+        let mut store = Marked { graph: &mut g, matches: |id| id % 7 == 0, deleted: |_| false };
         let ep = Searcher::<u32, u32>::default().descend(&mut store, q, entry, entry_level);
         let mut it = ResumableSearch::new(&store, &ep);
         let first = it.next_batch(&mut store, q, 40, 40, usize::MAX);

@@ -9,7 +9,7 @@
 //! row: recall@k (the fraction of the exact top-k the index returned), the
 //! mean and 99th-percentile latency of the index query in milliseconds, and
 //! the mean number of elements the search visited (distances computed,
-//! [`super::scan::visited_in_last_scan`]).
+//! [`crate::hnsw::scan::visited_in_last_scan`]).
 //!
 //! The queries are, by default, a seeded sample of the indexed rows' own
 //! vectors; each sampled row is then left out of both its exact and its index
@@ -590,7 +590,7 @@ impl Run {
             let start = Instant::now();
             let found = self.index_plan.run(q.datum);
             let ms = start.elapsed().as_secs_f64() * 1000.0;
-            let visited = super::scan::visited_in_last_scan();
+            let visited = crate::hnsw::scan::visited_in_last_scan();
             let found = if found.iter().any(|f| f.0 == LOST_TID) {
                 without_self_by_distance(found, q.self_distance, self.k)
             } else {
