@@ -63,12 +63,13 @@ fn recall_on_real_data_after_build_and_after_inserts() {
     assert!(d.windows(2).all(|w| w[0] <= w[1]), "sorted exactly: {d:?}");
 }
 
-/// Pages store vectors in half precision and the executor rechecks the
-/// ORDER BY from the heap: rows must come out in exact distance order for
-/// every operator, also for vectors that differ below half precision (they
-/// share one element when inserted into an existing index) and for huge and
-/// tiny magnitudes. A bound above the exact distance would make PostgreSQL
-/// raise "index returned tuples in wrong order".
+/// Pages store vectors in half precision (or, with `quantization = 'int8'`,
+/// as 8-bit codes) and the executor rechecks the ORDER BY from the heap:
+/// rows must come out in exact distance order for every operator, also for
+/// vectors that differ below the rounding (they share one element when
+/// inserted into an existing index) and for huge and tiny magnitudes. A
+/// bound above the exact distance would make PostgreSQL raise "index
+/// returned tuples in wrong order".
 #[test]
 fn exact_order_despite_half_precision_pages() {
     let cluster = Cluster::start("hnsw_exact_order", &[]);
@@ -90,13 +91,15 @@ fn exact_order_despite_half_precision_pages() {
         near(0)
     ))
     .unwrap();
-    for (round, (opclass, op)) in
-        [("vector_l2_ops", "<->"), ("vector_ip_ops", "<#>"), ("vector_cosine_ops", "<=>"), ("vector_l1_ops", "<+>")]
-            .into_iter()
-            .enumerate()
+    let cases =
+        [("vector_l2_ops", "<->"), ("vector_ip_ops", "<#>"), ("vector_cosine_ops", "<=>"), ("vector_l1_ops", "<+>")];
+    let quantizations = ["half", "int8"];
+    for (round, (quantization, (opclass, op))) in
+        quantizations.iter().flat_map(|q| cases.iter().map(move |c| (*q, *c))).enumerate()
     {
         c.batch_execute(&format!(
-            "DROP INDEX IF EXISTS o_idx; CREATE INDEX o_idx ON o USING hnsw (embedding {opclass});
+            "DROP INDEX IF EXISTS o_idx;
+             CREATE INDEX o_idx ON o USING hnsw (embedding {opclass}) WITH (quantization = {quantization});
              INSERT INTO o (embedding) {};",
             near(round + 1)
         ))
@@ -118,7 +121,112 @@ fn exact_order_despite_half_precision_pages() {
     // (With enable_seqscan off: the hnsw index must never serve a scan
     // without ORDER BY, which would return no rows.)
     let n: i64 = c.query_one("SELECT count(*) FROM o", &[]).unwrap().get(0);
-    assert_eq!(n, 4 + 300 + 3 + 4 * 4);
+    assert_eq!(n, 4 + 300 + 3 + 8 * 4);
+}
+
+/// `WITH (quantization = 'int8')`: the index holds 8-bit codes (about half
+/// the size of the default's pages on 384 dimensions), keeps recall on the
+/// real dataset after CREATE INDEX and after row-by-row inserts, passes
+/// `hnsw_index_check`, and returns rows in exact order (the executor's
+/// recheck). Bad values and non-`vector` columns are clear errors;
+/// `ALTER INDEX ... SET` takes effect at `REINDEX`, like `m`.
+#[test]
+fn int8_quantization_keeps_recall_and_halves_the_pages() {
+    let cluster = Cluster::start("hnsw_int8", &[]);
+    let mut c = cluster.connect_with_extension();
+    let data = Dataset::load(10_000, 100);
+    c.batch_execute("CREATE TABLE built (id bigint, embedding vector(384))").unwrap();
+    copy_vectors(&mut c, "built", 0, &data.base);
+    c.batch_execute(
+        "CREATE INDEX half_idx ON built USING hnsw (embedding vector_cosine_ops);
+         CREATE INDEX int8_idx ON built USING hnsw (embedding vector_cosine_ops) WITH (quantization = int8);
+         ANALYZE built",
+    )
+    .unwrap();
+    let size = |c: &mut Client, index: &str| -> i64 {
+        c.query_one("SELECT pg_relation_size($1::text::regclass)", &[&index]).unwrap().get(0)
+    };
+    let (half, int8) = (size(&mut c, "half_idx"), size(&mut c, "int8_idx"));
+    eprintln!("index size: half {half} B, int8 {int8} B ({:.2}x)", int8 as f64 / half as f64);
+    assert!((int8 as f64) < 0.75 * half as f64, "int8 pages {int8} B vs half {half} B");
+
+    c.batch_execute("DROP INDEX half_idx").unwrap();
+    let plan = explain(
+        &mut c,
+        &format!("SELECT id FROM built ORDER BY embedding <=> '[{}]' LIMIT 10", vec!["0.1"; 384].join(",")),
+    );
+    assert!(plan.contains("Index Scan using int8_idx"), "{plan}");
+    let r = recall(&mut c, "built", "<=>", &data, cosine);
+    eprintln!("int8: recall@10 after CREATE INDEX = {r:.4}");
+    assert!(r >= 0.95, "int8: recall@10 {r} after CREATE INDEX");
+
+    c.batch_execute(
+        "CREATE TABLE grown (id bigint, embedding vector(384));
+         CREATE INDEX grown_idx ON grown USING hnsw (embedding vector_cosine_ops) WITH (quantization = 'int8');
+         INSERT INTO grown SELECT * FROM built ORDER BY id; ANALYZE grown;",
+    )
+    .unwrap();
+    let r = recall(&mut c, "grown", "<=>", &data, cosine);
+    eprintln!("int8: recall@10 after row-by-row inserts = {r:.4}");
+    assert!(r >= 0.95, "int8: recall@10 {r} after inserts");
+    // VACUUM repairs an 8-bit graph as any other (its distances between
+    // stored elements come from the decoded codes).
+    c.batch_execute("DELETE FROM grown WHERE id % 3 = 0").unwrap();
+    c.batch_execute("VACUUM grown").unwrap();
+    let kept: Vec<usize> = (0..data.base.len()).filter(|i| i % 3 != 0).collect();
+    let kept_base: Vec<Vec<f32>> = kept.iter().map(|&i| data.base[i].clone()).collect();
+    let stmt = c.prepare("SELECT id FROM grown ORDER BY embedding <=> $1 LIMIT 10").unwrap();
+    let mut total = 0.0;
+    for q in &data.queries {
+        let found: Vec<i64> = c.query(&stmt, &[&Vector::from(q.clone())]).unwrap().iter().map(|r| r.get(0)).collect();
+        let exact: Vec<usize> = exact_knn(&kept_base, q, 10, cosine).into_iter().map(|j| kept[j]).collect();
+        total += recall_at(10, &found, &exact);
+    }
+    let r = total / data.queries.len() as f64;
+    eprintln!("int8: recall@10 after VACUUM of a third = {r:.4}");
+    assert!(r >= 0.93, "int8: recall@10 {r} after VACUUM");
+    for index in ["int8_idx", "grown_idx"] {
+        let failed: Vec<String> = c
+            .query(
+                "SELECT check_name || ': ' || detail FROM hnsw_index_check($1::text::regclass) WHERE NOT passed",
+                &[&index],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(failed.is_empty(), "{index}: {failed:?}");
+    }
+
+    // Exact order over a long LIMIT (many rechecked rows).
+    let q = Vector::from(data.queries[0].clone());
+    c.batch_execute("SET hnsw.ef_search = 200").unwrap();
+    let rows = c.query("SELECT embedding <=> $1 FROM grown ORDER BY embedding <=> $1 LIMIT 200", &[&q]).unwrap();
+    let d: Vec<f64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(d.len(), 200);
+    assert!(d.windows(2).all(|w| w[0] <= w[1]), "sorted exactly: {d:?}");
+
+    // Bad values, other types.
+    let e = sqlstate(&mut c, "CREATE INDEX ON built USING hnsw (embedding vector_l2_ops) WITH (quantization = int4)");
+    assert!(e.starts_with("22023") && e.contains("quantization"), "{e}");
+    let detail = c
+        .batch_execute("CREATE INDEX ON built USING hnsw (embedding vector_l2_ops) WITH (quantization = int4)")
+        .unwrap_err();
+    let detail = detail.as_db_error().and_then(|d| d.detail()).unwrap_or_default().to_string();
+    assert!(detail.contains("half") && detail.contains("int8"), "{detail}");
+    c.batch_execute("CREATE TABLE h (v halfvec(3)); INSERT INTO h VALUES ('[1,2,3]')").unwrap();
+    let e = sqlstate(&mut c, "CREATE INDEX ON h USING hnsw (v halfvec_l2_ops) WITH (quantization = int8)");
+    assert!(e.starts_with("22023") && e.contains("vector columns only"), "{e}");
+    c.batch_execute("CREATE INDEX h_idx ON h USING hnsw (v halfvec_l2_ops) WITH (quantization = half)").unwrap();
+
+    // ALTER ... SET changes the stored option; the pages follow at REINDEX.
+    let before = size(&mut c, "int8_idx");
+    c.batch_execute("ALTER INDEX int8_idx SET (quantization = half)").unwrap();
+    assert_eq!(size(&mut c, "int8_idx"), before, "no rewrite before REINDEX");
+    c.batch_execute("INSERT INTO built SELECT id + 100000, embedding FROM built WHERE id < 10").unwrap();
+    c.batch_execute("REINDEX INDEX int8_idx").unwrap();
+    let after = size(&mut c, "int8_idx");
+    assert!(after as f64 > 1.3 * before as f64, "REINDEX with quantization = half: {before} -> {after} B");
 }
 
 #[test]

@@ -97,8 +97,18 @@ pub fn index_codec(index: pg_sys::Relation) -> Codec {
             "Index a lower-dimensional projection (e.g. an expression index on a subvector or binary_quantize), or use an exact scan.",
         );
     }
-    Codec::from_codes(kind as u8, metric, typmod as usize)
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INVALID_OBJECT_DEFINITION, e))
+    let codec = Codec::from_codes(kind as u8, metric, typmod as usize)
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INVALID_OBJECT_DEFINITION, e));
+    let codes = options::vector_codes_of(index);
+    if codes != options::DEFAULT_QUANTIZATION && kind != Kind::Vector {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("quantization = '{}' applies to vector columns only, not {}", codes.name(), kind.type_name()),
+            format!("the index's first column is of type {}", kind.type_name()),
+            "Leave quantization out (halfvec, bit and sparsevec are stored exactly).",
+        );
+    }
+    codec.with_vector_codes(codes)
 }
 
 /// Reads a non-null datum of the index's type into `codec`'s working form.

@@ -1,4 +1,6 @@
-//! Index options (`WITH (m = 16, ef_construction = 64)`) and the `hnsw.*`
+//! Index options (`WITH (m = 16, ef_construction = 64, quantization =
+//! 'half')`; `quantization` is ours, `'int8'` stores `vector` elements as
+//! 8-bit codes, see [`super::codec::VectorCodes`]) and the `hnsw.*`
 //! GUCs: `ef_search`, and the iterative-scan settings `iterative_scan`,
 //! `max_scan_tuples`, `scan_mem_multiplier` (pgvector 0.8's names, ranges and
 //! defaults).
@@ -22,6 +24,7 @@ use pgrx::PostgresGucEnum;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::raise_detail;
+use crate::hnsw::codec::VectorCodes;
 use crate::hnsw::graph::Params;
 use crate::hnsw::page::{Meta, META_BLOCK};
 use crate::hnsw::storage::IndexRel;
@@ -93,7 +96,16 @@ struct HnswOptions {
     vl_len_: i32,
     m: i32,
     ef_construction: i32,
+    /// [`QUANTIZATION_VALUES`] index of `quantization`.
+    quantization: i32,
 }
+
+/// The values of the index option `quantization` (how a `vector` index
+/// stores element values), in the order of their enum numbers.
+pub const QUANTIZATION_VALUES: [VectorCodes; 2] = [VectorCodes::Half, VectorCodes::Int8];
+
+/// Default `quantization`: binary16 codes.
+pub const DEFAULT_QUANTIZATION: VectorCodes = VectorCodes::Half;
 
 /// Registers the reloptions and the GUC; called once per backend from `_PG_init`.
 pub fn init() {
@@ -117,6 +129,25 @@ pub fn init() {
             DEFAULT_EF_CONSTRUCTION,
             EF_CONSTRUCTION_RANGE.0,
             EF_CONSTRUCTION_RANGE.1,
+            pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
+        );
+        // PostgreSQL keeps the member array: leaked once per backend. The
+        // names are static C strings.
+        let names: [&'static std::ffi::CStr; 2] = [c"half", c"int8"];
+        let mut members: Vec<pg_sys::relopt_enum_elt_def> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| pg_sys::relopt_enum_elt_def { string_val: n.as_ptr(), symbol_val: i as i32 })
+            .collect();
+        members.push(pg_sys::relopt_enum_elt_def { string_val: std::ptr::null(), symbol_val: 0 });
+        let members = Box::leak(members.into_boxed_slice());
+        pg_sys::add_enum_reloption(
+            kind,
+            c"quantization".as_ptr(),
+            c"How vector elements are stored: half (binary16) or int8 (8-bit codes, half the size)".as_ptr(),
+            members.as_mut_ptr(),
+            QUANTIZATION_VALUES.iter().position(|&q| q == DEFAULT_QUANTIZATION).unwrap_or(0) as i32,
+            c"Valid values are \"half\" and \"int8\".".as_ptr(),
             pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
         );
     }
@@ -189,6 +220,11 @@ pub unsafe extern "C-unwind" fn amoptions(reloptions: pg_sys::Datum, validate: b
             pg_sys::relopt_type::RELOPT_TYPE_INT,
             std::mem::offset_of!(HnswOptions, ef_construction),
         ),
+        crate::compat::relopt(
+            c"quantization",
+            pg_sys::relopt_type::RELOPT_TYPE_ENUM,
+            std::mem::offset_of!(HnswOptions, quantization),
+        ),
     ];
     // SAFETY: the table describes HnswOptions exactly; build_reloptions
     // pallocs a struct of the given size (or returns null for no options).
@@ -243,6 +279,21 @@ pub fn params_of(index: pg_sys::Relation) -> Params {
     let (m, ef) = unsafe { values((*index).rd_options as *const HnswOptions) };
     check_combination(m, ef);
     Params { m: m as usize, ef_construction: ef as usize }
+}
+
+/// How a new graph stores `vector` values (the option `quantization`, its
+/// default when not given). An existing graph's choice is in its meta page
+/// (its codec's kind), so `ALTER INDEX ... SET (quantization = ...)` takes
+/// effect at the next `REINDEX`, as `m` does.
+pub fn vector_codes_of(index: pg_sys::Relation) -> VectorCodes {
+    // SAFETY: rd_options is null or the struct amoptions built.
+    let opts = unsafe { (*index).rd_options as *const HnswOptions };
+    if opts.is_null() {
+        return DEFAULT_QUANTIZATION;
+    }
+    // SAFETY: as above, non-null.
+    let value = unsafe { (*opts).quantization };
+    QUANTIZATION_VALUES.get(value as usize).copied().unwrap_or(DEFAULT_QUANTIZATION)
 }
 
 /// `M` of the index's existing graph, from its meta page; the options' `M`

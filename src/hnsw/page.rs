@@ -391,7 +391,7 @@ impl Meta {
         entry.write(b, 24);
         put_u16(b, 30, level);
         put_u32(b, 32, self.free_hint.unwrap_or(u32::MAX));
-        put_u32(b, 36, self.codec.kind() as u32);
+        put_u32(b, 36, self.codec.kind_code() as u32);
         put_u32(b, 40, self.healed_blocks);
         put_u32(b, 44, self.keys_head.unwrap_or(0));
         put_u32(b, 48, self.keys_hint.unwrap_or(0));
@@ -1122,7 +1122,7 @@ mod tests {
     }
 
     fn dense(metric: Metric, dims: usize) -> Codec {
-        Codec::Vector { metric, dims }
+        Codec::Vector { metric, dims, codes: crate::hnsw::codec::VectorCodes::Half }
     }
 
     fn payload(codec: &Codec, v: &[f32]) -> Vec<u8> {
@@ -1243,6 +1243,7 @@ mod tests {
             Codec::HalfVec { metric: Metric::L1, dims: 4000 },
             Codec::Bit { metric: crate::hnsw::codec::BitMetric::Jaccard, bits: 64000 },
             Codec::SparseVec { metric: Metric::InnerProduct, dims: 1_000_000_000 },
+            Codec::Vector { metric: Metric::L2, dims: 7, codes: crate::hnsw::codec::VectorCodes::Int8 },
         ] {
             let m = Meta { codec, ..meta };
             m.write_page(&mut page.0);

@@ -1397,7 +1397,11 @@ mod tests {
     #[pg_test]
     fn heal_walks_again_only_after_doubling() {
         let meta = |healed_blocks| Meta {
-            codec: crate::hnsw::codec::Codec::Vector { metric: crate::distance::Metric::L2, dims: 3 },
+            codec: crate::hnsw::codec::Codec::Vector {
+                metric: crate::distance::Metric::L2,
+                dims: 3,
+                codes: crate::hnsw::codec::VectorCodes::Half,
+            },
             m: 16,
             ef_construction: 64,
             entry: None,

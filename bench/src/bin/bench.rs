@@ -15,11 +15,13 @@
 //!   ground truth on a sample of queries: how build time, size and QPS grow
 //!   with N.
 //!
-//! `bench queries --connect CONNSTR [--ef 20,40,80] [--rebuild]`
+//! `bench queries --connect CONNSTR [--ef 20,40,80] [--load] [--rebuild] [--with 'quantization = int8']`
 //!   Against a running server that already has the demo's `packages` table
-//!   (e.g. the cluster `scripts/demo.sh` leaves running): optionally rebuild
-//!   the index (timed, serial), then the query sweep at the given ef_search
-//!   values. For quick comparisons while working on the scan or build path.
+//!   (e.g. the cluster `scripts/demo.sh` leaves running; `--load` creates
+//!   and loads it first): optionally rebuild the index (timed, serial; `--with`
+//!   adds index options after `m = 16, ef_construction = 64`), then the
+//!   query sweep at the given ef_search values. Works the same against
+//!   pgvector (its type is also `vector`), for comparisons in one run.
 //!
 //! `bench plot [--out DIR]`
 //!   Draws `<out>/recall_qps.png` again from `<out>/sweep.json`.
@@ -51,6 +53,8 @@ struct Opts {
     connect: Option<String>,
     efs: Vec<i32>,
     rebuild: bool,
+    load: bool,
+    with: String,
     ef_constructions: Vec<i32>,
     build_threads: Vec<i32>,
 }
@@ -69,6 +73,8 @@ fn parse() -> Opts {
         connect: None,
         efs: EF_SWEEP.to_vec(),
         rebuild: false,
+        load: false,
+        with: String::new(),
         ef_constructions: vec![64, 200],
         build_threads: vec![1],
     };
@@ -92,6 +98,8 @@ fn parse() -> Opts {
             "--connect" => o.connect = Some(v()),
             "--ef" => o.efs = v().split(',').map(|x| x.trim().parse().expect("--ef 20,40,80")).collect(),
             "--rebuild" => o.rebuild = true,
+            "--load" => o.load = true,
+            "--with" => o.with = format!(", {}", v()),
             "--ef-construction" => {
                 o.ef_constructions =
                     v().split(',').map(|x| x.trim().parse().expect("--ef-construction 64,200")).collect()
@@ -448,6 +456,12 @@ fn queries(o: &Opts) {
         .unwrap_or_else(|e| fail(&format!("cannot connect: {e}"), "check --connect"));
     let queries = read_fvecs(&o.dataset.join("queries.fvecs"), usize::MAX);
     let truth = read_ivecs(&o.dataset.join("groundtruth.ivecs"), usize::MAX);
+    if o.load {
+        let base = read_fvecs(&o.dataset.join("base.fvecs"), usize::MAX);
+        let labels = read_labels(&o.dataset.join("base_labels.tsv"));
+        let took = load_packages(&mut c, &base, &labels);
+        println!("loaded {} rows in {:.1} s", base.len(), took.as_secs_f64());
+    }
     if o.rebuild {
         c.batch_execute(
             "DROP INDEX IF EXISTS packages_embedding_idx; \
@@ -455,10 +469,11 @@ fn queries(o: &Opts) {
         )
         .unwrap();
         let t = Instant::now();
-        c.batch_execute(
+        c.batch_execute(&format!(
             "CREATE INDEX packages_embedding_idx ON packages USING hnsw (embedding vector_cosine_ops) \
-             WITH (m = 16, ef_construction = 64)",
-        )
+             WITH (m = 16, ef_construction = 64{})",
+            o.with
+        ))
         .unwrap();
         let size = relation_size(&mut c, "packages_embedding_idx");
         println!("build {:.1} s, index {:.1} MB", t.elapsed().as_secs_f64(), size as f64 / 1e6);
