@@ -372,6 +372,9 @@ impl<K: GraphKey, N: Copy> ResumableSearch<K, N> {
     {
         let admits = |store: &S, node: &N| !matching_only || store.matches(node);
         let ef = ef.max(1);
+        // Room for the visits this batch is likely to make (as a search
+        // from scratch reserves), instead of rehashing as the set grows.
+        VisitedSet::reserve(&mut self.visited, 16 * ef);
         let mut passed = 0;
         let mut beam: BinaryHeap<ByDistance<N>> = BinaryHeap::with_capacity(ef + 1);
         while beam.len() < ef {
