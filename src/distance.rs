@@ -481,7 +481,11 @@ impl Int8Vector {
     /// multiple of the scale.
     pub fn encode(x: &[f32]) -> Int8Vector {
         let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let scale = if max > 0.0 && max.is_finite() { (max / 127.0).max(f32::MIN_POSITIVE) } else { 1.0 };
+        let mut scale = if max > 0.0 && max.is_finite() { (max / 127.0).max(f32::MIN_POSITIVE) } else { 1.0 };
+        // Near f32::MAX, 127 · fl(max / 127) can round up to infinity.
+        while (127.0 * scale).is_infinite() {
+            scale = f32::from_bits(scale.to_bits() - 1);
+        }
         let codes: Vec<i8> = x.iter().map(|&v| (v / scale).round().clamp(-127.0, 127.0) as i8).collect();
         let (mut l2, mut l1, mut norm) = (0.0f64, 0.0f64, 0.0f64);
         for (&v, &c) in x.iter().zip(&codes) {
@@ -987,6 +991,47 @@ mod tests {
                 assert_eq!((x.to_bits(), y.to_bits(), z.to_bits()), (p.to_bits(), q.to_bits(), r.to_bits()));
             }
         }
+    }
+
+    /// The 8-bit kernels: the AVX2 path (fused multiply-adds) and the
+    /// portable one (run on no CPU of ours otherwise) agree within the sum
+    /// slack, and a lower bound from the portable value stays below the
+    /// exact distance too.
+    #[test]
+    fn int8_kernels_agree_and_portable_bounds_hold() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        for n in [1usize, 7, 16, 17, 384, 2000] {
+            for _ in 0..30 {
+                let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0..3.0)).collect();
+                let q: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0..3.0)).collect();
+                let h = Int8Vector::encode(&x);
+                for (term, metric) in
+                    [(Term::L2, Metric::L2), (Term::Dot, Metric::InnerProduct), (Term::L1, Metric::L1)]
+                {
+                    let portable = int8_portable(term, &q, &h.codes, h.scale);
+                    let fast = int8_kernel(term, &q, &h.codes, h.scale);
+                    let magnitude: f32 =
+                        q.iter().zip(&h.codes).map(|(a, &c)| term.apply(*a, c as f32 * h.scale).abs()).sum();
+                    assert!((portable - fast).abs() <= 1e-5 * magnitude + 1e-30, "n={n}: {portable} vs {fast}");
+                    let approx = match metric {
+                        Metric::InnerProduct => -portable,
+                        _ => portable,
+                    };
+                    let query = QueryNorms { searched: norm(&q), original: norm(&q) };
+                    let bound = lower_bound(metric, approx, query, h.err_l2, h.err_l1, h.norm);
+                    let exact = match metric {
+                        Metric::L2 => l2_distance(&q, &x),
+                        Metric::InnerProduct => negative_inner_product(&q, &x),
+                        _ => l1_distance(&q, &x) as f64,
+                    };
+                    assert!(bound <= exact, "{metric:?} n={n}: bound {bound} above {exact}");
+                }
+            }
+        }
+        // The largest finite magnitude: the scale is stepped down so that
+        // 127 · scale stays finite.
+        let h = Int8Vector::encode(&[f32::MAX, -1.0, 0.0]);
+        assert!((127.0 * h.scale).is_finite() && h.err_l2.is_finite(), "{h:?}");
     }
 
     #[test]

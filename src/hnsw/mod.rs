@@ -100,12 +100,19 @@ pub fn index_codec(index: pg_sys::Relation) -> Codec {
     let codec = Codec::from_codes(kind as u8, metric, typmod as usize)
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INVALID_OBJECT_DEFINITION, e));
     let codes = options::vector_codes_of(index);
+    // On other types the option is ignored with a warning, not refused:
+    // `ALTER INDEX ... SET` cannot see the column type, and an error here
+    // would make every later rebuild (TRUNCATE, REINDEX, a restored dump)
+    // fail after an ALTER that succeeded.
     if codes != options::DEFAULT_QUANTIZATION && kind != Kind::Vector {
-        raise_hint(
+        pgrx::ereport!(
+            WARNING,
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("quantization = '{}' applies to vector columns only, not {}", codes.name(), kind.type_name()),
-            format!("the index's first column is of type {}", kind.type_name()),
-            "Leave quantization out (halfvec, bit and sparsevec are stored exactly).",
+            format!(
+                "quantization = '{}' applies to vector columns only; this {} index stores its values exactly",
+                codes.name(),
+                kind.type_name()
+            )
         );
     }
     codec.with_vector_codes(codes)

@@ -104,8 +104,9 @@ pub trait VisitedSet<K>: Default {
     fn clear(&mut self);
     /// Adds `k`; returns whether it was new.
     fn insert(&mut self, k: K) -> bool;
-    /// Makes room for about `n` keys up front (a beam of `ef` visits roughly
-    /// `16·ef` elements), so a search does not grow the set as it goes.
+    /// Makes room for about `n` more keys up front (a beam of `ef` visits
+    /// roughly `16·ef` elements), so a search does not grow the set as it
+    /// goes. A hint: nothing happens when the memory cannot be had.
     fn reserve(&mut self, _n: usize) {}
 }
 
@@ -117,7 +118,9 @@ impl<K: Copy + Eq + Hash> VisitedSet<K> for FxHashSet<K> {
         FxHashSet::insert(self, k)
     }
     fn reserve(&mut self, n: usize) {
-        FxHashSet::reserve(self, n)
+        // A hint only: when the memory is not there, the set grows as it
+        // goes (a scan's set stays within its memory limit, see scan.rs).
+        let _ = FxHashSet::try_reserve(self, n);
     }
 }
 

@@ -374,7 +374,7 @@ impl<K: GraphKey, N: Copy> ResumableSearch<K, N> {
         let ef = ef.max(1);
         // Room for the visits this batch is likely to make (as a search
         // from scratch reserves), instead of rehashing as the set grows.
-        VisitedSet::reserve(&mut self.visited, 16 * ef);
+        VisitedSet::reserve(&mut self.visited, (16 * ef).min(visit_limit.saturating_sub(self.visits)));
         let mut passed = 0;
         let mut beam: BinaryHeap<ByDistance<N>> = BinaryHeap::with_capacity(ef + 1);
         while beam.len() < ef {
