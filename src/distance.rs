@@ -381,22 +381,8 @@ impl HalfVector {
         let exponent = if max > 0.0 && max / 2f32.powi(exponent) < 1.0 { exponent - 1 } else { exponent };
         let scale = 2f32.powi(exponent.clamp(-100, 127));
         let codes: Vec<u16> = x.iter().map(|&v| half::f16::from_f32(v / scale).to_bits()).collect();
-        let (mut l2, mut l1, mut norm) = (0.0f64, 0.0f64, 0.0f64);
-        for (&v, &c) in x.iter().zip(&codes) {
-            let e = v as f64 - (half_to_f32(c) * scale) as f64;
-            l2 += e * e;
-            l1 += e.abs();
-            norm += v as f64 * v as f64;
-        }
-        // The sums carry their own rounding: a relative 1e-9 covers it.
-        let up = 1.0 + 1e-9;
-        HalfVector {
-            scale,
-            codes,
-            err_l2: f32_at_least(l2.sqrt() * up),
-            err_l1: f32_at_least(l1 * up),
-            norm: f32_at_least(norm.sqrt() * up),
-        }
+        let (err_l2, err_l1, norm) = rounding_error(x, codes.iter().map(|&c| half_to_f32(c) * scale));
+        HalfVector { scale, codes, err_l2, err_l1, norm }
     }
 
     /// The stored vector as `f32` (`codes · scale`).
@@ -404,6 +390,22 @@ impl HalfVector {
         out.clear();
         out.extend(codes.iter().map(|&c| half_to_f32(c) * scale));
     }
+}
+
+/// `(‖x − y‖₂, ‖x − y‖₁, ‖x‖₂)` for a vector `x` and its stored form `y`
+/// (each component as the kernels compute it), summed in `f64` and rounded
+/// up to `f32`: the error bounds of [`HalfVector`] and [`Int8Vector`].
+fn rounding_error(x: &[f32], y: impl Iterator<Item = f32>) -> (f32, f32, f32) {
+    let (mut l2, mut l1, mut norm) = (0.0f64, 0.0f64, 0.0f64);
+    for (&v, y) in x.iter().zip(y) {
+        let e = v as f64 - y as f64;
+        l2 += e * e;
+        l1 += e.abs();
+        norm += v as f64 * v as f64;
+    }
+    // The sums carry their own rounding: a relative 1e-9 covers it.
+    let up = 1.0 + 1e-9;
+    (f32_at_least(l2.sqrt() * up), f32_at_least(l1 * up), f32_at_least(norm.sqrt() * up))
 }
 
 /// Portable 8-bit kernel: the lanes and summation order of
@@ -487,27 +489,8 @@ impl Int8Vector {
             scale = f32::from_bits(scale.to_bits() - 1);
         }
         let codes: Vec<i8> = x.iter().map(|&v| (v / scale).round().clamp(-127.0, 127.0) as i8).collect();
-        let (mut l2, mut l1, mut norm) = (0.0f64, 0.0f64, 0.0f64);
-        for (&v, &c) in x.iter().zip(&codes) {
-            let e = v as f64 - (c as f32 * scale) as f64;
-            l2 += e * e;
-            l1 += e.abs();
-            norm += v as f64 * v as f64;
-        }
-        let up = 1.0 + 1e-9;
-        Int8Vector {
-            scale,
-            codes,
-            err_l2: f32_at_least(l2.sqrt() * up),
-            err_l1: f32_at_least(l1 * up),
-            norm: f32_at_least(norm.sqrt() * up),
-        }
-    }
-
-    /// The stored vector as `f32` (`codes · scale`).
-    pub fn decode(codes: &[i8], scale: f32, out: &mut Vec<f32>) {
-        out.clear();
-        out.extend(codes.iter().map(|&c| c as f32 * scale));
+        let (err_l2, err_l1, norm) = rounding_error(x, codes.iter().map(|&c| c as f32 * scale));
+        Int8Vector { scale, codes, err_l2, err_l1, norm }
     }
 }
 

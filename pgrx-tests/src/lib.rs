@@ -350,6 +350,18 @@ pub fn explain(client: &mut Client, sql: &str) -> String {
         .join("\n")
 }
 
+/// Every check of `hnsw_index_check` on `index` passes (fails the test
+/// naming the first check that does not, with its detail).
+pub fn assert_index_checks(c: &mut Client, index: &str) {
+    let rows =
+        c.query("SELECT check_name, passed, detail FROM hnsw_index_check($1::text::regclass)", &[&index]).unwrap();
+    assert!(!rows.is_empty());
+    for row in rows {
+        let (name, passed, detail): (String, bool, String) = (row.get(0), row.get(1), row.get(2));
+        assert!(passed, "{index}: check '{name}' failed: {detail}");
+    }
+}
+
 /// Runs `sql`, which must fail, and returns `"<SQLSTATE> <message>"`.
 pub fn sqlstate(client: &mut Client, sql: &str) -> String {
     match client.batch_execute(sql) {

@@ -1,7 +1,9 @@
 //! `CREATE INDEX ... USING hnsw` on a real cluster: threads, cancellation,
 //! `maintenance_work_mem` and graph quality.
 
-use pg_hnsw_cluster_tests::{copy_vectors, exact_knn, l2, neg_ip, recall_at, Client, Cluster, Dataset};
+use pg_hnsw_cluster_tests::{
+    assert_index_checks, copy_vectors, exact_knn, l2, neg_ip, recall_at, Client, Cluster, Dataset,
+};
 use pgvector::Vector;
 use rand::{Rng, SeedableRng};
 use std::sync::{Arc, Mutex};
@@ -26,17 +28,6 @@ fn rss_anon_kb(pid: i32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Every check of `hnsw_index_check` passes.
-fn assert_index_checks(c: &mut Client, index: &str) {
-    let rows =
-        c.query("SELECT check_name, passed, detail FROM hnsw_index_check($1::text::regclass)", &[&index]).unwrap();
-    assert!(!rows.is_empty());
-    for row in rows {
-        let (name, passed, detail): (String, bool, String) = (row.get(0), row.get(1), row.get(2));
-        assert!(passed, "{index}: check '{name}' failed: {detail}");
-    }
 }
 
 /// Mean recall@k of the index over `queries` against brute force.

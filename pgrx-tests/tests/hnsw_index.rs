@@ -2,18 +2,34 @@
 //! use, options and GUC errors, and edge cases.
 
 use pg_hnsw_cluster_tests::{
-    copy_vectors, cosine, exact_knn, explain, l2, neg_ip, recall_at, sqlstate, Client, Cluster, Dataset,
+    assert_index_checks, copy_vectors, cosine, exact_knn, explain, l2, neg_ip, recall_at, sqlstate, Client, Cluster,
+    Dataset,
 };
 use pgvector::Vector;
 
 /// Mean recall@10 of `ORDER BY embedding <op> q LIMIT 10` over the queries,
 /// against brute force over the same rows.
 fn recall(c: &mut Client, table: &str, op: &str, data: &Dataset, distance: fn(&[f32], &[f32]) -> f32) -> f64 {
+    let all: Vec<usize> = (0..data.base.len()).collect();
+    recall_over(c, table, op, data, &all, distance)
+}
+
+/// [`recall`] when the table holds only the dataset rows `kept` (ids).
+fn recall_over(
+    c: &mut Client,
+    table: &str,
+    op: &str,
+    data: &Dataset,
+    kept: &[usize],
+    distance: fn(&[f32], &[f32]) -> f32,
+) -> f64 {
+    let base: Vec<Vec<f32>> = kept.iter().map(|&i| data.base[i].clone()).collect();
     let stmt = c.prepare(&format!("SELECT id FROM {table} ORDER BY embedding {op} $1 LIMIT 10")).unwrap();
     let mut total = 0.0;
     for q in &data.queries {
         let found: Vec<i64> = c.query(&stmt, &[&Vector::from(q.clone())]).unwrap().iter().map(|r| r.get(0)).collect();
-        total += recall_at(10, &found, &exact_knn(&data.base, q, 10, distance));
+        let exact: Vec<usize> = exact_knn(&base, q, 10, distance).into_iter().map(|j| kept[j]).collect();
+        total += recall_at(10, &found, &exact);
     }
     total / data.queries.len() as f64
 }
@@ -175,28 +191,11 @@ fn int8_quantization_keeps_recall_and_halves_the_pages() {
     c.batch_execute("DELETE FROM grown WHERE id % 3 = 0").unwrap();
     c.batch_execute("VACUUM grown").unwrap();
     let kept: Vec<usize> = (0..data.base.len()).filter(|i| i % 3 != 0).collect();
-    let kept_base: Vec<Vec<f32>> = kept.iter().map(|&i| data.base[i].clone()).collect();
-    let stmt = c.prepare("SELECT id FROM grown ORDER BY embedding <=> $1 LIMIT 10").unwrap();
-    let mut total = 0.0;
-    for q in &data.queries {
-        let found: Vec<i64> = c.query(&stmt, &[&Vector::from(q.clone())]).unwrap().iter().map(|r| r.get(0)).collect();
-        let exact: Vec<usize> = exact_knn(&kept_base, q, 10, cosine).into_iter().map(|j| kept[j]).collect();
-        total += recall_at(10, &found, &exact);
-    }
-    let r = total / data.queries.len() as f64;
+    let r = recall_over(&mut c, "grown", "<=>", &data, &kept, cosine);
     eprintln!("int8: recall@10 after VACUUM of a third = {r:.4}");
     assert!(r >= 0.93, "int8: recall@10 {r} after VACUUM");
     for index in ["int8_idx", "grown_idx"] {
-        let failed: Vec<String> = c
-            .query(
-                "SELECT check_name || ': ' || detail FROM hnsw_index_check($1::text::regclass) WHERE NOT passed",
-                &[&index],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        assert!(failed.is_empty(), "{index}: {failed:?}");
+        assert_index_checks(&mut c, index);
     }
 
     // Exact order over a long LIMIT (many rechecked rows).

@@ -106,12 +106,17 @@ impl VectorCodes {
         }
     }
 
+    /// The option value that selects it, as a C string (for the reloption).
+    pub fn c_name(self) -> &'static std::ffi::CStr {
+        match self {
+            VectorCodes::Half => c"half",
+            VectorCodes::Int8 => c"int8",
+        }
+    }
+
     /// The option value that selects it.
     pub fn name(self) -> &'static str {
-        match self {
-            VectorCodes::Half => "half",
-            VectorCodes::Int8 => "int8",
-        }
+        self.c_name().to_str().unwrap_or("")
     }
 }
 

@@ -133,11 +133,10 @@ pub fn init() {
         );
         // PostgreSQL keeps the member array: leaked once per backend. The
         // names are static C strings.
-        let names: [&'static std::ffi::CStr; 2] = [c"half", c"int8"];
-        let mut members: Vec<pg_sys::relopt_enum_elt_def> = names
+        let mut members: Vec<pg_sys::relopt_enum_elt_def> = QUANTIZATION_VALUES
             .iter()
             .enumerate()
-            .map(|(i, n)| pg_sys::relopt_enum_elt_def { string_val: n.as_ptr(), symbol_val: i as i32 })
+            .map(|(i, q)| pg_sys::relopt_enum_elt_def { string_val: q.c_name().as_ptr(), symbol_val: i as i32 })
             .collect();
         members.push(pg_sys::relopt_enum_elt_def { string_val: std::ptr::null(), symbol_val: 0 });
         let members = Box::leak(members.into_boxed_slice());
