@@ -1025,11 +1025,12 @@ fn check_fails_unreachable_rows_only_while_visible() {
     drop(c);
     cluster.stop("fast");
     let mut bytes = std::fs::read(&path).unwrap();
-    // Elements (kind 1): level at byte 1, flags at 2, heap TID count at 3,
-    // heap TIDs from byte 12. Two live level-0 elements of one row each.
+    // Elements (kind 1): level at byte 1, flags at 2, heap TID count in the
+    // low nibble of byte 3 (its slot count in the high one), heap TIDs from
+    // byte 12. Two live level-0 elements of one row each.
     let picked: Vec<((u32, u16), i64)> = items(&bytes)
         .into_iter()
-        .filter(|(_, r)| bytes[r.start] == 1 && bytes[r.start + 1..r.start + 4] == [0, 0, 1])
+        .filter(|(_, r)| bytes[r.start..r.start + 3] == [1, 0, 0] && bytes[r.start + 3] & 0x0F == 1)
         .map(|(at, r)| {
             let heap = format!("({},{})", u32_at(&bytes, r.start + 12), u16_at(&bytes, r.start + 16));
             (at, ids[&heap])

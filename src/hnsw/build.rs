@@ -503,6 +503,7 @@ fn place(graph: &MemoryGraph<BuildSpace>, m: usize, keys: &KeyTable) -> (Vec<(It
     for id in 0..graph.len() as u32 {
         // A build form has the payload length of its working form.
         let element_size = page::element_item_size(
+            graph.heap_tids(id).len(),
             page::keys_size(keys_of(graph, keys, id).len()) + codec.payload_len(graph.vector(id)),
         );
         if item_footprint(element_size) > pages.last().unwrap().free {

@@ -375,6 +375,15 @@ impl Codec {
         }
     }
 
+    /// Fewest payload bytes any element of this index can have (a sparse
+    /// vector with no nonzero entry; the fixed length otherwise).
+    pub fn min_payload_len(&self) -> usize {
+        match self {
+            Codec::SparseVec { .. } => 4,
+            _ => self.payload_len(&[]),
+        }
+    }
+
     /// Most payload bytes any element of this index can have.
     pub fn max_payload_len(&self) -> usize {
         match self {

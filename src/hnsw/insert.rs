@@ -25,7 +25,8 @@ use super::directory;
 use super::graph::{prune_neighbors, random_level, relink, LinkLists, Searcher};
 use super::key_datum;
 use super::page::{
-    self, encode_element, encode_neighbors, ElementMut, ItemPointer, LayerList, NeighborsRef, PageKind, PageRef,
+    self, encode_element, encode_neighbors, ElementMut, ElementRef, ItemPointer, LayerList, NeighborsRef, PageKind,
+    PageRef,
 };
 use super::prepare_datum;
 use super::storage::{from_pg_tid, ElementNode, IndexRel, PageStore, EXCLUSIVE_LOCK, SHARE_LOCK};
@@ -141,7 +142,8 @@ pub fn insert_prepared(rel: &IndexRel, vector: &[u32], keys: &[u8], heap_tid: It
 /// the same filter keys, and has a free slot. Returns whether it did.
 fn add_duplicate(store: &PageStore, tid: ItemPointer, keys: &[u8], payload: &[u8], heap_tid: ItemPointer) -> bool {
     let (codec, m) = (store.meta.codec, store.meta.m as usize);
-    if !store.with_element(tid, |e| e.keys() == keys && codec.same_vector(e.payload(), payload)) {
+    let has_room = |e: &ElementRef| e.heap_tid_count() < e.head().tid_slots as usize;
+    if !store.with_element(tid, |e| has_room(&e) && e.keys() == keys && codec.same_vector(e.payload(), payload)) {
         return false;
     }
     let rel = store.rel;

@@ -9,11 +9,13 @@
 //!   the element codec (type, metric, dimensions), `M`, `ef_construction`,
 //!   the entry point and a hint to reusable space.
 //! - Other blocks are **graph pages** holding two kinds of items:
-//!   - an **element item**: a 72-byte header (level, deleted/free flags, up
-//!     to [`MAX_HEAP_TIDS`] heap TIDs, the address of its neighbor item) and
-//!     the vector's **payload**, whose layout the index's
+//!   - an **element item**: a header (level, deleted/free flags, the
+//!     address of its neighbor item, and its heap TIDs: as many slots as it
+//!     holds TIDs, up to [`MAX_HEAP_TIDS`], plus what the item's `MAXALIGN`
+//!     padding leaves room for; 20-24 bytes for one row, 72 in formats
+//!     before 7) and the vector's **payload**, whose layout the index's
 //!     [`Codec`](super::codec::Codec) defines (for `vector`: half-precision
-//!     codes with their scale and rounding error, `72 + 16 + 2·dims` bytes);
+//!     codes with their scale and rounding error, `24 + 16 + 2·dims` bytes);
 //!   - a **neighbor item**: `2·M` slots for layer 0 and `M` for each layer
 //!     above (`4 + 6·M·(level + 2)` bytes), updated in place so a new link
 //!     never rewrites the vector. A list holds its selected links, then its
@@ -57,17 +59,27 @@ pub const META_BLOCK: u32 = 0;
 pub const MAGIC: u32 = 0x484E_5357;
 /// Version of this format, checked on every open (4: element payloads by
 /// codec, the stable part of a `vector` payload first; 5: spare links; 6:
-/// the key directory of a multi-column index).
-pub const FORMAT_VERSION: u32 = 6;
+/// the key directory of a multi-column index; 7: element headers sized to
+/// their heap TIDs).
+pub const FORMAT_VERSION: u32 = 7;
 /// Oldest format version this build reads: format 4 is format 5 without
-/// spare links, and format 5 is format 6 without a key directory (an exact
-/// pass then reads every element page), so such an index needs no `REINDEX`
-/// (its meta page is stamped 6 at its next update).
+/// spare links, format 5 is format 6 without a key directory (an exact
+/// pass then reads every element page), and format 6 is format 7 with every
+/// element header holding [`MAX_HEAP_TIDS`] slots (the slot count's nibble
+/// is 0 there, which reads as 10), so such an index needs no `REINDEX` (its
+/// meta page is stamped 7 at its next update).
 pub const OLDEST_FORMAT_VERSION: u32 = 4;
 /// Tag in every page's special space identifying an `hnsw` page.
 pub const PAGE_ID: u16 = 0xFF91;
-/// Bytes of an element item before its payload.
-pub const ELEMENT_HEADER_SIZE: usize = 72;
+/// Bytes of the header of an element item with `slots` heap TID slots:
+/// [`ELEMENT_HEAD_SIZE`] and the slots, rounded up to a multiple of 4 so the
+/// payload after it stays aligned for its `u16`/`u32` codes (20 for one
+/// slot; 72 for [`MAX_HEAP_TIDS`], the fixed header of formats 4-6).
+pub const fn element_header_size(slots: usize) -> usize {
+    (HEAP_TIDS_AT + SLOT_SIZE * slots).div_ceil(4) * 4
+}
+/// Bytes of the smallest element header (one heap TID slot).
+pub const MIN_ELEMENT_HEADER_SIZE: usize = element_header_size(1);
 /// Bytes at the start of an element item a scan copies out under a pin
 /// ([`ElementHead`]): kind, level, flags, heap TID count, neighbor item,
 /// capacity.
@@ -435,9 +447,24 @@ impl Meta {
     }
 }
 
-/// Size of an element item whose payload has `payload_len` bytes.
-pub const fn element_item_size(payload_len: usize) -> usize {
-    ELEMENT_HEADER_SIZE + payload_len
+/// Heap TID slots of a new element item holding `ntids` heap TIDs
+/// (`1..=MAX_HEAP_TIDS`) and a body (key area and payload) of `body_len`
+/// bytes: `ntids`, plus every further slot that fits the padding
+/// PostgreSQL adds to align the item (`MAXALIGN`), so a later row with the
+/// same vector can often join it for free.
+pub const fn tid_slots_for(ntids: usize, body_len: usize) -> usize {
+    let mut slots = if ntids == 0 { 1 } else { ntids };
+    let aligned = (element_header_size(slots) + body_len).next_multiple_of(MAXIMUM_ALIGNOF);
+    while slots < MAX_HEAP_TIDS && element_header_size(slots + 1) + body_len <= aligned {
+        slots += 1;
+    }
+    slots
+}
+
+/// Size of a new element item holding `ntids` heap TIDs whose body (key
+/// area and payload) has `body_len` bytes (see [`tid_slots_for`]).
+pub const fn element_item_size(ntids: usize, body_len: usize) -> usize {
+    element_header_size(tid_slots_for(ntids, body_len)) + body_len
 }
 
 /// Bytes the key area of a new element item takes: none for a
@@ -451,19 +478,31 @@ pub const fn keys_size(blob_len: usize) -> usize {
     }
 }
 
-/// The key blob's range and the codec payload's offset in an element item
-/// whose flags are `flags` and whose bytes (at least the header) are `b`,
-/// checked against its length.
-fn body_layout(b: &[u8], flags: u8) -> Result<(std::ops::Range<usize>, usize), PageError> {
-    if flags & FLAG_KEYS == 0 {
-        return Ok((ELEMENT_HEADER_SIZE..ELEMENT_HEADER_SIZE, ELEMENT_HEADER_SIZE));
+/// The heap TID slots of an element item from its byte 3 (high nibble; 0,
+/// as in formats 4-6, means [`MAX_HEAP_TIDS`]).
+fn tid_slots_of(b3: u8) -> usize {
+    match (b3 >> 4) as usize {
+        0 => MAX_HEAP_TIDS,
+        n => n,
     }
-    if b.len() < ELEMENT_HEADER_SIZE + KEYS_LEN_SIZE {
+}
+
+/// The key blob's range and the codec payload's offset in an element item
+/// whose flags are `flags`, whose header has `header` bytes and whose bytes
+/// (at least the header) are `b`, checked against its length.
+fn body_layout(b: &[u8], flags: u8, header: usize) -> Result<(std::ops::Range<usize>, usize), PageError> {
+    if b.len() < header {
+        return err(format!("element item of {} bytes, header {header}", b.len()));
+    }
+    if flags & FLAG_KEYS == 0 {
+        return Ok((header..header, header));
+    }
+    if b.len() < header + KEYS_LEN_SIZE {
         return err(format!("element item of {} bytes with keys", b.len()));
     }
-    let (blob, area) = (u16_at(b, ELEMENT_HEADER_SIZE) as usize, u16_at(b, ELEMENT_HEADER_SIZE + 2) as usize);
-    let start = ELEMENT_HEADER_SIZE + KEYS_LEN_SIZE;
-    let body = ELEMENT_HEADER_SIZE + area;
+    let (blob, area) = (u16_at(b, header) as usize, u16_at(b, header + 2) as usize);
+    let start = header + KEYS_LEN_SIZE;
+    let body = header + area;
     if area % 4 != 0 || KEYS_LEN_SIZE + blob > area || body > b.len() {
         return err(format!("bad key area: blob {blob}, area {area}, item {} bytes", b.len()));
     }
@@ -476,36 +515,38 @@ fn body_layout(b: &[u8], flags: u8) -> Result<(std::ops::Range<usize>, usize), P
 /// matches, and a malformed one matches no filter). `None` for an item too
 /// short to be an element or with a bad key area; empty without keys.
 pub fn peek_keys(b: &[u8]) -> Option<&[u8]> {
-    let flags = *b.get(2)?;
-    if b.len() < ELEMENT_HEADER_SIZE {
-        return None;
-    }
-    body_layout(b, flags).ok().map(|(keys, _)| &b[keys])
+    let (flags, b3) = (*b.get(2)?, *b.get(3)?);
+    body_layout(b, flags, element_header_size(tid_slots_of(b3))).ok().map(|(keys, _)| &b[keys])
 }
 
 /// Offset of the codec payload of an element item of `item_len` bytes whose
 /// head is `head`, from the 4 bytes after its header (`lens`, ignored
-/// without keys): for a scan that reads the item under a pin only (the key
-/// area of a reachable element never changes).
+/// without keys; see [`ElementHead::header_size`]): for a scan that reads
+/// the item under a pin only (the key area of a reachable element never
+/// changes).
 pub fn body_offset(head: &ElementHead, lens: [u8; KEYS_LEN_SIZE], item_len: usize) -> Result<usize, PageError> {
+    let header = head.header_size();
+    if header > item_len {
+        return err(format!("element item of {item_len} bytes, header {header}"));
+    }
     if !head.has_keys() {
-        return Ok(ELEMENT_HEADER_SIZE);
+        return Ok(header);
     }
     let area = u16::from_ne_bytes([lens[2], lens[3]]) as usize;
     let blob = u16::from_ne_bytes([lens[0], lens[1]]) as usize;
-    if area % 4 != 0 || KEYS_LEN_SIZE + blob > area || ELEMENT_HEADER_SIZE + area > item_len {
+    if area % 4 != 0 || KEYS_LEN_SIZE + blob > area || header + area > item_len {
         return err(format!("bad key area: blob {blob}, area {area}, item {item_len} bytes"));
     }
-    Ok(ELEMENT_HEADER_SIZE + area)
+    Ok(header + area)
 }
 
 /// Writes the key area (`area` bytes, at least [`keys_size`]) for `keys`
-/// after the element header of `b` and flags the element.
-fn write_key_area(b: &mut [u8], keys: &[u8], area: usize) {
+/// after the element header (`header` bytes) of `b` and flags the element.
+fn write_key_area(b: &mut [u8], header: usize, keys: &[u8], area: usize) {
     b[2] |= FLAG_KEYS;
-    put_u16(b, ELEMENT_HEADER_SIZE, keys.len() as u16);
-    put_u16(b, ELEMENT_HEADER_SIZE + 2, area as u16);
-    let start = ELEMENT_HEADER_SIZE + KEYS_LEN_SIZE;
+    put_u16(b, header, keys.len() as u16);
+    put_u16(b, header + 2, area as u16);
+    let start = header + KEYS_LEN_SIZE;
     b[start..start + keys.len()].copy_from_slice(keys);
 }
 
@@ -520,12 +561,14 @@ pub fn max_level(m: usize) -> usize {
     (slots / m).saturating_sub(2).min(255)
 }
 
-/// Encodes an element item: `kind u8 | level u8 | flags u8 | ntids u8 |
-/// neighbors ItemPointer (6) | capacity u8 | version u8 | heap_tids [10 × 6] |
-/// [keys_len u16 | keys] | payload`, the keys only when `keys` is not empty
-/// (a multi-column index; flagged by `FLAG_KEYS`). `capacity` is the level its neighbor item was sized for (a
-/// reused element may have a lower level); `version` counts reuses, so a scan
-/// that remembered an element across batches can tell it was replaced.
+/// Encodes an element item: `kind u8 | level u8 | flags u8 | slots u4 ntids u4 |
+/// neighbors ItemPointer (6) | capacity u8 | version u8 | heap_tids [slots × 6] |
+/// padding to 4 | [keys_len u16 | area_len u16 | keys | padding] | payload`, the
+/// key area only when `keys` is not empty (a multi-column index; flagged by
+/// `FLAG_KEYS`). `slots` is [`tid_slots_for`] the TIDs and the body.
+/// `capacity` is the level its neighbor item was sized for (a reused
+/// element may have a lower level); `version` counts reuses, so a scan that
+/// remembered an element across batches can tell it was replaced.
 pub fn encode_element(
     level: usize,
     heap_tids: &[ItemPointer],
@@ -533,21 +576,36 @@ pub fn encode_element(
     keys: &[u8],
     payload: &[u8],
 ) -> Vec<u8> {
-    assert!(heap_tids.len() <= MAX_HEAP_TIDS && level <= 255 && keys.len() <= u16::MAX as usize);
-    let mut b = vec![0u8; element_item_size(keys_size(keys.len()) + payload.len())];
+    let slots = tid_slots_for(heap_tids.len(), keys_size(keys.len()) + payload.len());
+    encode_element_with_slots(slots, level, heap_tids, neighbors, keys, payload)
+}
+
+/// [`encode_element`] with `slots` heap TID slots (at least the TIDs).
+fn encode_element_with_slots(
+    slots: usize,
+    level: usize,
+    heap_tids: &[ItemPointer],
+    neighbors: ItemPointer,
+    keys: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    assert!(heap_tids.len() <= slots && slots <= MAX_HEAP_TIDS && level <= 255 && keys.len() <= u16::MAX as usize);
+    let header = element_header_size(slots);
+    let area = keys_size(keys.len());
+    let mut b = vec![0u8; header + area + payload.len()];
     b[0] = KIND_ELEMENT;
     b[1] = level as u8;
-    b[3] = heap_tids.len() as u8;
+    // Ten slots are stored as 0, as formats 4-6 wrote them.
+    b[3] = (((slots % MAX_HEAP_TIDS) as u8) << 4) | heap_tids.len() as u8;
     neighbors.write(&mut b, 4);
     b[10] = level as u8;
     for (i, t) in heap_tids.iter().enumerate() {
         t.write(&mut b, HEAP_TIDS_AT + SLOT_SIZE * i);
     }
-    let area = keys_size(keys.len());
     if area > 0 {
-        write_key_area(&mut b, keys, area);
+        write_key_area(&mut b, header, keys, area);
     }
-    b[ELEMENT_HEADER_SIZE + area..].copy_from_slice(payload);
+    b[header + area..].copy_from_slice(payload);
     b
 }
 
@@ -570,6 +628,8 @@ pub struct ElementHead {
     flags: u8,
     /// Number of heap TIDs.
     pub heap_tids: u8,
+    /// Heap TID slots in its header (`heap_tids..=MAX_HEAP_TIDS`).
+    pub tid_slots: u8,
     /// Where its neighbor item is.
     pub neighbors: ItemPointer,
     /// The level its neighbor item has room for.
@@ -584,13 +644,15 @@ impl ElementHead {
         if b[0] != KIND_ELEMENT {
             return err(format!("not an element item (kind {})", b[0]));
         }
-        if b[1] as usize > max_level(m) || b[1] > b[10] || b[3] as usize > MAX_HEAP_TIDS {
-            return err(format!("bad element header level={} capacity={} ntids={}", b[1], b[10], b[3]));
+        let (ntids, slots) = ((b[3] & 0x0F) as usize, tid_slots_of(b[3]));
+        if b[1] as usize > max_level(m) || b[1] > b[10] || ntids > slots || slots > MAX_HEAP_TIDS {
+            return err(format!("bad element header level={} capacity={} ntids={ntids} slots={slots}", b[1], b[10]));
         }
         Ok(ElementHead {
             level: b[1],
             flags: b[2],
-            heap_tids: b[3],
+            heap_tids: ntids as u8,
+            tid_slots: slots as u8,
             neighbors: ItemPointer::read(b, 4),
             capacity: b[10],
             version: b[11],
@@ -610,6 +672,11 @@ impl ElementHead {
     /// Whether the item holds filter keys before its payload.
     pub fn has_keys(&self) -> bool {
         self.flags & FLAG_KEYS != 0
+    }
+
+    /// Bytes of the item's header (its key area or payload follows).
+    pub fn header_size(&self) -> usize {
+        element_header_size(self.tid_slots as usize)
     }
 }
 
@@ -632,10 +699,7 @@ impl<'a> ElementRef<'a> {
             return err(format!("element item of {} bytes", bytes.len()));
         };
         let head = ElementHead::parse(head, m)?;
-        if bytes.len() < ELEMENT_HEADER_SIZE {
-            return err(format!("element item of {} bytes", bytes.len()));
-        }
-        let (keys, body) = body_layout(bytes, head.flags)?;
+        let (keys, body) = body_layout(bytes, head.flags, head.header_size())?;
         crate::hnsw::keys::validate(&bytes[keys.clone()]).map_err(PageError)?;
         let payload = &bytes[body..];
         codec.validate(payload.len(), payload).map_err(|e| PageError(format!("{e:?}")))?;
@@ -698,6 +762,10 @@ impl<'a> ElementRef<'a> {
 /// [`ElementRef`] first).
 pub struct ElementMut<'a> {
     bytes: &'a mut [u8],
+    /// Bytes of its header.
+    header: usize,
+    /// Heap TID slots in its header.
+    slots: usize,
     /// Where the codec payload starts.
     body: usize,
 }
@@ -705,8 +773,9 @@ pub struct ElementMut<'a> {
 impl<'a> ElementMut<'a> {
     /// Validates and wraps an element item for writing.
     pub fn new(bytes: &'a mut [u8], codec: &Codec, m: usize) -> Result<ElementMut<'a>, PageError> {
-        let body = ElementRef::new(bytes, codec, m)?.body;
-        Ok(ElementMut { bytes, body })
+        let e = ElementRef::new(bytes, codec, m)?;
+        let (header, slots, body) = (e.head.header_size(), e.head.tid_slots as usize, e.body);
+        Ok(ElementMut { bytes, header, slots, body })
     }
 
     /// Whether VACUUM removed all its heap TIDs.
@@ -716,24 +785,29 @@ impl<'a> ElementMut<'a> {
 
     /// Number of heap TIDs.
     pub fn heap_tid_count(&self) -> usize {
-        self.bytes[3] as usize
+        (self.bytes[3] & 0x0F) as usize
     }
 
-    /// Appends a heap TID; `false` if all slots are used.
+    /// Sets the heap TID count, keeping the slot count beside it.
+    fn set_heap_tid_count(&mut self, n: usize) {
+        self.bytes[3] = (self.bytes[3] & 0xF0) | n as u8;
+    }
+
+    /// Appends a heap TID; `false` if all its slots are used.
     pub fn push_heap_tid(&mut self, tid: ItemPointer) -> bool {
-        let n = self.bytes[3] as usize;
-        if n >= MAX_HEAP_TIDS {
+        let n = self.heap_tid_count();
+        if n >= self.slots {
             return false;
         }
         tid.write(self.bytes, HEAP_TIDS_AT + SLOT_SIZE * n);
-        self.bytes[3] = n as u8 + 1;
+        self.set_heap_tid_count(n + 1);
         true
     }
 
     /// Keeps only the heap TIDs for which `keep` is true; returns how many
     /// were removed.
     pub fn retain_heap_tids(&mut self, mut keep: impl FnMut(ItemPointer) -> bool) -> usize {
-        let n = self.bytes[3] as usize;
+        let n = self.heap_tid_count();
         let tids: Vec<ItemPointer> =
             (0..n).map(|i| ItemPointer::read(self.bytes, HEAP_TIDS_AT + SLOT_SIZE * i)).collect();
         let kept: Vec<ItemPointer> = tids.into_iter().filter(|t| keep(*t)).collect();
@@ -743,7 +817,7 @@ impl<'a> ElementMut<'a> {
         for i in kept.len()..n {
             ItemPointer::INVALID.write(self.bytes, HEAP_TIDS_AT + SLOT_SIZE * i);
         }
-        self.bytes[3] = kept.len() as u8;
+        self.set_heap_tid_count(kept.len());
         n - kept.len()
     }
 
@@ -765,7 +839,7 @@ impl<'a> ElementMut<'a> {
     /// Bytes available for the keys and the payload together (the item's
     /// size is fixed; see [`keys_size`]).
     pub fn payload_capacity(&self) -> usize {
-        self.bytes.len() - ELEMENT_HEADER_SIZE
+        self.bytes.len() - self.header
     }
 
     /// The payload.
@@ -775,7 +849,7 @@ impl<'a> ElementMut<'a> {
 
     /// The filter keys (empty in a single-column index).
     pub fn keys(&self) -> &[u8] {
-        match body_layout(self.bytes, self.bytes[2]) {
+        match body_layout(self.bytes, self.bytes[2], self.header) {
             Ok((keys, _)) => &self.bytes[keys],
             Err(_) => &[],
         }
@@ -789,7 +863,7 @@ impl<'a> ElementMut<'a> {
     /// Marks a deleted element free for reuse (no live link points to it).
     pub fn set_free(&mut self) {
         self.bytes[2] |= FLAG_DELETED | FLAG_FREE;
-        self.bytes[3] = 0;
+        self.set_heap_tid_count(0);
     }
 
     /// Adds heap row `heap_tid`, whose payload `payload` holds the same
@@ -823,15 +897,17 @@ impl<'a> ElementMut<'a> {
         assert!(level <= self.capacity(), "reused element level above its capacity");
         assert!(self.fits(keys.len(), payload.len()), "reused element payload too large");
         let (neighbors, capacity, version) = (ItemPointer::read(self.bytes, 4), self.bytes[10], self.bytes[11]);
+        let (slots, header) = (self.slots, self.header);
         let fresh = if keys.is_empty() {
             let mut padded = payload.to_vec();
             padded.resize(self.payload_capacity(), 0);
-            encode_element(level, &[heap_tid], neighbors, &[], &padded)
+            encode_element_with_slots(slots, level, &[heap_tid], neighbors, &[], &padded)
         } else {
             let area = self.payload_capacity() - payload.len();
-            let mut b = encode_element(level, &[heap_tid], neighbors, &[], &vec![0; self.payload_capacity()]);
-            write_key_area(&mut b, keys, area);
-            b[ELEMENT_HEADER_SIZE + area..].copy_from_slice(payload);
+            let mut b =
+                encode_element_with_slots(slots, level, &[heap_tid], neighbors, &[], &vec![0; self.payload_capacity()]);
+            write_key_area(&mut b, header, keys, area);
+            b[header + area..].copy_from_slice(payload);
             b
         };
         self.bytes.copy_from_slice(&fresh);
@@ -1156,7 +1232,9 @@ mod tests {
         let range =
             |page: &PageImage, offset: u16| PageRef::new(&page.0, PageKind::Graph).unwrap().item_range(offset).unwrap();
         let before = line_pointers(&page);
-        let payload_at = |page: &PageImage, offset: u16| page.0[range(page, offset)][ELEMENT_HEADER_SIZE..].to_vec();
+        let payload_at = |page: &PageImage, offset: u16| {
+            ElementRef::new(&page.0[range(page, offset)], &codec, m).unwrap().payload().to_vec()
+        };
         let stable = payload_at(&page, 3);
         // Edits of elements: heap TIDs, deleted, free, reuse.
         let r = range(&page, 1);
@@ -1301,12 +1379,12 @@ mod tests {
         let mut page = PageImage::new(PageKind::Graph);
         let vector: Vec<f32> = (0..384).map(|i| i as f32 * 0.5).collect();
         let item = encode_element(1, &[tid(7, 1)], tid(1, 2), &[], &payload(&codec, &vector));
-        assert_eq!(item.len(), 856, "72 + 4 + 2·384 + 12");
+        assert_eq!(item.len(), 808, "24 (two heap TID slots) + 4 + 2·384 + 12");
         let mut offsets = Vec::new();
         while let Some(off) = add_item(&mut page.0, &item) {
             offsets.push(off);
         }
-        assert_eq!(offsets, (1..=9).collect::<Vec<u16>>(), "9 elements of 856 bytes fit an 8 KB page");
+        assert_eq!(offsets, (1..=10).collect::<Vec<u16>>(), "10 elements of 808 bytes fit an 8 KB page");
         let p = PageRef::new(&page.0, PageKind::Graph).unwrap();
         let e = ElementRef::new(p.item(3).unwrap(), &codec, 16).unwrap();
         assert_eq!(e.level(), 1);
@@ -1316,7 +1394,7 @@ mod tests {
         codec.decode(e.payload(), &mut decoded);
         let decoded: Vec<f32> = decoded.into_iter().map(f32::from_bits).collect();
         assert_eq!(decoded, vector, "i/2 for i < 384 is exact in half precision with scale 128");
-        assert!(p.item(10).is_err());
+        assert!(p.item(11).is_err());
         assert!(p.item(0).is_err());
         assert!(ElementRef::new(p.item(1).unwrap(), &dense(Metric::L2, 382), 16).is_err(), "wrong dims");
     }
@@ -1438,23 +1516,25 @@ mod tests {
     #[test]
     fn heap_tids_push_retain_and_reuse() {
         let codec = dense(Metric::L2, 1);
-        let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &[], &payload(&codec, &[1.0]));
+        let ten: Vec<ItemPointer> = (1..=10).map(|i| tid(1, i)).collect();
+        let mut item = encode_element(0, &ten[..4], tid(9, 9), &[], &payload(&codec, &[1.0]));
+        let head = ElementRef::new(&item, &codec, 16).unwrap().head();
+        assert_eq!((head.heap_tids, head.tid_slots), (4, 4), "no padding to fill: as many slots as TIDs");
         let mut e = ElementMut::new(&mut item, &codec, 16).unwrap();
-        for i in 2..=10 {
-            assert!(e.push_heap_tid(tid(1, i)));
-        }
-        assert!(!e.push_heap_tid(tid(1, 11)), "full at 10");
-        assert_eq!(e.retain_heap_tids(|t| t.offset % 2 == 0), 5);
+        assert!(!e.push_heap_tid(tid(1, 5)), "full at its slots");
+        assert_eq!(e.retain_heap_tids(|t| t.offset % 2 == 0), 2);
         e.set_deleted();
         let r = ElementRef::new(&item, &codec, 16).unwrap();
-        assert_eq!(r.heap_tid_count(), 5);
+        assert_eq!(r.heap_tid_count(), 2);
         assert!(r.is_deleted() && !r.is_free());
         let mut e = ElementMut::new(&mut item, &codec, 16).unwrap();
+        assert!(e.push_heap_tid(tid(1, 11)));
         e.set_free();
         assert!(ElementRef::new(&item, &codec, 16).unwrap().is_free());
         let mut e = ElementMut::new(&mut item, &codec, 16).unwrap();
         e.reuse(0, tid(4, 4), &[], &payload(&codec, &[2.0]));
         let r = ElementRef::new(&item, &codec, 16).unwrap();
+        assert_eq!(r.head().tid_slots, 4, "a reused element keeps its slots");
         assert!(!r.is_deleted() && !r.is_free());
         let mut decoded = Vec::new();
         codec.decode(r.payload(), &mut decoded);
@@ -1464,20 +1544,67 @@ mod tests {
     }
 
     #[test]
+    fn element_headers_are_sized_to_their_heap_tids() {
+        let codec = dense(Metric::L2, 1);
+        let p = payload(&codec, &[1.0]);
+        for n in 1..=MAX_HEAP_TIDS {
+            let tids: Vec<ItemPointer> = (1..=n as u16).map(|i| tid(1, i)).collect();
+            let item = encode_element(0, &tids, tid(9, 9), &[], &p);
+            let head = ElementRef::new(&item, &codec, 16).unwrap().head();
+            let slots = head.tid_slots as usize;
+            assert!(slots >= n && item.len() == element_header_size(slots) + p.len());
+            // Only slots the alignment padding pays for are added.
+            assert_eq!(item.len().next_multiple_of(8), (element_header_size(n) + p.len()).next_multiple_of(8));
+            assert!(
+                slots == MAX_HEAP_TIDS || element_header_size(slots + 1) + p.len() > item.len().next_multiple_of(8)
+            );
+        }
+        assert_eq!((element_header_size(1), element_header_size(2), element_header_size(MAX_HEAP_TIDS)), (20, 24, 72));
+        // A 384-dimension half-precision payload (16 + 768 bytes): the padding
+        // of a one-slot header pays for a second slot.
+        assert_eq!((tid_slots_for(1, 784), element_item_size(1, 784)), (2, 808));
+        // Formats 4-6: ten slots, stored as a zero nibble; still read.
+        let mut legacy = vec![0u8; 72 + p.len()];
+        legacy[0] = KIND_ELEMENT;
+        legacy[3] = 3;
+        tid(9, 9).write(&mut legacy, 4);
+        for i in 0..3 {
+            tid(2, i as u16 + 1).write(&mut legacy, HEAP_TIDS_AT + SLOT_SIZE * i);
+        }
+        legacy[72..].copy_from_slice(&p);
+        let r = ElementRef::new(&legacy, &codec, 16).unwrap();
+        assert_eq!((r.heap_tid_count(), r.head().tid_slots, r.heap_tid(2), r.payload()), (3, 10, tid(2, 3), &p[..]));
+        let mut e = ElementMut::new(&mut legacy, &codec, 16).unwrap();
+        for i in 4..=10 {
+            assert!(e.push_heap_tid(tid(2, i)));
+        }
+        assert!(!e.push_heap_tid(tid(2, 11)));
+        // More TIDs than slots, or more than ten slots, is corrupt.
+        let mut bad = encode_element(0, &[tid(1, 1)], tid(9, 9), &[], &p);
+        bad[3] = (1 << 4) | 2;
+        assert!(ElementRef::new(&bad, &codec, 16).is_err());
+        bad[3] = (11 << 4) | 1;
+        assert!(ElementRef::new(&bad, &codec, 16).is_err());
+    }
+
+    #[test]
     fn keyed_elements_keep_keys_apart_from_the_payload() {
         use crate::hnsw::keys::{encode, KeyValue};
         let codec = dense(Metric::L2, 2);
         let keys = encode(&[KeyValue::int(7), KeyValue::set(vec![1, 2])]).unwrap();
         let p = payload(&codec, &[1.0, 2.0]);
         let mut item = encode_element(0, &[tid(1, 1)], tid(9, 9), &keys, &p);
-        assert_eq!(item.len(), ELEMENT_HEADER_SIZE + keys_size(keys.len()) + p.len());
+        assert_eq!(item.len(), element_item_size(1, keys_size(keys.len()) + p.len()));
+        let header = ElementRef::new(&item, &codec, 16).unwrap().head().header_size();
+        assert_eq!(item.len(), header + keys_size(keys.len()) + p.len());
         assert_eq!(keys_size(keys.len()) % 4, 0);
         let r = ElementRef::new(&item, &codec, 16).unwrap();
         assert!(r.head().has_keys());
         assert_eq!((r.keys(), r.payload()), (&keys[..], &p[..]));
         let mut e = ElementMut::new(&mut item, &codec, 16).unwrap();
         assert_eq!(e.keys(), &keys[..]);
-        assert!(e.push_duplicate(tid(1, 2), &codec, &p));
+        let slots = ElementRef::new(e.bytes, &codec, 16).unwrap().head().tid_slots;
+        assert_eq!(e.push_duplicate(tid(1, 2), &codec, &p), slots > 1);
         e.set_free();
         // Reused with a shorter blob: the payload moves up, zero padding after it.
         let short = encode(&[KeyValue::Null, KeyValue::Null]).unwrap();
@@ -1490,11 +1617,11 @@ mod tests {
         assert!(codec.same_vector(r.payload(), &q));
         // A key length beyond the item is corrupt, not a panic.
         let mut bad = encode_element(0, &[tid(1, 1)], tid(9, 9), &keys, &p);
-        bad[ELEMENT_HEADER_SIZE + 2] = 0xfc;
+        bad[header + 2] = 0xfc;
         assert!(ElementRef::new(&bad, &codec, 16).is_err());
-        bad[ELEMENT_HEADER_SIZE + 2] = 6;
+        bad[header + 2] = 6;
         assert!(ElementRef::new(&bad, &codec, 16).is_err(), "unaligned area");
-        bad.truncate(ELEMENT_HEADER_SIZE + 1);
+        bad.truncate(header + 1);
         assert!(ElementRef::new(&bad, &codec, 16).is_err());
     }
 
@@ -1543,7 +1670,7 @@ mod tests {
             Codec::Bit { metric: BitMetric::Hamming, bits: MAX_BITS },
             Codec::SparseVec { metric: Metric::L2, dims: 100_000 },
         ] {
-            let size = element_item_size(codec.max_payload_len());
+            let size = element_item_size(MAX_HEAP_TIDS, codec.max_payload_len());
             assert!(item_footprint(size) <= EMPTY_PAGE_SPACE, "{codec:?}: {size} bytes");
         }
         assert_eq!(Codec::SparseVec { metric: Metric::L2, dims: 100_000 }.max_payload_len(), 4 + 8 * MAX_SPARSE_NNZ);

@@ -29,7 +29,7 @@ use super::graph::{GraphKey, GraphStore, Params};
 use super::keys::Filter;
 use super::page::{
     self, ElementHead, ElementMut, ElementRef, ItemPointer, Meta, NeighborsRef, PageError, PageKind, PageRef, BLCKSZ,
-    ELEMENT_HEADER_SIZE, ELEMENT_HEAD_SIZE, META_BLOCK, PAGE_HEADER_SIZE,
+    ELEMENT_HEAD_SIZE, META_BLOCK, MIN_ELEMENT_HEADER_SIZE, PAGE_HEADER_SIZE,
 };
 use crate::compat::RelFile;
 use crate::error::raise_hint;
@@ -735,14 +735,15 @@ impl PageStore {
         item: &std::ops::Range<usize>,
     ) -> Result<(f32, ElementNode), PageError> {
         let (codec, m) = (&self.meta.codec, self.meta.m as usize);
-        if item.len() < ELEMENT_HEADER_SIZE {
+        if item.len() < MIN_ELEMENT_HEADER_SIZE {
             return Err(PageError(format!("element item of {} bytes", item.len())));
         }
         // SAFETY: the item lies inside the pinned page (from pinned_item_range).
         let head = ElementHead::parse(&unsafe { copy_out::<ELEMENT_HEAD_SIZE>(page, item.start) }, m)?;
-        let lens = if head.has_keys() && item.len() >= ELEMENT_HEADER_SIZE + page::KEYS_LEN_SIZE {
+        let header = head.header_size();
+        let lens = if head.has_keys() && item.len() >= header + page::KEYS_LEN_SIZE {
             // SAFETY: inside the item (just checked), in the pinned page.
-            unsafe { copy_out::<{ page::KEYS_LEN_SIZE }>(page, item.start + ELEMENT_HEADER_SIZE) }
+            unsafe { copy_out::<{ page::KEYS_LEN_SIZE }>(page, item.start + header) }
         } else {
             [0xff; page::KEYS_LEN_SIZE]
         };
@@ -757,7 +758,7 @@ impl PageStore {
         codec.validate(payload_len, stable).map_err(|e| PageError(format!("{e:?}")))?;
         let mut node = ElementNode::new(key, &head);
         if let Some(filter) = &self.filter {
-            let start = item.start + ELEMENT_HEADER_SIZE + page::KEYS_LEN_SIZE;
+            let start = item.start + header + page::KEYS_LEN_SIZE;
             let blob = if head.has_keys() { u16::from_ne_bytes([lens[0], lens[1]]) as usize } else { 0 };
             // SAFETY: body_offset checked that the key blob lies inside the
             // item's key area, inside the pinned page; the keys are as

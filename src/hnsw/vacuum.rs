@@ -153,13 +153,14 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
+use super::codec::Codec;
 use super::directory;
 use super::graph::{relink, select_neighbors, Candidate, GraphStore, Searcher};
 use super::insert::add_reverse_link;
 use super::options;
 use super::page::{
     self, item_footprint, neighbor_item_size, ElementMut, ElementRef, ItemPointer, LayerList, Meta, NeighborsRef,
-    PageError, PageKind, PageRef, ELEMENT_HEADER_SIZE, EMPTY_PAGE_SPACE, META_BLOCK,
+    PageError, PageKind, PageRef, EMPTY_PAGE_SPACE, META_BLOCK, MIN_ELEMENT_HEADER_SIZE,
 };
 use super::storage::{to_pg_tid, ElementNode, IndexRel, PageStore, EXCLUSIVE_LOCK, SHARE_LOCK};
 use crate::error::raise_detail;
@@ -195,16 +196,19 @@ pub(crate) fn work_mem_bytes() -> usize {
     (kb.max(64) as usize).saturating_mul(1024)
 }
 
-/// Most item slots a graph page can have for `M = m`: every item is at
-/// least as large as an element header or a layer-0 neighbor item.
-fn max_items_per_page(m: usize) -> usize {
-    let smallest = ELEMENT_HEADER_SIZE.min(neighbor_item_size(m, 0));
+/// Most item slots a graph page can have for `M = m` and element codec
+/// `codec`: every item is at least as large as the smallest element item
+/// (one heap TID slot, the codec's shortest payload) or a layer-0
+/// neighbor item.
+fn max_items_per_page(m: usize, codec: &Codec) -> usize {
+    let smallest = (MIN_ELEMENT_HEADER_SIZE + codec.min_payload_len()).min(neighbor_item_size(m, 0));
     EMPTY_PAGE_SPACE / item_footprint(smallest)
 }
 
 /// One bit per item slot of a range of index blocks: a set of element
-/// addresses in `⌈max items per page / 64⌉` words per block (16 bytes per
-/// block for `M = 16`, so 1 MiB covers a 512 MiB index).
+/// addresses in `⌈max items per page / 64⌉` words per block (8 bytes per
+/// block for `M = 16` and 384-dimension vectors, so 1 MiB covers a 1 GiB
+/// index; 40 for the smallest items).
 pub(crate) struct ItemBitmap {
     blocks: std::ops::Range<u32>,
     words: usize,
@@ -213,9 +217,9 @@ pub(crate) struct ItemBitmap {
 }
 
 impl ItemBitmap {
-    /// Words per block for an index with `M = m`.
-    pub(crate) fn words_per_block(m: usize) -> usize {
-        max_items_per_page(m).div_ceil(64)
+    /// Words per block for an index with `M = m` and element codec `codec`.
+    pub(crate) fn words_per_block(m: usize, codec: &Codec) -> usize {
+        max_items_per_page(m, codec).div_ceil(64)
     }
 
     /// An empty set over `blocks` (allocation failure is an `ERROR`).
@@ -951,7 +955,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     // SAFETY: VACUUM passes a valid info struct and callback.
     let (rel, callback) = unsafe { (IndexRel::new((*info).index), callback.expect("VACUUM callback")) };
     let meta = rel.read_meta();
-    let words = ItemBitmap::words_per_block(meta.m as usize);
+    let words = ItemBitmap::words_per_block(meta.m as usize, &meta.codec);
     let ranges = batches(rel.nblocks(), batch_blocks(words, 1));
     let removal = remove_dead_tids(&rel, &meta, &ranges, words, |t| {
         let mut tid = to_pg_tid(t);
@@ -1295,7 +1299,7 @@ fn heal_batched(rel: &IndexRel, store: &mut PageStore, nblocks: u32, words: usiz
 /// short); records `healed_blocks` on the meta page.
 fn heal(rel: &IndexRel) -> Healed {
     let meta = rel.read_meta();
-    let words = ItemBitmap::words_per_block(meta.m as usize);
+    let words = ItemBitmap::words_per_block(meta.m as usize, &meta.codec);
     let nblocks = rel.nblocks();
     let mut store = PageStore::new(*rel, meta);
     let whole = batch_blocks(words, HEAL_BITMAPS) >= nblocks;
@@ -1369,8 +1373,9 @@ mod tests {
 
     #[pg_test]
     fn bitmap_sets_and_iterates() {
-        let words = ItemBitmap::words_per_block(2);
-        assert!(words * 64 >= max_items_per_page(2) && max_items_per_page(2) > 100, "{words}");
+        let bits = Codec::Bit { metric: crate::hnsw::codec::BitMetric::Hamming, bits: 1 };
+        let words = ItemBitmap::words_per_block(2, &bits);
+        assert!(words * 64 >= max_items_per_page(2, &bits) && max_items_per_page(2, &bits) > 100, "{words}");
         let mut b = ItemBitmap::new(5..9, words);
         assert!(b.is_empty());
         assert!(b.insert(tid(5, 1)) && b.insert(tid(8, 70)) && b.insert(tid(6, 64)));
@@ -1397,7 +1402,7 @@ mod tests {
     #[pg_test]
     fn heal_walks_again_only_after_doubling() {
         let meta = |healed_blocks| Meta {
-            codec: crate::hnsw::codec::Codec::Vector {
+            codec: Codec::Vector {
                 metric: crate::distance::Metric::L2,
                 dims: 3,
                 codes: crate::hnsw::codec::VectorCodes::Half,
@@ -1478,8 +1483,13 @@ mod tests {
     fn memory_follows_maintenance_work_mem() {
         Spi::run("SET maintenance_work_mem = '1MB'").unwrap();
         assert_eq!(work_mem_bytes(), 1024 * 1024);
-        // 16 bytes per block for M = 16: 1 MiB covers 65,536 blocks.
-        assert_eq!(batch_blocks(ItemBitmap::words_per_block(16), 1), 65_536);
+        // 8 bytes per block for M = 16 and vector(384): 1 MiB covers 131,072 blocks.
+        let codec = Codec::Vector {
+            metric: crate::distance::Metric::Cosine,
+            dims: 384,
+            codes: crate::hnsw::codec::VectorCodes::Half,
+        };
+        assert_eq!(batch_blocks(ItemBitmap::words_per_block(16, &codec), 1), 131_072);
         Spi::run("SET hnsw.debug_vacuum_batch_blocks = 3").unwrap();
         assert_eq!(batch_blocks(2, 1), 3);
         Spi::run("RESET hnsw.debug_vacuum_batch_blocks").unwrap();
