@@ -72,7 +72,7 @@ pub fn recall_qps_png(path: &std::path::Path, title: &str, curves: &[Curve]) -> 
     chart
         .configure_mesh()
         .x_desc("recall@10")
-        .y_desc("queries per second (one client, log scale)")
+        .y_desc("queries per second (log scale)")
         .label_style((FONT, 15))
         .axis_desc_style((FONT, 17))
         .x_label_formatter(&|x| format!("{x:.2}"))

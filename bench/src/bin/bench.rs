@@ -26,6 +26,13 @@
 //! `bench plot [--out DIR]`
 //!   Draws `<out>/recall_qps.png` again from `<out>/sweep.json`.
 //!
+//! `bench plot-csv --csv FILE [--title TEXT]`
+//!   Draws the recall@10 vs QPS curves of a CSV with the header
+//!   `label,reference,ef_search,recall,qps` (one row per point; `reference`
+//!   true for the system compared against, e.g. pgvector) into FILE with
+//!   the extension `.png`: for runs measured outside this binary, such as
+//!   `bench/sql/synthetic_knn.sql`.
+//!
 //! Results go to `<out>/<mode>.json` and `<out>/<mode>.md` (default
 //! `bench/results`).
 
@@ -57,6 +64,8 @@ struct Opts {
     with: String,
     ef_constructions: Vec<i32>,
     build_threads: Vec<i32>,
+    csv: Option<PathBuf>,
+    title: String,
 }
 
 fn parse() -> Opts {
@@ -77,6 +86,8 @@ fn parse() -> Opts {
         with: String::new(),
         ef_constructions: vec![64, 200],
         build_threads: vec![1],
+        csv: None,
+        title: "recall@10 vs QPS".into(),
     };
     let mut it = std::env::args().skip(1);
     o.mode =
@@ -98,6 +109,8 @@ fn parse() -> Opts {
             "--connect" => o.connect = Some(v()),
             "--ef" => o.efs = v().split(',').map(|x| x.trim().parse().expect("--ef 20,40,80")).collect(),
             "--rebuild" => o.rebuild = true,
+            "--csv" => o.csv = Some(PathBuf::from(v())),
+            "--title" => o.title = v(),
             "--load" => o.load = true,
             "--with" => o.with = format!(", {}", v()),
             "--ef-construction" => {
@@ -354,7 +367,7 @@ fn sweep(o: &Opts) {
     write_results(&o.out, "sweep", &json, &md);
 }
 
-const PLOT_TITLE: &str = "debian-minilm-384 (61,666 × 384, cosine): recall@10 vs QPS";
+const PLOT_TITLE: &str = "debian-minilm-384 (61,666 × 384, cosine): recall@10 vs QPS, one client";
 
 /// Draws `<out>/recall_qps.png` again from `<out>/sweep.json` (a previous
 /// `sweep`'s figures), e.g. after a change to the picture's style.
@@ -381,6 +394,32 @@ fn replot(o: &Opts) {
     }
     let png = o.out.join("recall_qps.png");
     recall_qps_png(&png, PLOT_TITLE, &curves).unwrap_or_else(|e| fail(&e, "check sweep.json"));
+    println!("plot written to {}", png.display());
+}
+
+/// Draws the curves of `--csv` (`label,reference,ef_search,recall,qps`
+/// rows, points in file order) beside it as a PNG.
+fn plot_csv(o: &Opts) {
+    let path = o.csv.clone().unwrap_or_else(|| fail("plot-csv needs --csv FILE", "bench plot-csv --csv runs.csv"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display()), "check the path"));
+    let mut curves: Vec<Curve> = Vec::new();
+    for (n, line) in text.lines().enumerate().skip(1).filter(|(_, l)| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let bad = || fail(&format!("{}:{}: {line}", path.display(), n + 1), "label,reference,ef_search,recall,qps");
+        let [label, reference, ef, recall, qps] = f[..] else { bad() };
+        let point = (
+            recall.parse().unwrap_or_else(|_| bad()),
+            qps.parse().unwrap_or_else(|_| bad()),
+            ef.parse().unwrap_or_else(|_| bad()),
+        );
+        match curves.iter_mut().find(|c| c.label == label) {
+            Some(c) => c.points.push(point),
+            None => curves.push(Curve { label: label.into(), points: vec![point], reference: reference == "true" }),
+        }
+    }
+    let png = path.with_extension("png");
+    recall_qps_png(&png, &o.title, &curves).unwrap_or_else(|e| fail(&e, "check the CSV"));
     println!("plot written to {}", png.display());
 }
 
@@ -490,6 +529,7 @@ fn main() {
         "synthetic" => synthetic(&o),
         "queries" => queries(&o),
         "plot" => replot(&o),
+        "plot-csv" => plot_csv(&o),
         other => fail(&format!("unknown mode {other}"), "bench sweep | bench synthetic --n 10000,100000 --dims 128"),
     }
 }
